@@ -1,0 +1,1 @@
+"""Scripts that measure; results go to BENCHMARKS.md."""

@@ -1,0 +1,8 @@
+"""The Functions app (v2 programming model): one FunctionApp that registers the blueprints."""
+
+import azure.functions as func
+
+from shared.entrypoints.events import bp as events
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(events)

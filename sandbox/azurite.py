@@ -1,0 +1,134 @@
+"""Start Azurite (the Azure Storage emulator) on free loopback ports in a temporary folder.
+
+Used by `make test` (as a wrapper around the test commands) and by the test suite when no
+Azurite is running yet. Azurite comes from `node_modules` (installed by `npm ci`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+AZURITE_BIN = PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
+
+# Azurite's documented development account. It is public, not a secret.
+DEV_ACCOUNT = "devstoreaccount1"
+DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+ENV_CONNECTION_STRING = "AZURITE_CONNECTION_STRING"
+
+
+@dataclass(frozen=True)
+class AzuriteEndpoints:
+    """Where a running Azurite listens."""
+
+    blob_port: int
+    queue_port: int
+    table_port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def connection_string(self) -> str:
+        """A storage connection string for the SDKs and the Functions host."""
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
+            f"BlobEndpoint=http://{self.host}:{self.blob_port}/{DEV_ACCOUNT};"
+            f"QueueEndpoint=http://{self.host}:{self.queue_port}/{DEV_ACCOUNT};"
+            f"TableEndpoint=http://{self.host}:{self.table_port}/{DEV_ACCOUNT};"
+        )
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _wait_listening(ports: list[int], process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(ports)
+    while pending:
+        if process.poll() is not None:
+            raise RuntimeError(f"Azurite exited early with code {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Azurite did not listen on ports {pending} within {timeout} s")
+        try:
+            with socket.create_connection(("127.0.0.1", pending[0]), timeout=0.2):
+                pending.pop(0)
+        except OSError:
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def running_azurite(timeout: float = 30.0) -> Iterator[AzuriteEndpoints]:
+    """Run Azurite for the duration of the block; always stop it and remove its folder."""
+    if not AZURITE_BIN.exists():
+        raise RuntimeError(f"{AZURITE_BIN} is missing: run `npm ci` (or `make test`) first")
+    blob, queue, table = _free_ports(3)
+    workdir = tempfile.mkdtemp(prefix="azurite-")
+    args = [
+        str(AZURITE_BIN),
+        "--silent",
+        "--disableTelemetry",
+        "--skipApiVersionCheck",
+        "--location", workdir,
+        "--blobHost", "127.0.0.1", "--blobPort", str(blob),
+        "--queueHost", "127.0.0.1", "--queuePort", str(queue),
+        "--tableHost", "127.0.0.1", "--tablePort", str(table),
+    ]  # fmt: skip
+    log = open(os.path.join(workdir, "azurite.log"), "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_listening([blob, queue, table], process, timeout)
+        yield AzuriteEndpoints(blob_port=blob, queue_port=queue, table_port=table)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sandbox.azurite -- CMD [ARGS]`: run CMD with Azurite up, then stop Azurite."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="command to run with Azurite up")
+    ns = parser.parse_args(argv)
+    command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
+    if not command:
+        parser.error("give a command to run, e.g. -- pytest")
+    with running_azurite() as endpoints:
+        env = dict(os.environ, **{ENV_CONNECTION_STRING: endpoints.connection_string})
+        print(
+            f"azurite: tables on 127.0.0.1:{endpoints.table_port}, "
+            f"queues on 127.0.0.1:{endpoints.queue_port}",
+            file=sys.stderr,
+        )
+        return subprocess.call(command, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

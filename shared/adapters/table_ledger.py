@@ -1,0 +1,466 @@
+"""The run ledger on Azure Table storage (azure-data-tables).
+
+One table. A run's rows share a partition, so an event and its run are written in one
+entity-group transaction:
+
+| PartitionKey | RowKey | what |
+|---|---|---|
+| `<subscription>|<resource group>|<configuration>|<run name>` (lower case) | `run` | the run |
+| same | `event|pre|<sha256(id)>`, `event|post|<sha256(id)>` | an event seen (dedupe key) |
+| same | `machine|<sha256(resource id)>` | a machine of the run |
+| same | `cancel|<requested at>|<request id>` | a cancel request and its audit |
+
+State changes are ETag-checked (If-Match), so two instances cannot overwrite each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
+
+from shared.config import StorageConnection
+from shared.domain.errors import DuplicateEvent, LedgerConflict, LedgerUnavailable
+from shared.domain.events import EnvelopeSchema, EventKind
+from shared.domain.ids import ConfigurationId, RunId
+from shared.domain.runs import (
+    CancelOutcome,
+    CancelRequest,
+    EventRecord,
+    MachineAction,
+    MachineKind,
+    MachineRecord,
+    Run,
+    RunStatus,
+)
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+log = logging.getLogger(__name__)
+RowT = TypeVar("RowT", Run, MachineRecord)
+
+RUN_ROW = "run"
+# Bounded retries: an Event Grid delivery waits 30 s for the answer, so fail well before that
+# and let Event Grid retry.
+CLIENT_OPTIONS: dict[str, Any] = {
+    "retry_total": 2,
+    "retry_backoff_factor": 0.5,
+    "retry_backoff_max": 4,
+    "connection_timeout": 5,
+    "read_timeout": 10,
+}
+
+
+def partition_key(run_id: RunId) -> str:
+    """The partition of a run: its configuration and run name, lower case."""
+    configuration = run_id.configuration
+    return "|".join(
+        (
+            configuration.subscription_id,
+            configuration.resource_group.lower(),
+            configuration.name.lower(),
+            run_id.run_name,
+        )
+    )
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
+
+
+def event_row_key(kind: EventKind, event_id: str) -> str:
+    """Row key of an event: unique per (event type, id)."""
+    return f"event|{kind.short}|{_digest(event_id)}"
+
+
+def machine_row_key(resource_id: str) -> str:
+    """Row key of a machine of a run (ARM ids compare case-insensitively)."""
+    return f"machine|{_digest(resource_id.lower())}"
+
+
+def build_table_service(
+    storage: StorageConnection, credential: TokenCredential | None = None
+) -> TableServiceClient:
+    """A Table service client for the app's storage account."""
+    if storage.connection_string:
+        return TableServiceClient.from_connection_string(
+            storage.connection_string, **CLIENT_OPTIONS
+        )
+    if storage.table_endpoint is None or credential is None:
+        raise ValueError("an identity-based connection needs a table endpoint and a credential")
+    return TableServiceClient(
+        endpoint=storage.table_endpoint, credential=credential, **CLIENT_OPTIONS
+    )
+
+
+class TableRunLedger:
+    """RunLedger on one Azure table."""
+
+    def __init__(self, service: TableServiceClient, table_name: str) -> None:
+        self._service = service
+        self._table_name = table_name
+        self._table: TableClient | None = None
+
+    @property
+    def table(self) -> TableClient:
+        """The table client; the table is created on first use, once per process."""
+        if self._table is None:
+            with _unavailable_on_error("create the ledger table"):
+                self._service.create_table_if_not_exists(self._table_name)
+            self._table = self._service.get_table_client(self._table_name)
+        return self._table
+
+    # Runs ---------------------------------------------------------------------------------
+
+    def find_run(self, run_id: RunId) -> Run | None:
+        """The run, or None."""
+        entity = self._get(partition_key(run_id), RUN_ROW)
+        return None if entity is None else _run_from(entity)
+
+    def save_run(self, run: Run) -> Run:
+        """Create or update (ETag-checked) a run."""
+        entity = _run_entity(run)
+        return _with_version(run, self._write(entity, run.version))
+
+    def record_event(self, event: EventRecord, run: Run) -> Run:
+        """Store the event row and the run row in one transaction."""
+        if event.run_id != run.run_id:
+            raise ValueError("event and run differ")
+        operations: list[Any] = [("create", _event_entity(event))]
+        run_entity = _run_entity(run)
+        if run.version is None:
+            operations.append(("create", run_entity))
+        else:
+            operations.append(
+                (
+                    "update",
+                    run_entity,
+                    {
+                        "mode": UpdateMode.REPLACE,
+                        "etag": run.version,
+                        "match_condition": MatchConditions.IfNotModified,
+                    },
+                )
+            )
+        try:
+            with _unavailable_on_error("record an event"):
+                results = self.table.submit_transaction(operations)
+        except TableTransactionError as e:
+            if e.index == 0 and _is_exists(e):
+                raise DuplicateEvent(f"{event.kind.short} event {event.event_id!r}") from e
+            if e.index == 1 and (_is_exists(e) or _is_precondition(e)):
+                raise LedgerConflict(f"run {run.run_id.text} changed") from e
+            raise LedgerUnavailable(f"transaction failed: {e.message}") from e
+        return _with_version(run, str(results[1]["etag"]))
+
+    def list_events(self, run_id: RunId) -> Iterator[EventRecord]:
+        """Events of a run."""
+        for entity in self._query(partition_key(run_id), "event|"):
+            yield _event_from(entity, run_id)
+
+    # Machines -----------------------------------------------------------------------------
+
+    def find_machine(self, run_id: RunId, resource_id: str) -> MachineRecord | None:
+        """One machine of a run, or None."""
+        entity = self._get(partition_key(run_id), machine_row_key(resource_id))
+        return None if entity is None else _machine_from(entity, run_id)
+
+    def save_machine(self, machine: MachineRecord) -> MachineRecord:
+        """Create or update (ETag-checked) a machine row."""
+        entity = _machine_entity(machine)
+        return _with_version(machine, self._write(entity, machine.version))
+
+    def list_machines(self, run_id: RunId) -> Iterator[MachineRecord]:
+        """Machines of a run."""
+        for entity in self._query(partition_key(run_id), "machine|"):
+            yield _machine_from(entity, run_id)
+
+    # Cancel requests ----------------------------------------------------------------------
+
+    def add_cancel_request(self, request: CancelRequest) -> None:
+        """Append a cancel request to the audit."""
+        entity = _cancel_entity(request)
+        self._write(entity, None)
+
+    def list_cancel_requests(self, run_id: RunId) -> Iterator[CancelRequest]:
+        """Cancel requests of a run, oldest first (row keys sort by time)."""
+        for entity in self._query(partition_key(run_id), "cancel|"):
+            yield _cancel_from(entity, run_id)
+
+    # Storage ------------------------------------------------------------------------------
+
+    def _get(self, partition: str, row: str) -> Mapping[str, Any] | None:
+        try:
+            with _unavailable_on_error("read the ledger"):
+                return self.table.get_entity(partition, row)
+        except ResourceNotFoundError:
+            return None
+
+    def _query(self, partition: str, prefix: str) -> Iterator[Mapping[str, Any]]:
+        # Row keys of one kind share a prefix; '}' sorts right after '|'.
+        upper = prefix[:-1] + "}"
+        with _unavailable_on_error("query the ledger"):
+            yield from self.table.query_entities(
+                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                parameters={"pk": partition, "lo": prefix, "hi": upper},
+            )
+
+    def _write(self, entity: dict[str, Any], version: str | None) -> str:
+        try:
+            with _unavailable_on_error("write the ledger"):
+                if version is None:
+                    meta = self.table.create_entity(entity)
+                else:
+                    meta = self.table.update_entity(
+                        entity,
+                        mode=UpdateMode.REPLACE,
+                        etag=version,
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+        except (ResourceExistsError, ResourceModifiedError) as e:
+            raise LedgerConflict(f"row {entity['RowKey']} changed or exists") from e
+        return str(meta["etag"])
+
+
+@contextlib.contextmanager
+def _unavailable_on_error(doing: str) -> Iterator[None]:
+    """Translate storage failures, other than those the callers handle, to LedgerUnavailable."""
+    try:
+        yield
+    except (
+        ResourceNotFoundError,
+        ResourceExistsError,
+        ResourceModifiedError,
+        TableTransactionError,
+    ):
+        raise
+    except AzureError as e:
+        raise LedgerUnavailable(f"could not {doing}: {e}") from e
+
+
+def _is_exists(error: TableTransactionError) -> bool:
+    return (
+        str(getattr(error, "error_code", ""))
+        in ("EntityAlreadyExists", "TableErrorCode.entity_already_exists")
+        or error.status_code == 409
+    )
+
+
+def _is_precondition(error: TableTransactionError) -> bool:
+    return error.status_code == 412 or "UpdateConditionNotSatisfied" in str(
+        getattr(error, "error_code", "")
+    )
+
+
+def _with_version(row: RowT, version: str) -> RowT:
+    return dataclasses.replace(row, version=version)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def _when(entity: Mapping[str, Any], name: str) -> datetime | None:
+    value = entity.get(name)
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value)).astimezone(UTC)
+
+
+def _required_when(entity: Mapping[str, Any], name: str) -> datetime:
+    value = _when(entity, name)
+    if value is None:
+        raise LedgerUnavailable(f"ledger row {entity.get('RowKey')!r} has no {name}")
+    return value
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(json.loads(value)) if value else ()
+
+
+def _base(run_id: RunId, row: str) -> dict[str, Any]:
+    return {
+        "PartitionKey": partition_key(run_id),
+        "RowKey": row,
+        "CorrelationId": run_id.text,
+        "ConfigurationId": run_id.configuration.text,
+        "RunName": run_id.run_name,
+    }
+
+
+def _run_id_of(entity: Mapping[str, Any]) -> RunId:
+    return RunId.of(ConfigurationId.parse(entity["ConfigurationId"]), entity["RunName"])
+
+
+def _drop_none(entity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entity.items() if v is not None}
+
+
+def _run_entity(run: Run) -> dict[str, Any]:
+    return _drop_none(
+        {
+            **_base(run.run_id, RUN_ROW),
+            "Kind": "run",
+            "ScheduledStart": run.scheduled_start,
+            "Status": run.status.value,
+            "CreatedAt": _utc(run.created_at),
+            "UpdatedAt": _utc(run.updated_at),
+            "EndDateTime": _utc(run.end),
+            "CancellationCutOff": _utc(run.cancellation_cutoff),
+            "SubscriptionIds": json.dumps(list(run.subscription_ids)),
+            "PreEventAt": _utc(run.pre_event_at),
+            "PostEventAt": _utc(run.post_event_at),
+            "PostEventStatus": run.post_event_status,
+            "PlatformStatus": run.platform_status,
+        }
+    )
+
+
+def _run_from(entity: Mapping[str, Any]) -> Run:
+    created = _required_when(entity, "CreatedAt")
+    updated = _required_when(entity, "UpdatedAt")
+    return Run(
+        run_id=_run_id_of(entity),
+        status=RunStatus(entity["Status"]),
+        created_at=created,
+        updated_at=updated,
+        end=_when(entity, "EndDateTime"),
+        cancellation_cutoff=_when(entity, "CancellationCutOff"),
+        subscription_ids=_strings(entity.get("SubscriptionIds")),
+        pre_event_at=_when(entity, "PreEventAt"),
+        post_event_at=_when(entity, "PostEventAt"),
+        post_event_status=entity.get("PostEventStatus"),
+        platform_status=entity.get("PlatformStatus"),
+        version=entity.metadata["etag"] if hasattr(entity, "metadata") else None,
+    )
+
+
+def _event_entity(event: EventRecord) -> dict[str, Any]:
+    return _drop_none(
+        {
+            **_base(event.run_id, event_row_key(event.kind, event.event_id)),
+            "Kind": "event",
+            "EventType": event.kind.value,
+            "EventId": event.event_id,
+            "Schema": event.schema.value,
+            "ReceivedAt": _utc(event.received_at),
+            "EventTime": _utc(event.event_time),
+            "StartDateTime": _utc(event.start),
+            "EndDateTime": _utc(event.end),
+            "CancellationCutOff": _utc(event.cancellation_cutoff),
+            "SubscriptionIds": json.dumps(list(event.subscription_ids)),
+            "EventStatus": event.status,
+        }
+    )
+
+
+def _event_from(entity: Mapping[str, Any], run_id: RunId) -> EventRecord:
+    received, start, end = (
+        _required_when(entity, n) for n in ("ReceivedAt", "StartDateTime", "EndDateTime")
+    )
+    return EventRecord(
+        run_id=run_id,
+        kind=EventKind(entity["EventType"]),
+        event_id=entity["EventId"],
+        schema=EnvelopeSchema(entity["Schema"]),
+        received_at=received,
+        event_time=_when(entity, "EventTime"),
+        start=start,
+        end=end,
+        cancellation_cutoff=_when(entity, "CancellationCutOff"),
+        subscription_ids=_strings(entity.get("SubscriptionIds")),
+        status=entity.get("EventStatus"),
+    )
+
+
+def _machine_entity(machine: MachineRecord) -> dict[str, Any]:
+    return _drop_none(
+        {
+            **_base(machine.run_id, machine_row_key(machine.resource_id)),
+            "Kind": "machine",
+            "ResourceId": machine.resource_id,
+            "MachineKind": machine.kind.value,
+            "PriorPowerState": machine.prior_power_state,
+            "Action": machine.action.value,
+            "UpdatedAt": _utc(machine.updated_at),
+            "OwnerRun": machine.owner_run,
+            "LastPowerState": machine.last_power_state,
+            "ErrorCode": machine.error_code,
+            "ErrorMessage": machine.error_message,
+        }
+    )
+
+
+def _machine_from(entity: Mapping[str, Any], run_id: RunId) -> MachineRecord:
+    updated = _required_when(entity, "UpdatedAt")
+    return MachineRecord(
+        run_id=run_id,
+        resource_id=entity["ResourceId"],
+        kind=MachineKind(entity["MachineKind"]),
+        prior_power_state=entity.get("PriorPowerState"),
+        action=MachineAction(entity["Action"]),
+        updated_at=updated,
+        owner_run=entity.get("OwnerRun"),
+        last_power_state=entity.get("LastPowerState"),
+        error_code=entity.get("ErrorCode"),
+        error_message=entity.get("ErrorMessage"),
+        version=entity.metadata["etag"] if hasattr(entity, "metadata") else None,
+    )
+
+
+def _cancel_entity(request: CancelRequest) -> dict[str, Any]:
+    stamp = request.requested_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return _drop_none(
+        {
+            **_base(request.run_id, f"cancel|{stamp}|{request.request_id}"),
+            "Kind": "cancel",
+            "RequestId": request.request_id,
+            "RequestedAt": _utc(request.requested_at),
+            "RequestedBy": request.requested_by,
+            "Reason": request.reason,
+            "DryRun": request.dry_run,
+            "Outcome": request.outcome.value,
+            "WindowOpensAt": _utc(request.window_opens_at),
+            "WindowClosesAt": _utc(request.window_closes_at),
+            "Detail": request.detail,
+            "ServiceCode": request.service_code,
+            "ServiceMessage": request.service_message,
+        }
+    )
+
+
+def _cancel_from(entity: Mapping[str, Any], run_id: RunId) -> CancelRequest:
+    requested, opens, closes = (
+        _required_when(entity, n) for n in ("RequestedAt", "WindowOpensAt", "WindowClosesAt")
+    )
+    return CancelRequest(
+        run_id=run_id,
+        request_id=entity["RequestId"],
+        requested_at=requested,
+        requested_by=entity["RequestedBy"],
+        reason=entity["Reason"],
+        dry_run=bool(entity["DryRun"]),
+        outcome=CancelOutcome(entity["Outcome"]),
+        window_opens_at=opens,
+        window_closes_at=closes,
+        detail=entity.get("Detail", ""),
+        service_code=entity.get("ServiceCode"),
+        service_message=entity.get("ServiceMessage"),
+    )

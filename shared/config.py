@@ -1,0 +1,210 @@
+"""Settings: one frozen object read from the environment (app settings), validated once.
+
+SETTINGS is the single list of every setting the app (or its host) reads. A test keeps it, the
+README's table and local.settings.sample.json in step.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"Setting {setting}: {problem}")
+        self.setting = setting
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One setting: its name, default, and the value local.settings.sample.json gives it."""
+
+    name: str
+    default: str | None
+    description: str
+    read_by: str = "app"
+
+
+STORAGE = "AzureWebJobsStorage"
+SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec(
+        "FUNCTIONS_WORKER_RUNTIME",
+        "python",
+        "Functions host: the language worker (not set on Flex Consumption).",
+        "host",
+    ),
+    SettingSpec(
+        STORAGE,
+        None,
+        "Storage connection string for the host and the run ledger. Locally "
+        "`UseDevelopmentStorage=true` or an Azurite connection string. In Azure leave it "
+        "unset and use the identity-based settings below.",
+    ),
+    SettingSpec(
+        f"{STORAGE}__accountName",
+        None,
+        "Identity-based storage: the storage account name (public cloud endpoints).",
+    ),
+    SettingSpec(
+        f"{STORAGE}__tableServiceUri",
+        None,
+        "Identity-based storage: the Table endpoint, for other clouds "
+        "(overrides the account name).",
+    ),
+    SettingSpec(
+        f"{STORAGE}__queueServiceUri",
+        None,
+        "Identity-based storage: the Queue endpoint, for other clouds "
+        "(overrides the account name).",
+    ),
+    SettingSpec(f"{STORAGE}__credential", None, "Identity-based storage: `managedidentity`."),
+    SettingSpec(
+        f"{STORAGE}__clientId",
+        None,
+        "Identity-based storage: client id of the user-assigned managed identity.",
+    ),
+    SettingSpec(
+        "LEDGER_TABLE_NAME",
+        "maintenanceruns",
+        "Table that holds the run ledger (3-63 letters and digits, starting with a letter).",
+    ),
+    SettingSpec(
+        "CANCEL_SAFETY_MARGIN_SECONDS",
+        "60",
+        "Seconds taken off the end of the cancel window, so a cancel never races the "
+        "platform's cut-off (0-600).",
+    ),
+)
+SETTING_NAMES = frozenset(spec.name for spec in SETTINGS)
+
+
+@dataclass(frozen=True)
+class StorageConnection:
+    """How to reach the app's storage account: a connection string, or endpoints + identity."""
+
+    connection_string: str | None = None
+    table_endpoint: str | None = None
+    queue_endpoint: str | None = None
+    managed_identity_client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the app reads, validated."""
+
+    storage: StorageConnection
+    ledger_table: str
+    cancel_safety_margin: timedelta
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str]) -> Settings:
+        """Read and validate settings; raise ConfigError naming the first bad one."""
+        reader = _Reader(env)
+        return cls(
+            storage=_storage(reader),
+            ledger_table=reader.get("LEDGER_TABLE_NAME", _table_name),
+            cancel_safety_margin=timedelta(
+                seconds=reader.get("CANCEL_SAFETY_MARGIN_SECONDS", _int_between(0, 600))
+            ),
+        )
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self._defaults = {spec.name: spec.default for spec in SETTINGS}
+
+    def raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        if value is None or not value.strip():
+            return self._defaults.get(name)
+        return value.strip()
+
+    def get(self, name: str, parse: Callable[[str], T]) -> T:
+        value = self.raw(name)
+        if value is None:
+            raise ConfigError(name, "is required")
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise ConfigError(name, f"{e} (got {value!r})") from e
+
+
+_ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
+_TABLE = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _table_name(value: str) -> str:
+    if not _TABLE.fullmatch(value):
+        raise ValueError("must be 3-63 letters and digits, starting with a letter")
+    return value
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"must be a whole number from {low} to {high}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        return number
+
+    return parse
+
+
+def _https_url(value: str) -> str:
+    if not re.fullmatch(r"https://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?", value):
+        raise ValueError("must be an https:// URL")
+    return value.rstrip("/")
+
+
+def _storage(reader: _Reader) -> StorageConnection:
+    connection_string = reader.raw(STORAGE)
+    if connection_string:
+        if "=" not in connection_string:
+            raise ConfigError(STORAGE, "is not a storage connection string")
+        return StorageConnection(connection_string=connection_string)
+    account = reader.raw(f"{STORAGE}__accountName")
+    table = reader.raw(f"{STORAGE}__tableServiceUri")
+    queue = reader.raw(f"{STORAGE}__queueServiceUri")
+    if not (account or table):
+        raise ConfigError(
+            STORAGE,
+            f"is required: set a connection string, or {STORAGE}__accountName for an "
+            "identity-based connection",
+        )
+    if account and not _ACCOUNT.fullmatch(account):
+        raise ConfigError(f"{STORAGE}__accountName", "must be 3-24 lower-case letters and digits")
+    table_endpoint = (
+        reader.get(f"{STORAGE}__tableServiceUri", _https_url)
+        if table
+        else f"https://{account}.table.core.windows.net"
+    )
+    queue_endpoint = (
+        reader.get(f"{STORAGE}__queueServiceUri", _https_url)
+        if queue
+        else f"https://{account}.queue.core.windows.net"
+        if account
+        else None
+    )
+    credential = (reader.raw(f"{STORAGE}__credential") or "managedidentity").lower()
+    if credential != "managedidentity":
+        raise ConfigError(f"{STORAGE}__credential", "must be `managedidentity`")
+    client_id = reader.raw(f"{STORAGE}__clientId")
+    if client_id is not None and not _GUID.fullmatch(client_id):
+        raise ConfigError(f"{STORAGE}__clientId", "must be a client id (GUID)")
+    return StorageConnection(
+        table_endpoint=table_endpoint,
+        queue_endpoint=queue_endpoint,
+        managed_identity_client_id=client_id,
+    )

@@ -1,0 +1,276 @@
+"""Maintenance events from Event Grid: parsing and validation (reference §1).
+
+Accepts the Event Grid schema and CloudEvents 1.0, reads `data` keys case-insensitively, and
+refuses anything malformed with an InvalidEvent that says why in one line.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.domain.ids import (
+    ConfigurationId,
+    InvalidId,
+    RunId,
+    describe_for_log,
+    parse_subscription_id,
+)
+
+# Real events are about 1-2 KB; anything far larger is not a maintenance event.
+MAX_EVENT_BYTES = 64 * 1024
+MAX_SUBSCRIPTIONS = 1000
+MAX_EVENT_ID_LENGTH = 512
+MAX_STATUS_LENGTH = 64
+
+
+class EventKind(enum.StrEnum):
+    """The two event types of a maintenance configuration's system topic."""
+
+    PRE = "Microsoft.Maintenance.PreMaintenanceEvent"
+    POST = "Microsoft.Maintenance.PostMaintenanceEvent"
+
+    @property
+    def short(self) -> str:
+        """`pre` or `post`."""
+        return "pre" if self is EventKind.PRE else "post"
+
+
+class EnvelopeSchema(enum.StrEnum):
+    """How the event was wrapped."""
+
+    EVENT_GRID = "EventGrid"
+    CLOUD_EVENTS = "CloudEvents"
+
+
+class InvalidEvent(ValueError):
+    """A delivery that is not a valid maintenance event; retrying it cannot help."""
+
+    def __init__(self, reason: str, event_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.event_id = event_id
+
+
+@dataclass(frozen=True)
+class MaintenanceEvent:
+    """A validated pre or post maintenance event."""
+
+    event_id: str
+    kind: EventKind
+    schema: EnvelopeSchema
+    run: RunId
+    event_time: datetime | None
+    start: datetime
+    end: datetime
+    cancellation_cutoff: datetime | None
+    subscription_ids: tuple[str, ...]
+    status: str | None
+
+    @property
+    def configuration(self) -> ConfigurationId:
+        """The maintenance configuration whose run this is."""
+        return self.run.configuration
+
+
+_TIME = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}:\d{2})(?:\.(?P<fraction>\d{1,9}))?"
+    r"(?P<zone>Z|[+-]\d{2}:\d{2})?",
+    re.IGNORECASE,
+)
+
+
+def parse_time(value: object, what: str) -> datetime:
+    """An ISO 8601 time as written by Azure (up to 7 fraction digits, `Z` or an offset) in UTC.
+
+    A time without a zone is read as UTC, which is what the platform means by it.
+    """
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{what} is not a time string")
+    match = _TIME.fullmatch(value.strip())
+    if not match:
+        raise InvalidEvent(f"{what} is not an ISO 8601 time: {describe_for_log(value)}")
+    fraction = (match["fraction"] or "").ljust(6, "0")[:6]
+    zone = match["zone"] or "Z"
+    zone = "+00:00" if zone.upper() == "Z" else zone
+    try:
+        parsed = datetime.fromisoformat(f"{match['date']}T{match['time']}.{fraction}{zone}")
+    except ValueError as e:
+        raise InvalidEvent(f"{what} is not a real time: {describe_for_log(value)}") from e
+    return parsed.astimezone(UTC)
+
+
+def parse_delivery(body: bytes | str, expected: frozenset[EventKind]) -> MaintenanceEvent:
+    """Parse a raw delivery (an event object, or an array holding exactly one event)."""
+    if len(body) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"payload of {len(body)} bytes exceeds {MAX_EVENT_BYTES} bytes")
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        document = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InvalidEvent("payload is not JSON") from e
+    if isinstance(document, list):
+        if len(document) != 1:
+            raise InvalidEvent(f"expected one event in the array, got {len(document)}")
+        document = document[0]
+    if not isinstance(document, dict):
+        raise InvalidEvent("payload is not a JSON object")
+    return _parse_envelope(document, expected)
+
+
+def parse_event(envelope: Mapping[str, Any], expected: frozenset[EventKind]) -> MaintenanceEvent:
+    """Validate one event envelope (Event Grid schema or CloudEvents 1.0)."""
+    size = len(json.dumps(envelope, default=str))
+    if size > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"event of {size} bytes exceeds {MAX_EVENT_BYTES} bytes")
+    return _parse_envelope(envelope, expected)
+
+
+def _parse_envelope(
+    envelope: Mapping[str, Any], expected: frozenset[EventKind]
+) -> MaintenanceEvent:
+    if "specversion" in envelope:
+        schema = EnvelopeSchema.CLOUD_EVENTS
+        if envelope.get("specversion") != "1.0":
+            raise InvalidEvent(
+                "unsupported CloudEvents specversion "
+                + describe_for_log(envelope.get("specversion"))
+            )
+        type_key, time_key = "type", "time"
+    else:
+        schema = EnvelopeSchema.EVENT_GRID
+        type_key, time_key = "eventType", "eventTime"
+
+    event_id = envelope.get("id")
+    if not isinstance(event_id, str) or not event_id.strip():
+        raise InvalidEvent("event has no id")
+    if len(event_id) > MAX_EVENT_ID_LENGTH or not event_id.isprintable():
+        raise InvalidEvent("event id is too long or holds control characters")
+
+    event_type = envelope.get(type_key)
+    kind = _kind_of(event_type, event_id)
+    if kind not in expected:
+        wanted = " or ".join(sorted(k.value for k in expected))
+        raise InvalidEvent(f"event type {kind.value} is not {wanted} here", event_id)
+
+    raw_data = envelope.get("data")
+    if not isinstance(raw_data, Mapping):
+        raise InvalidEvent("event has no data object", event_id)
+    data = _case_insensitive(raw_data, event_id)
+
+    try:
+        run = RunId.parse(_required(data, "CorrelationId", event_id))
+        configuration = ConfigurationId.parse(
+            _required(data, "MaintenanceConfigurationId", event_id)
+        )
+        subscriptions = _subscription_ids(_required(data, "ResourceSubscriptionIds", event_id))
+    except InvalidId as e:
+        raise InvalidEvent(str(e), event_id) from e
+    if configuration != run.configuration:
+        raise InvalidEvent("MaintenanceConfigurationId does not match the CorrelationId", event_id)
+
+    start = _time(data, "StartDateTime", event_id)
+    end = _time(data, "EndDateTime", event_id)
+    if start != run.scheduled_start:
+        raise InvalidEvent(
+            f"StartDateTime {start.isoformat()} does not match the run name {run.run_name}",
+            event_id,
+        )
+    if end <= start:
+        raise InvalidEvent("EndDateTime is not after StartDateTime", event_id)
+    cutoff = None
+    if data.get("cancellationcutoffdatetime") is not None:
+        cutoff = _time(data, "CancellationCutOffDateTime", event_id)
+        if cutoff > start:
+            raise InvalidEvent("CancellationCutOffDateTime is after StartDateTime", event_id)
+
+    status = data.get("status")
+    if status is not None and (
+        not isinstance(status, str) or len(status) > MAX_STATUS_LENGTH or not status.isprintable()
+    ):
+        raise InvalidEvent("Status is not a short string", event_id)
+
+    event_time = None
+    if envelope.get(time_key) is not None:
+        event_time = _wrap(lambda: parse_time(envelope.get(time_key), time_key), event_id)
+
+    return MaintenanceEvent(
+        event_id=event_id,
+        kind=kind,
+        schema=schema,
+        run=run,
+        event_time=event_time,
+        start=start,
+        end=end,
+        cancellation_cutoff=cutoff,
+        subscription_ids=subscriptions,
+        status=status,
+    )
+
+
+def _kind_of(event_type: object, event_id: str) -> EventKind:
+    for kind in EventKind:
+        if isinstance(event_type, str) and event_type.lower() == kind.value.lower():
+            return kind
+    raise InvalidEvent(
+        f"event type {describe_for_log(event_type)} is not a maintenance event", event_id
+    )
+
+
+def _case_insensitive(data: Mapping[Any, Any], event_id: str) -> dict[str, Any]:
+    folded: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            continue
+        lower = key.lower()
+        if lower in folded and folded[lower] != value:
+            raise InvalidEvent(f"data holds {key!r} twice with different values", event_id)
+        folded[lower] = value
+    return folded
+
+
+def _required(data: Mapping[str, Any], name: str, event_id: str) -> Any:
+    value = data.get(name.lower())
+    if value is None:
+        raise InvalidEvent(f"data.{name} is missing", event_id)
+    return value
+
+
+def _time(data: Mapping[str, Any], name: str, event_id: str) -> datetime:
+    value = _required(data, name, event_id)
+    return _wrap(lambda: parse_time(value, f"data.{name}"), event_id)
+
+
+def _wrap(parse: Callable[[], datetime], event_id: str) -> datetime:
+    try:
+        return parse()
+    except InvalidEvent as e:
+        raise InvalidEvent(e.reason, event_id) from e
+
+
+def _subscription_ids(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise InvalidId("ResourceSubscriptionIds is not an array")
+    if len(value) > MAX_SUBSCRIPTIONS:
+        raise InvalidId(f"ResourceSubscriptionIds holds more than {MAX_SUBSCRIPTIONS} ids")
+    return tuple(dict.fromkeys(parse_subscription_id(item) for item in value))
+
+
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "EnvelopeSchema",
+    "EventKind",
+    "InvalidEvent",
+    "MaintenanceEvent",
+    "describe_for_log",
+    "parse_delivery",
+    "parse_event",
+    "parse_time",
+]

@@ -1,0 +1,158 @@
+"""ARM ids the app trusts: subscriptions, maintenance configurations and runs (applyupdates).
+
+Every id that later reaches a query or a URL passes through here first. The patterns are strict
+on purpose: quotes, pipes, newlines, `..` and other query or path characters never validate.
+ARM ids are compared case-insensitively; the original text is kept for calls.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+GUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+# Resource group names: letters, digits, '_', '-', '.', '(' and ')'; at most 90; no trailing '.'.
+RESOURCE_GROUP_PATTERN = r"[A-Za-z0-9_.()-]{0,89}[A-Za-z0-9_()-]"
+# Maintenance configuration names: letters, digits, '_', '-', '.'; at most 128.
+CONFIGURATION_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+RUN_NAME_PATTERN = r"[0-9]{14}"
+RUN_NAME_FORMAT = "%Y%m%d%H%M%S"
+
+_SUBSCRIPTION = re.compile(GUID_PATTERN)
+_CONFIGURATION = re.compile(
+    rf"/subscriptions/(?P<sub>{GUID_PATTERN})"
+    rf"/resourcegroups/(?P<rg>{RESOURCE_GROUP_PATTERN})"
+    rf"/providers/microsoft\.maintenance/maintenanceconfigurations/(?P<name>{CONFIGURATION_NAME_PATTERN})",
+    re.IGNORECASE,
+)
+_RUN_SUFFIX = re.compile(
+    rf"(?P<configuration>.+)/providers/microsoft\.maintenance/applyupdates/(?P<run>{RUN_NAME_PATTERN})",
+    re.IGNORECASE,
+)
+MAX_ID_LENGTH = 512
+
+
+def describe_for_log(value: object, limit: int = 100) -> str:
+    """Untrusted text made safe for one log line: repr (escapes newlines), truncated."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class InvalidId(ValueError):
+    """A value that is not the kind of ARM id (or name) it claims to be."""
+
+
+def _check_plain(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidId(f"{what} must be a string")
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise InvalidId(f"{what} must be 1..{MAX_ID_LENGTH} characters")
+    if ".." in value:
+        raise InvalidId(f"{what} must not contain '..'")
+    return value
+
+
+def parse_subscription_id(value: object) -> str:
+    """A subscription id (GUID), normalised to lower case."""
+    text = _check_plain(value, "subscription id")
+    if not _SUBSCRIPTION.fullmatch(text):
+        raise InvalidId(f"subscription id is not a GUID: {describe_for_log(text)}")
+    return text.lower()
+
+
+def parse_run_name(value: object) -> datetime:
+    """The scheduled start (UTC) that a run name (yyyyMMddHHmmss) stands for."""
+    text = _check_plain(value, "run name")
+    if not re.fullmatch(RUN_NAME_PATTERN, text):
+        raise InvalidId(f"run name is not yyyyMMddHHmmss: {describe_for_log(text)}")
+    try:
+        return datetime.strptime(text, RUN_NAME_FORMAT).replace(tzinfo=UTC)
+    except ValueError as e:
+        raise InvalidId(f"run name is not a real date and time: {describe_for_log(text)}") from e
+
+
+def run_name_for(scheduled_start: datetime) -> str:
+    """The run name (yyyyMMddHHmmss, UTC) of a run scheduled to start at `scheduled_start`."""
+    if scheduled_start.tzinfo is None:
+        raise ValueError("scheduled start must be timezone-aware")
+    if scheduled_start.microsecond:
+        raise ValueError("a scheduled start has whole seconds")
+    return scheduled_start.astimezone(UTC).strftime(RUN_NAME_FORMAT)
+
+
+@dataclass(frozen=True)
+class ConfigurationId:
+    """A maintenance configuration's ARM id."""
+
+    text: str
+    subscription_id: str
+    resource_group: str
+    name: str
+
+    @classmethod
+    def parse(cls, value: object) -> ConfigurationId:
+        """Validate a maintenance configuration id; raise InvalidId otherwise."""
+        text = _check_plain(value, "maintenance configuration id")
+        match = _CONFIGURATION.fullmatch(text)
+        if not match:
+            raise InvalidId(f"not a maintenance configuration id: {describe_for_log(text)}")
+        return cls(
+            text=text,
+            subscription_id=match["sub"].lower(),
+            resource_group=match["rg"],
+            name=match["name"],
+        )
+
+    @property
+    def key(self) -> str:
+        """Case-insensitive identity of the configuration."""
+        return self.text.lower()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ConfigurationId) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+@dataclass(frozen=True)
+class RunId:
+    """A run's ARM id, which is also its CorrelationId: `<MC id>/providers/microsoft.maintenance/
+    applyupdates/<yyyyMMddHHmmss>`."""
+
+    text: str
+    configuration: ConfigurationId
+    run_name: str
+    scheduled_start: datetime
+
+    @classmethod
+    def parse(cls, value: object) -> RunId:
+        """Validate a CorrelationId; raise InvalidId otherwise."""
+        text = _check_plain(value, "CorrelationId")
+        match = _RUN_SUFFIX.fullmatch(text)
+        if not match:
+            raise InvalidId(f"CorrelationId is not an applyupdates id: {describe_for_log(text)}")
+        configuration = ConfigurationId.parse(match["configuration"])
+        start = parse_run_name(match["run"])
+        return cls(
+            text=text, configuration=configuration, run_name=match["run"], scheduled_start=start
+        )
+
+    @classmethod
+    def of(cls, configuration: ConfigurationId, run_name: str) -> RunId:
+        """The run of `configuration` named `run_name`, written the way the platform writes it."""
+        start = parse_run_name(run_name)
+        text = f"{configuration.text}/providers/microsoft.maintenance/applyupdates/{run_name}"
+        return cls(text=text, configuration=configuration, run_name=run_name, scheduled_start=start)
+
+    @property
+    def key(self) -> str:
+        """Case-insensitive identity of the run."""
+        return self.text.lower()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunId) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)

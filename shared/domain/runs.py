@@ -1,0 +1,204 @@
+"""What the run ledger records: runs, the events seen, the machines of a run, cancel requests.
+
+Rows carry an opaque `version` (the storage ETag). A row written with a version is only stored if
+nobody changed it since it was read, so two instances never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.domain.events import EnvelopeSchema, EventKind, MaintenanceEvent
+from shared.domain.ids import RunId
+
+
+class RunStatus(enum.StrEnum):
+    """The app's own view of a run (the platform's word is kept apart, in platform_status)."""
+
+    SCHEDULED = "Scheduled"
+    PRE_EVENT_RECEIVED = "PreEventReceived"
+    PREPARING = "Preparing"
+    PREPARED = "Prepared"
+    CANCEL_REQUESTED = "CancelRequested"
+    CANCELLED = "Cancelled"
+    POST_EVENT_RECEIVED = "PostEventReceived"
+    WRAPPING_UP = "WrappingUp"
+    COMPLETED = "Completed"
+
+    @property
+    def is_wrapping_up_or_done(self) -> bool:
+        """True once wrap-up has begun; later events do not move the run back."""
+        return self in (RunStatus.WRAPPING_UP, RunStatus.COMPLETED)
+
+
+class MachineKind(enum.StrEnum):
+    """What sort of machine a run holds."""
+
+    VIRTUAL_MACHINE = "VirtualMachine"
+    ARC_SERVER = "ArcServer"
+    OTHER = "Other"
+
+    @classmethod
+    def of(cls, resource_id: str) -> MachineKind:
+        """Tell the kind from the ARM resource type in the id."""
+        lowered = resource_id.lower()
+        if "/providers/microsoft.compute/virtualmachines/" in lowered:
+            return cls.VIRTUAL_MACHINE
+        if "/providers/microsoft.hybridcompute/machines/" in lowered:
+            return cls.ARC_SERVER
+        return cls.OTHER
+
+
+class MachineAction(enum.StrEnum):
+    """What the app did, or is doing, to one machine of a run."""
+
+    LEFT_ALONE = "LeftAlone"
+    SKIPPED_OPT_OUT = "SkippedOptOut"
+    NOT_STARTABLE = "NotStartable"
+    STARTING = "Starting"
+    STARTED = "Started"
+    START_FAILED = "StartFailed"
+    DEALLOCATING = "Deallocating"
+    DEALLOCATED = "Deallocated"
+    DEALLOCATE_FAILED = "DeallocateFailed"
+    HANDED_OVER = "HandedOver"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One maintenance run, keyed by its configuration and run name."""
+
+    run_id: RunId
+    status: RunStatus
+    created_at: datetime
+    updated_at: datetime
+    end: datetime | None = None
+    cancellation_cutoff: datetime | None = None
+    subscription_ids: tuple[str, ...] = ()
+    pre_event_at: datetime | None = None
+    post_event_at: datetime | None = None
+    post_event_status: str | None = None
+    platform_status: str | None = None
+    version: str | None = None
+
+    @property
+    def scheduled_start(self) -> datetime:
+        """T: when patching starts."""
+        return self.run_id.scheduled_start
+
+    @classmethod
+    def first_seen(cls, run_id: RunId, now: datetime) -> Run:
+        """A run the ledger has not stored yet."""
+        return cls(run_id=run_id, status=RunStatus.SCHEDULED, created_at=now, updated_at=now)
+
+    def after_event(self, event: MaintenanceEvent, received_at: datetime) -> Run:
+        """This run once `event` is taken into account. Order of delivery does not matter."""
+        subscriptions = tuple(dict.fromkeys(self.subscription_ids + event.subscription_ids))
+        changed = dataclasses.replace(
+            self,
+            end=event.end,
+            subscription_ids=subscriptions,
+            updated_at=received_at,
+        )
+        if event.kind is EventKind.PRE:
+            status = self.status
+            if status is RunStatus.SCHEDULED:
+                status = RunStatus.PRE_EVENT_RECEIVED
+            return dataclasses.replace(
+                changed,
+                status=status,
+                pre_event_at=self.pre_event_at or received_at,
+                cancellation_cutoff=event.cancellation_cutoff or self.cancellation_cutoff,
+            )
+        status = self.status
+        if not status.is_wrapping_up_or_done and status is not RunStatus.CANCELLED:
+            status = RunStatus.POST_EVENT_RECEIVED
+        return dataclasses.replace(
+            changed,
+            status=status,
+            post_event_at=self.post_event_at or received_at,
+            post_event_status=event.status,
+        )
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One event the ledger has seen; (kind, event_id) is unique."""
+
+    run_id: RunId
+    kind: EventKind
+    event_id: str
+    schema: EnvelopeSchema
+    received_at: datetime
+    event_time: datetime | None
+    start: datetime
+    end: datetime
+    cancellation_cutoff: datetime | None
+    subscription_ids: tuple[str, ...]
+    status: str | None
+
+    @classmethod
+    def of(cls, event: MaintenanceEvent, received_at: datetime) -> EventRecord:
+        """The record of `event`, received at `received_at`."""
+        return cls(
+            run_id=event.run,
+            kind=event.kind,
+            event_id=event.event_id,
+            schema=event.schema,
+            received_at=received_at,
+            event_time=event.event_time,
+            start=event.start,
+            end=event.end,
+            cancellation_cutoff=event.cancellation_cutoff,
+            subscription_ids=event.subscription_ids,
+            status=event.status,
+        )
+
+
+@dataclass(frozen=True)
+class MachineRecord:
+    """One machine of a run: its power state before the run and what the app did to it."""
+
+    run_id: RunId
+    resource_id: str
+    kind: MachineKind
+    prior_power_state: str | None
+    action: MachineAction
+    updated_at: datetime
+    owner_run: str | None = None
+    last_power_state: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    version: str | None = None
+
+
+class CancelOutcome(enum.StrEnum):
+    """How a cancel request ended."""
+
+    ACCEPTED = "Accepted"
+    ALREADY_CANCELLED = "AlreadyCancelled"
+    WOULD_CANCEL = "WouldCancel"
+    REFUSED_OUTSIDE_WINDOW = "RefusedOutsideWindow"
+    REFUSED_RUN_STATE = "RefusedRunState"
+    REFUSED_BY_AZURE = "RefusedByAzure"
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """One cancel request and its audit: who asked, why, what the window was, what happened."""
+
+    run_id: RunId
+    request_id: str
+    requested_at: datetime
+    requested_by: str
+    reason: str
+    dry_run: bool
+    outcome: CancelOutcome
+    window_opens_at: datetime
+    window_closes_at: datetime
+    detail: str = ""
+    service_code: str | None = None
+    service_message: str | None = None

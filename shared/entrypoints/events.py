@@ -1,0 +1,111 @@
+"""Maintenance events in: two Event Grid triggers (pre, post) and a Storage-queue trigger for
+event subscriptions that deliver to a queue.
+
+A malformed or wrong-type event is refused with one log line and no exception: raising would make
+Event Grid retry it for 24 hours. An infrastructure failure (ledger storage) raises, so the
+delivery is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import azure.functions as func
+
+from shared import bootstrap
+from shared.domain.events import (
+    EventKind,
+    InvalidEvent,
+    MaintenanceEvent,
+    describe_for_log,
+    parse_delivery,
+    parse_event,
+)
+from shared.services.intake import IntakeOutcome, take_in_event
+
+log = logging.getLogger(__name__)
+
+EVENTS_QUEUE = "maintenance-events"
+PRE_ONLY = frozenset({EventKind.PRE})
+POST_ONLY = frozenset({EventKind.POST})
+ANY_KIND = frozenset(EventKind)
+
+bp = func.Blueprint()
+
+
+@bp.function_name("on_pre_maintenance_event")
+@bp.event_grid_trigger(arg_name="event")
+def on_pre_maintenance_event(event: func.EventGridEvent) -> None:
+    """Pre maintenance event delivered by an Event Grid subscription."""
+    _take_in(lambda: parse_event(envelope_of(event), PRE_ONLY), "Event Grid (pre)")
+
+
+@bp.function_name("on_post_maintenance_event")
+@bp.event_grid_trigger(arg_name="event")
+def on_post_maintenance_event(event: func.EventGridEvent) -> None:
+    """Post maintenance event delivered by an Event Grid subscription."""
+    _take_in(lambda: parse_event(envelope_of(event), POST_ONLY), "Event Grid (post)")
+
+
+@bp.function_name("on_maintenance_event_message")
+@bp.queue_trigger(arg_name="message", queue_name=EVENTS_QUEUE, connection="AzureWebJobsStorage")
+def on_maintenance_event_message(message: func.QueueMessage) -> None:
+    """Pre or post event delivered by an Event Grid subscription to a Storage queue."""
+    _take_in(
+        lambda: parse_delivery(message.get_body(), ANY_KIND),
+        f"queue {EVENTS_QUEUE} (message {message.id})",
+    )
+
+
+def envelope_of(event: func.EventGridEvent | func.CloudEvent) -> dict[str, Any]:
+    """The envelope as it came over the wire, rebuilt from the binding's object."""
+    if isinstance(event, func.CloudEvent):
+        return {
+            "specversion": event.specversion,
+            "id": event.id,
+            "source": event.source,
+            "type": event.type,
+            "time": _iso(event.time),
+            "subject": event.subject,
+            "data": event.get_json(),
+        }
+    return {
+        "id": event.id,
+        "topic": event.topic,
+        "subject": event.subject,
+        "eventType": event.event_type,
+        "eventTime": _iso(event.event_time),
+        "dataVersion": event.data_version,
+        "data": event.get_json(),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _take_in(parse: Callable[[], MaintenanceEvent], channel: str) -> IntakeOutcome | None:
+    try:
+        event = parse()
+    except InvalidEvent as refusal:
+        log.warning(
+            "Refused maintenance event from %s: %s (event id %s)",
+            channel,
+            refusal.reason,
+            describe_for_log(refusal.event_id),
+        )
+        return None
+    services = bootstrap.container()
+    outcome = take_in_event(event, services.ledger, services.clock)
+    log.info(
+        "Took in %s event %s for run %s from %s: %s",
+        event.kind.short,
+        describe_for_log(event.event_id),
+        event.run.text,
+        channel,
+        "duplicate, nothing changed" if outcome.duplicate else "recorded",
+    )
+    return outcome

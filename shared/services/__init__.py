@@ -1,0 +1,1 @@
+"""Use cases. Each takes its ports (typing.Protocol) as arguments."""

@@ -1,0 +1,152 @@
+"""Test data builders and small fakes of our own ports."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared.domain.errors import DuplicateEvent, LedgerConflict
+from shared.domain.ids import RunId
+from shared.domain.runs import CancelRequest, EventRecord, MachineRecord, Run
+
+SUBSCRIPTION = "1b7a0c4e-5d2f-4a8b-9c3d-2e1f0a9b8c7d"
+OTHER_SUBSCRIPTION = "c0de0000-1111-4222-8333-444455556666"
+CONFIGURATION = (
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/ops/providers/"
+    "Microsoft.Maintenance/maintenanceConfigurations/weekly-linux"
+)
+RUN_NAME = "20261201030000"
+START = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
+CORRELATION_ID = f"{CONFIGURATION}/providers/microsoft.maintenance/applyupdates/{RUN_NAME}"
+PRE = "Microsoft.Maintenance.PreMaintenanceEvent"
+POST = "Microsoft.Maintenance.PostMaintenanceEvent"
+
+
+class FixedClock:
+    """A clock that stays where the test puts it."""
+
+    def __init__(self, now: datetime = START - timedelta(minutes=30)) -> None:
+        self.current = now
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, delta: timedelta) -> None:
+        self.current += delta
+
+
+def event_grid_event(kind: str = PRE, **data_overrides: Any) -> dict[str, Any]:
+    """An Event Grid schema maintenance event, as the reference §1 shows it."""
+    data: dict[str, Any] = {
+        "CorrelationId": CORRELATION_ID,
+        "MaintenanceConfigurationId": CONFIGURATION,
+        "StartDateTime": "2026-12-01T03:00:00Z",
+        "EndDateTime": "2026-12-01T06:55:00Z",
+        "ResourceSubscriptionIds": [SUBSCRIPTION, OTHER_SUBSCRIPTION],
+    }
+    if kind == PRE:
+        data["CancellationCutOffDateTime"] = "2026-12-01T02:50:00Z"
+    else:
+        data["Status"] = "Succeeded"
+    data.update(data_overrides)
+    data = {k: v for k, v in data.items() if v is not None}
+    return {
+        "id": data.get("CorrelationId", CORRELATION_ID),
+        "topic": CONFIGURATION,
+        "subject": "weekly-linux",
+        "eventType": kind,
+        "eventTime": "2026-12-01T02:25:04.1234567Z",
+        "dataVersion": "1.0",
+        "metadataVersion": "1",
+        "data": data,
+    }
+
+
+def cloud_event(kind: str = PRE, **data_overrides: Any) -> dict[str, Any]:
+    """The same event in the CloudEvents 1.0 schema, with camelCase data keys."""
+    grid = event_grid_event(kind, **data_overrides)
+    data = {k[0].lower() + k[1:]: v for k, v in grid["data"].items()}
+    return {
+        "specversion": "1.0",
+        "id": grid["id"],
+        "source": CONFIGURATION,
+        "type": kind,
+        "time": grid["eventTime"],
+        "subject": "weekly-linux",
+        "data": data,
+    }
+
+
+def as_json(document: Any) -> str:
+    return json.dumps(document)
+
+
+class InMemoryRunLedger:
+    """RunLedger in memory, with the same version (ETag) rules as the table adapter."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, Run] = {}
+        self.events: dict[tuple[str, str, str], EventRecord] = {}
+        self.machines: dict[tuple[str, str], MachineRecord] = {}
+        self.cancels: list[CancelRequest] = []
+        self._counter = 0
+        # A hook for tests: called before each record_event commit.
+        self.before_commit: list[Any] = []
+
+    def _next_version(self) -> str:
+        self._counter += 1
+        return f"v{self._counter}"
+
+    def find_run(self, run_id: RunId) -> Run | None:
+        return self.runs.get(run_id.key)
+
+    def save_run(self, run: Run) -> Run:
+        self._check(self.runs.get(run_id_key := run.run_id.key), run.version)
+        stored = dataclasses.replace(run, version=self._next_version())
+        self.runs[run_id_key] = stored
+        return stored
+
+    def record_event(self, event: EventRecord, run: Run) -> Run:
+        for hook in list(self.before_commit):
+            hook()
+        key = (event.run_id.key, event.kind.value, event.event_id)
+        if key in self.events:
+            raise DuplicateEvent(event.event_id)
+        self._check(self.runs.get(run.run_id.key), run.version)
+        self.events[key] = event
+        stored = dataclasses.replace(run, version=self._next_version())
+        self.runs[run.run_id.key] = stored
+        return stored
+
+    def list_events(self, run_id: RunId) -> Iterator[EventRecord]:
+        return iter([e for (k, _, _), e in self.events.items() if k == run_id.key])
+
+    def find_machine(self, run_id: RunId, resource_id: str) -> MachineRecord | None:
+        return self.machines.get((run_id.key, resource_id.lower()))
+
+    def save_machine(self, machine: MachineRecord) -> MachineRecord:
+        key = (machine.run_id.key, machine.resource_id.lower())
+        self._check(self.machines.get(key), machine.version)
+        stored = dataclasses.replace(machine, version=self._next_version())
+        self.machines[key] = stored
+        return stored
+
+    def list_machines(self, run_id: RunId) -> Iterator[MachineRecord]:
+        return iter([m for (k, _), m in self.machines.items() if k == run_id.key])
+
+    def add_cancel_request(self, request: CancelRequest) -> None:
+        self.cancels.append(copy.copy(request))
+
+    def list_cancel_requests(self, run_id: RunId) -> Iterator[CancelRequest]:
+        return iter([c for c in self.cancels if c.run_id == run_id])
+
+    @staticmethod
+    def _check(stored: Run | MachineRecord | None, version: str | None) -> None:
+        if version is None and stored is not None:
+            raise LedgerConflict("exists")
+        if version is not None and (stored is None or stored.version != version):
+            raise LedgerConflict("changed")

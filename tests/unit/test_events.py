@@ -1,0 +1,252 @@
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared.domain.events import (
+    MAX_EVENT_BYTES,
+    EnvelopeSchema,
+    EventKind,
+    InvalidEvent,
+    parse_delivery,
+    parse_event,
+    parse_time,
+)
+from tests.builders import (
+    CORRELATION_ID,
+    OTHER_SUBSCRIPTION,
+    POST,
+    PRE,
+    START,
+    SUBSCRIPTION,
+    cloud_event,
+    event_grid_event,
+)
+
+ANY = frozenset(EventKind)
+PRE_ONLY = frozenset({EventKind.PRE})
+
+
+def test_event_grid_pre_event_is_parsed() -> None:
+    event = parse_event(event_grid_event(PRE), PRE_ONLY)
+    assert event.kind is EventKind.PRE
+    assert event.schema is EnvelopeSchema.EVENT_GRID
+    assert event.event_id == CORRELATION_ID
+    assert event.run.text == CORRELATION_ID
+    assert event.start == START
+    assert event.end == datetime(2026, 12, 1, 6, 55, tzinfo=UTC)
+    assert event.cancellation_cutoff == datetime(2026, 12, 1, 2, 50, tzinfo=UTC)
+    assert event.subscription_ids == (SUBSCRIPTION, OTHER_SUBSCRIPTION)
+    assert event.event_time == datetime(2026, 12, 1, 2, 25, 4, 123456, tzinfo=UTC)
+    assert event.status is None
+
+
+def test_cloud_event_with_camel_case_data_is_parsed_the_same() -> None:
+    grid = parse_event(event_grid_event(POST), ANY)
+    cloud = parse_event(cloud_event(POST), ANY)
+    assert cloud.schema is EnvelopeSchema.CLOUD_EVENTS
+    assert (cloud.kind, cloud.run, cloud.start, cloud.end, cloud.status) == (
+        grid.kind,
+        grid.run,
+        grid.start,
+        grid.end,
+        grid.status,
+    )
+    assert cloud.status == "Succeeded"
+
+
+def test_data_keys_are_read_in_any_case() -> None:
+    envelope = event_grid_event(PRE)
+    envelope["data"] = {k.upper(): v for k, v in envelope["data"].items()}
+    assert parse_event(envelope, ANY).cancellation_cutoff is not None
+
+
+def test_event_type_is_matched_case_insensitively() -> None:
+    envelope = event_grid_event(PRE)
+    envelope["eventType"] = PRE.lower()
+    assert parse_event(envelope, ANY).kind is EventKind.PRE
+
+
+def test_unknown_post_status_is_kept_as_is() -> None:
+    assert (
+        parse_event(event_grid_event(POST, Status="PartiallySucceeded"), ANY).status
+        == "PartiallySucceeded"
+    )
+
+
+def test_duplicate_subscription_ids_are_folded() -> None:
+    event = parse_event(
+        event_grid_event(PRE, ResourceSubscriptionIds=[SUBSCRIPTION, SUBSCRIPTION.upper()]), ANY
+    )
+    assert event.subscription_ids == (SUBSCRIPTION,)
+
+
+def test_pre_event_without_cutoff_is_accepted_with_no_cutoff() -> None:
+    event = parse_event(event_grid_event(PRE, CancellationCutOffDateTime=None), ANY)
+    assert event.cancellation_cutoff is None
+
+
+def refusal(envelope: Any, expected: frozenset[EventKind] = ANY) -> str:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(envelope, expected)
+    return caught.value.reason
+
+
+def test_wrong_event_type_for_the_function_is_refused() -> None:
+    assert "is not Microsoft.Maintenance.PreMaintenanceEvent" in refusal(
+        event_grid_event(POST), PRE_ONLY
+    )
+
+
+@pytest.mark.parametrize("event_type", ["Microsoft.Storage.BlobCreated", "", None, 5])
+def test_non_maintenance_event_types_are_refused(event_type: object) -> None:
+    envelope = event_grid_event(PRE)
+    envelope["eventType"] = event_type
+    assert "not a maintenance event" in refusal(envelope)
+
+
+def test_missing_data_is_refused() -> None:
+    envelope = event_grid_event(PRE)
+    del envelope["data"]
+    assert "no data object" in refusal(envelope)
+    envelope["data"] = "text"
+    assert "no data object" in refusal(envelope)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "CorrelationId",
+        "MaintenanceConfigurationId",
+        "StartDateTime",
+        "EndDateTime",
+        "ResourceSubscriptionIds",
+    ],
+)
+def test_missing_required_fields_are_named(field: str) -> None:
+    envelope = event_grid_event(PRE)
+    del envelope["data"][field]
+    assert field in refusal(envelope)
+
+
+def test_missing_or_odd_ids_are_refused() -> None:
+    for bad in [None, "", "   ", "x" * 600, "a\nb"]:
+        envelope = event_grid_event(PRE)
+        envelope["id"] = bad
+        refusal(envelope)
+
+
+@pytest.mark.parametrize(
+    "correlation",
+    [
+        "/subscriptions/x/resourceGroups/ops",
+        CORRELATION_ID.replace("weekly-linux", "weekly'linux"),
+        CORRELATION_ID.replace("weekly-linux", "we|ekly"),
+        CORRELATION_ID.replace("/ops/", "/../"),
+        CORRELATION_ID + "\n| project secrets",
+    ],
+)
+def test_correlation_ids_that_are_not_applyupdates_ids_are_refused(correlation: str) -> None:
+    refusal(event_grid_event(PRE, CorrelationId=correlation))
+
+
+def test_configuration_id_must_match_the_run() -> None:
+    other = CORRELATION_ID.split("/providers/microsoft.maintenance/applyupdates")[0].replace(
+        "weekly-linux", "monthly"
+    )
+    assert "does not match" in refusal(event_grid_event(PRE, MaintenanceConfigurationId=other))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("StartDateTime", "tomorrow"),
+        ("StartDateTime", "2026-13-01T03:00:00Z"),
+        ("EndDateTime", "2026-12-01T06:55"),
+        ("EndDateTime", 1733000000),
+        ("CancellationCutOffDateTime", "2026-12-01 02:50:00 UTC"),
+    ],
+)
+def test_times_that_do_not_parse_are_refused(field: str, value: object) -> None:
+    refusal(event_grid_event(PRE, **{field: value}))
+
+
+def test_start_that_does_not_match_the_run_name_is_refused() -> None:
+    assert "does not match the run name" in refusal(
+        event_grid_event(PRE, StartDateTime="2026-12-01T04:00:00Z")
+    )
+
+
+def test_end_before_start_and_cutoff_after_start_are_refused() -> None:
+    assert "EndDateTime" in refusal(event_grid_event(PRE, EndDateTime="2026-12-01T02:00:00Z"))
+    assert "CancellationCutOff" in refusal(
+        event_grid_event(PRE, CancellationCutOffDateTime="2026-12-01T03:05:00Z")
+    )
+
+
+@pytest.mark.parametrize(
+    "subscriptions", ["1b7a", ["not-a-guid"], [SUBSCRIPTION + "'"], [None], ["a"] * 1001]
+)
+def test_bad_subscription_ids_are_refused(subscriptions: object) -> None:
+    refusal(event_grid_event(PRE, ResourceSubscriptionIds=subscriptions))
+
+
+def test_conflicting_duplicate_keys_in_data_are_refused() -> None:
+    envelope = event_grid_event(PRE)
+    envelope["data"]["startDateTime"] = "2026-12-01T04:00:00Z"
+    assert "twice" in refusal(envelope)
+
+
+def test_cloud_event_with_unknown_specversion_is_refused() -> None:
+    envelope = cloud_event(PRE)
+    envelope["specversion"] = "0.3"
+    assert "specversion" in refusal(envelope)
+
+
+def test_delivery_accepts_an_object_or_an_array_of_one() -> None:
+    text = json.dumps(event_grid_event(PRE))
+    assert parse_delivery(text, ANY).kind is EventKind.PRE
+    assert parse_delivery(f"[{text}]".encode(), ANY).kind is EventKind.PRE
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[]", "got 0"),
+        (b'"text"', "not a JSON object"),
+        (b"null", "not a JSON object"),
+    ],
+)
+def test_deliveries_that_are_not_one_event_are_refused(body: bytes, reason: str) -> None:
+    with pytest.raises(InvalidEvent, match=reason):
+        parse_delivery(body, ANY)
+
+
+def test_an_array_of_several_events_is_refused() -> None:
+    text = json.dumps([event_grid_event(PRE), event_grid_event(POST)])
+    with pytest.raises(InvalidEvent, match="got 2"):
+        parse_delivery(text, ANY)
+
+
+def test_a_one_megabyte_payload_is_refused_before_parsing() -> None:
+    envelope = event_grid_event(PRE)
+    envelope["data"]["padding"] = "x" * (1024 * 1024)
+    with pytest.raises(InvalidEvent, match=f"exceeds {MAX_EVENT_BYTES}"):
+        parse_delivery(json.dumps(envelope), ANY)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-12-01T03:00:00Z", START),
+        ("2026-12-01T03:00:00.1234567Z", START + timedelta(microseconds=123456)),
+        ("2026-12-01T04:00:00+01:00", START),
+        ("2026-12-01T03:00:00", START),
+        ("2026-12-01 03:00:00z", START),
+    ],
+)
+def test_times_are_read_as_azure_writes_them(text: str, expected: datetime) -> None:
+    assert parse_time(text, "t") == expected
