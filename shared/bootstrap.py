@@ -1,49 +1,134 @@
 """Composition root: builds settings and adapters lazily, once per process.
 
 Nothing here runs at import time, so the worker indexes functions fast and a bad setting fails
-the first call with a message naming it. Tests install their own Container with `use()`.
+the first call with a message naming it. SDK modules are imported inside the builders, where
+first used. Tests install their own Container with `use()`.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.config import Settings
 from shared.domain.timeline import Clock, SystemClock
 
 if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+    from shared.adapters.compute import ComputeMachines
+    from shared.adapters.log_analytics import LogAnalyticsHeartbeats
+    from shared.adapters.maintenance import MaintenanceRuns
+    from shared.adapters.resource_graph import ResourceGraphMachines
     from shared.services.ports import RunLedger
+
+T = TypeVar("T")
 
 
 @dataclass
 class Container:
-    """The process's settings, clock and adapters; adapters are built on first use."""
+    """The process's settings, clock and adapters; each adapter is built on first use.
+
+    `client_options` go to every Azure SDK client (tests use them to shorten retry waits).
+    """
 
     settings: Settings
     clock: Clock = field(default_factory=SystemClock)
-    _ledger: RunLedger | None = None
+    client_options: dict[str, Any] = field(default_factory=dict)
+    _built: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _once(self, name: str, build: Callable[[], T]) -> T:
+        if name not in self._built:
+            with self._lock:
+                if name not in self._built:
+                    self._built[name] = build()
+        value: T = self._built[name]
+        return value
+
+    def provide(self, name: str, adapter: object) -> None:
+        """Install an adapter by name (tests: an in-memory fake of one of our ports)."""
+        with self._lock:
+            self._built[name] = adapter
 
     @property
     def ledger(self) -> RunLedger:
         """The run ledger (Azure Table storage)."""
-        if self._ledger is None:
-            with self._lock:
-                if self._ledger is None:
-                    self._ledger = _build_ledger(self.settings)
-        return self._ledger
+        return self._once("ledger", self._build_ledger)
 
+    @property
+    def credential(self) -> TokenCredential:
+        """The identity for ARM, Resource Graph and Log Analytics."""
+        from shared.adapters.credentials import azure_credential
 
-def _build_ledger(settings: Settings) -> RunLedger:
-    from shared.adapters.credentials import storage_credential
-    from shared.adapters.table_ledger import TableRunLedger, build_table_service
+        return self._once(
+            "credential",
+            lambda: azure_credential(
+                self.settings.managed_identity_client_id, self.settings.authority_host
+            ),
+        )
 
-    storage = settings.storage
-    credential = None if storage.connection_string else storage_credential(storage)
-    return TableRunLedger(build_table_service(storage, credential), settings.ledger_table)
+    @property
+    def resource_graph(self) -> ResourceGraphMachines:
+        """Azure Resource Graph."""
+        from shared.adapters.resource_graph import ResourceGraphMachines
+
+        return self._once(
+            "resource_graph",
+            lambda: ResourceGraphMachines.build(
+                self.credential, self.settings.arm_endpoint, **self.client_options
+            ),
+        )
+
+    @property
+    def compute(self) -> ComputeMachines:
+        """VM power operations."""
+        from shared.adapters.compute import ComputeMachines
+
+        return self._once(
+            "compute",
+            lambda: ComputeMachines.build(
+                self.credential, self.settings.arm_endpoint, **self.client_options
+            ),
+        )
+
+    @property
+    def maintenance(self) -> MaintenanceRuns:
+        """Cancel and read runs."""
+        from shared.adapters.maintenance import MaintenanceRuns
+
+        return self._once(
+            "maintenance",
+            lambda: MaintenanceRuns.build(
+                self.credential,
+                self.settings.arm_endpoint,
+                self.settings.maintenance_api_version,
+                **self.client_options,
+            ),
+        )
+
+    @property
+    def heartbeats(self) -> LogAnalyticsHeartbeats:
+        """Log Analytics heartbeat queries."""
+        from shared.adapters.log_analytics import LogAnalyticsHeartbeats
+
+        return self._once(
+            "heartbeats",
+            lambda: LogAnalyticsHeartbeats.build(
+                self.credential, self.settings.log_analytics_endpoint, **self.client_options
+            ),
+        )
+
+    def _build_ledger(self) -> RunLedger:
+        from shared.adapters.credentials import storage_credential
+        from shared.adapters.table_ledger import TableRunLedger, build_table_service
+
+        storage = self.settings.storage
+        credential = None if storage.connection_string else storage_credential(storage)
+        return TableRunLedger(build_table_service(storage, credential), self.settings.ledger_table)
 
 
 _container: Container | None = None

@@ -77,6 +77,39 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Table that holds the run ledger (3-63 letters and digits, starting with a letter).",
     ),
     SettingSpec(
+        "MANAGED_IDENTITY_CLIENT_ID",
+        None,
+        "Client id of the user-assigned managed identity used for Azure calls (ARM, Resource "
+        "Graph, Log Analytics). Unset: the system-assigned identity.",
+    ),
+    SettingSpec(
+        "ARM_ENDPOINT",
+        "https://management.azure.com",
+        "Azure Resource Manager endpoint (sovereign clouds differ); also the token audience "
+        "for ARM and Resource Graph.",
+    ),
+    SettingSpec(
+        "AZURE_AUTHORITY_HOST",
+        "https://login.microsoftonline.com",
+        "Microsoft Entra authority for the developer credential used outside Azure.",
+    ),
+    SettingSpec(
+        "LOG_ANALYTICS_ENDPOINT",
+        "https://api.loganalytics.io",
+        "Log Analytics query endpoint (sovereign clouds differ); also its token audience.",
+    ),
+    SettingSpec(
+        "LOG_ANALYTICS_WORKSPACE_ID",
+        None,
+        "Workspace (customer) id for the post-run heartbeat check. Unset: no check.",
+    ),
+    SettingSpec(
+        "MAINTENANCE_API_VERSION",
+        "2023-09-01-preview",
+        "api-version of the applyUpdates cancel and read calls; one that can cancel "
+        "(2023-09-01-preview or later).",
+    ),
+    SettingSpec(
         "CANCEL_SAFETY_MARGIN_SECONDS",
         "60",
         "Seconds taken off the end of the cancel window, so a cancel never races the "
@@ -103,6 +136,12 @@ class Settings:
     storage: StorageConnection
     ledger_table: str
     cancel_safety_margin: timedelta
+    managed_identity_client_id: str | None
+    arm_endpoint: str
+    authority_host: str
+    log_analytics_endpoint: str
+    log_analytics_workspace_id: str | None
+    maintenance_api_version: str
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> Settings:
@@ -114,6 +153,12 @@ class Settings:
             cancel_safety_margin=timedelta(
                 seconds=reader.get("CANCEL_SAFETY_MARGIN_SECONDS", _int_between(0, 600))
             ),
+            managed_identity_client_id=reader.optional("MANAGED_IDENTITY_CLIENT_ID", _guid),
+            arm_endpoint=reader.get("ARM_ENDPOINT", _https_url),
+            authority_host=reader.get("AZURE_AUTHORITY_HOST", _https_url),
+            log_analytics_endpoint=reader.get("LOG_ANALYTICS_ENDPOINT", _https_url),
+            log_analytics_workspace_id=reader.optional("LOG_ANALYTICS_WORKSPACE_ID", _guid),
+            maintenance_api_version=reader.get("MAINTENANCE_API_VERSION", _maintenance_version),
         )
 
 
@@ -137,6 +182,9 @@ class _Reader:
         except ValueError as e:
             raise ConfigError(name, f"{e} (got {value!r})") from e
 
+    def optional(self, name: str, parse: Callable[[str], T]) -> T | None:
+        return None if self.raw(name) is None else self.get(name, parse)
+
 
 _ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
 _TABLE = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
@@ -146,6 +194,23 @@ _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 def _table_name(value: str) -> str:
     if not _TABLE.fullmatch(value):
         raise ValueError("must be 3-63 letters and digits, starting with a letter")
+    return value
+
+
+def _guid(value: str) -> str:
+    if not _GUID.fullmatch(value):
+        raise ValueError("must be a GUID")
+    return value.lower()
+
+
+# Cancel arrived in 2023-09-01-preview; older versions cannot cancel a run.
+_MAINTENANCE_VERSION = re.compile(r"(?P<date>20\d\d-\d\d-\d\d)(-preview)?")
+
+
+def _maintenance_version(value: str) -> str:
+    match = _MAINTENANCE_VERSION.fullmatch(value)
+    if not match or match["date"] < "2023-09-01":
+        raise ValueError("must be an api-version that can cancel: 2023-09-01-preview or later")
     return value
 
 
@@ -200,9 +265,7 @@ def _storage(reader: _Reader) -> StorageConnection:
     credential = (reader.raw(f"{STORAGE}__credential") or "managedidentity").lower()
     if credential != "managedidentity":
         raise ConfigError(f"{STORAGE}__credential", "must be `managedidentity`")
-    client_id = reader.raw(f"{STORAGE}__clientId")
-    if client_id is not None and not _GUID.fullmatch(client_id):
-        raise ConfigError(f"{STORAGE}__clientId", "must be a client id (GUID)")
+    client_id = reader.optional(f"{STORAGE}__clientId", _guid)
     return StorageConnection(
         table_endpoint=table_endpoint,
         queue_endpoint=queue_endpoint,

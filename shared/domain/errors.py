@@ -17,3 +17,30 @@ class LedgerConflict(LedgerError):
 
 class DuplicateEvent(LedgerError):
     """This (event type, id) was recorded before; nothing was changed."""
+
+
+class AzureCallFailed(Exception):
+    """An Azure service answered with an error, or could not be reached.
+
+    Keeps the service's own code and message, so operators see what Azure said.
+    """
+
+    def __init__(self, service: str, status: int | None, code: str | None, message: str) -> None:
+        super().__init__(f"{service} answered {status or 'no status'} {code or ''}: {message}")
+        self.service = service
+        self.status = status
+        self.code = code
+        self.message = message
+
+    @property
+    def is_refusal(self) -> bool:
+        """A 4xx other than throttling: asking again will not help."""
+        return self.status is not None and 400 <= self.status < 500 and self.status != 429
+
+
+class CancelRefused(AzureCallFailed):
+    """The maintenance service refused to cancel a run (any 4xx)."""
+
+
+class ResourceGraphQueryRefused(AzureCallFailed):
+    """Resource Graph refused a query (400 InvalidQuery and the like)."""

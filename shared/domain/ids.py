@@ -156,3 +156,51 @@ class RunId:
 
     def __hash__(self) -> int:
         return hash(self.key)
+
+
+# VM names: up to 64 letters, digits, '_', '-', '.'; Arc machine names: up to 54 of the same.
+MACHINE_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
+_MACHINE = re.compile(
+    rf"/subscriptions/(?P<sub>{GUID_PATTERN})"
+    rf"/resourcegroups/(?P<rg>{RESOURCE_GROUP_PATTERN})"
+    r"/providers/(?P<type>microsoft\.compute/virtualmachines|microsoft\.hybridcompute/machines)"
+    rf"/(?P<name>{MACHINE_NAME_PATTERN})",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class MachineId:
+    """An Azure VM's or an Arc-enabled server's ARM id."""
+
+    text: str
+    subscription_id: str
+    resource_group: str
+    name: str
+    is_arc: bool
+
+    @classmethod
+    def parse(cls, value: object) -> MachineId:
+        """Validate a VM or Arc machine id; raise InvalidId otherwise."""
+        text = _check_plain(value, "machine id")
+        match = _MACHINE.fullmatch(text)
+        if not match:
+            raise InvalidId(f"not a VM or Arc machine id: {describe_for_log(text)}")
+        return cls(
+            text=text,
+            subscription_id=match["sub"].lower(),
+            resource_group=match["rg"],
+            name=match["name"],
+            is_arc=match["type"].lower() == "microsoft.hybridcompute/machines",
+        )
+
+    @property
+    def key(self) -> str:
+        """Case-insensitive identity of the machine."""
+        return self.text.lower()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MachineId) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)

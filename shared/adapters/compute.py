@@ -1,0 +1,157 @@
+"""Azure Compute (azure-mgmt-compute): power state, start, deallocate, OS-disk snapshot.
+
+Arc-enabled servers are recognised by their resource type and reported as not startable; no
+request is sent for them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.polling import LROPoller
+from azure.mgmt.compute import ComputeManagementClient
+from azure.mgmt.compute.models import CreationData, Snapshot, SnapshotProperties
+
+from shared.adapters.arm_clients import PerSubscription
+from shared.adapters.azure_errors import service_words, translated
+from shared.domain.ids import MachineId
+from shared.domain.machines import MachinePower, OperationOutcome, OperationResult, PowerState
+
+log = logging.getLogger(__name__)
+
+ARC_NOTE = "Arc-enabled server: its power is not managed by Azure, so the app cannot start it"
+
+
+class PowerOperation:
+    """A started long-running operation (or an answer known at once)."""
+
+    def __init__(
+        self,
+        machine: MachineId,
+        poller: LROPoller[Any] | None,
+        immediate: OperationResult | None = None,
+    ) -> None:
+        self.machine = machine
+        self._poller = poller
+        self._immediate = immediate
+
+    def wait(self, timeout: float | None = None) -> OperationResult:
+        """Wait up to `timeout` seconds (None: until done) for the operation to end."""
+        if self._poller is None:
+            return self._immediate or OperationResult(OperationOutcome.FAILED)
+        try:
+            self._poller.result(timeout=timeout)
+        except HttpResponseError as e:
+            _, code, message = service_words(e)
+            return OperationResult(OperationOutcome.FAILED, code, message)
+        except AzureError as e:
+            return OperationResult(OperationOutcome.FAILED, type(e).__name__, str(e))
+        if not self._poller.done():
+            return OperationResult(OperationOutcome.STILL_RUNNING)
+        return OperationResult(OperationOutcome.SUCCEEDED)
+
+
+class ComputeMachines:
+    """VM power operations; one client per subscription, one transport."""
+
+    def __init__(self, clients: PerSubscription[ComputeManagementClient]) -> None:
+        self._clients = clients
+
+    @classmethod
+    def build(
+        cls, credential: TokenCredential, arm_endpoint: str, **client_options: Any
+    ) -> ComputeMachines:
+        """Clients on `arm_endpoint`; options tune retries and polling (polling_interval)."""
+        return cls(
+            PerSubscription(
+                lambda **kw: ComputeManagementClient(
+                    credential,
+                    base_url=arm_endpoint,
+                    credential_scopes=[f"{arm_endpoint}/.default"],
+                    **kw,
+                ),
+                **client_options,
+            )
+        )
+
+    def get_power(self, machine: MachineId | str) -> MachinePower:
+        """The machine's power state (instance view) and whether the app can start it."""
+        target = _machine(machine)
+        if target.is_arc:
+            return MachinePower(state=None, startable=False, note=ARC_NOTE)
+        client = self._clients.for_subscription(target.subscription_id)
+        with translated("Compute"):
+            view = client.virtual_machines.instance_view(target.resource_group, target.name)
+        state: PowerState | str = PowerState.UNKNOWN
+        for status in view.statuses or []:
+            code = status.code or ""
+            if code.lower().startswith("powerstate/"):
+                state = PowerState.of(code.split("/", 1)[1])
+        startable = isinstance(state, PowerState) and state.startable
+        return MachinePower(state=state, startable=startable)
+
+    def begin_start(self, machine: MachineId | str) -> PowerOperation:
+        """Start a VM; an Arc machine is answered NotStartable without a request."""
+        target = _machine(machine)
+        if target.is_arc:
+            return PowerOperation(
+                target, None, OperationResult(OperationOutcome.NOT_STARTABLE, None, ARC_NOTE)
+            )
+        client = self._clients.for_subscription(target.subscription_id)
+        with translated("Compute"):
+            poller = client.virtual_machines.begin_start(target.resource_group, target.name)
+        return PowerOperation(target, poller)
+
+    def begin_deallocate(self, machine: MachineId | str) -> PowerOperation:
+        """Deallocate a VM (stop and release compute); Arc machines are not touched."""
+        target = _machine(machine)
+        if target.is_arc:
+            return PowerOperation(
+                target, None, OperationResult(OperationOutcome.NOT_STARTABLE, None, ARC_NOTE)
+            )
+        client = self._clients.for_subscription(target.subscription_id)
+        with translated("Compute"):
+            poller = client.virtual_machines.begin_deallocate(target.resource_group, target.name)
+        return PowerOperation(target, poller)
+
+    def begin_snapshot_os_disk(
+        self, machine: MachineId | str, snapshot_name: str
+    ) -> PowerOperation:
+        """Take an incremental snapshot of the VM's OS disk, in the VM's resource group."""
+        target = _machine(machine)
+        if target.is_arc:
+            return PowerOperation(
+                target, None, OperationResult(OperationOutcome.NOT_STARTABLE, None, ARC_NOTE)
+            )
+        client = self._clients.for_subscription(target.subscription_id)
+        with translated("Compute"):
+            vm = client.virtual_machines.get(target.resource_group, target.name)
+            os_disk = vm.storage_profile.os_disk if vm.storage_profile else None
+            disk_id = os_disk.managed_disk.id if os_disk and os_disk.managed_disk else None
+            if not disk_id:
+                return PowerOperation(
+                    target,
+                    None,
+                    OperationResult(
+                        OperationOutcome.FAILED, "NoManagedOsDisk", "the VM has no managed OS disk"
+                    ),
+                )
+            snapshot = Snapshot(
+                location=vm.location,
+                properties=SnapshotProperties(
+                    creation_data=CreationData(create_option="Copy", source_resource_id=disk_id),
+                    incremental=True,
+                ),
+                tags={"createdBy": "update-manager-automation"},
+            )
+            poller = client.snapshots.begin_create_or_update(
+                target.resource_group, snapshot_name, snapshot
+            )
+        return PowerOperation(target, poller)
+
+
+def _machine(machine: MachineId | str) -> MachineId:
+    return machine if isinstance(machine, MachineId) else MachineId.parse(machine)

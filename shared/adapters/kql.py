@@ -1,0 +1,100 @@
+"""The only place query text is built (Resource Graph and Log Analytics KQL).
+
+Neither service binds parameters, so every value that enters a query is first validated into a
+domain id (RunId, ConfigurationId, MachineId, subscription GUID) and then written as a literal
+by `_literal`, which refuses anything outside the characters ARM ids are made of. A value that
+fails never reaches a request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from shared.domain.ids import ConfigurationId, InvalidId, MachineId, RunId
+
+RUN_TYPE = "microsoft.maintenance/maintenanceconfigurations/applyupdates"
+MACHINE_RUN_TYPE = "microsoft.maintenance/applyupdates"
+ASSIGNMENT_TYPE = "microsoft.maintenance/configurationassignments"
+_SAFE_LITERAL = re.compile(r"[A-Za-z0-9_./()\-]{1,512}")
+
+
+def _literal(value: str) -> str:
+    """A KQL string literal of an already-validated id; refuses anything else."""
+    if not _SAFE_LITERAL.fullmatch(value):
+        raise InvalidId("value is not safe in a query")
+    return f"'{value}'"
+
+
+def _literal_list(values: Sequence[str]) -> str:
+    if not values:
+        raise InvalidId("an empty list cannot be queried")
+    return "(" + ", ".join(_literal(v) for v in values) + ")"
+
+
+def machines_of_run(run: RunId) -> str:
+    """Per-machine applyupdates records of one run (the official tutorials' query)."""
+    return "\n".join(
+        (
+            "maintenanceresources",
+            f"| where type =~ {_literal(MACHINE_RUN_TYPE)}",
+            f"| where properties.correlationId =~ {_literal(run.text)}",
+            "| project id, resourceId = tostring(properties.resourceId), "
+            "status = tostring(properties.status)",
+            "| order by id asc",
+        )
+    )
+
+
+def runs_of_configurations(configurations: Sequence[ConfigurationId] | None) -> str:
+    """Run-level applyupdates records: of the given configurations, or of every configuration
+    in the subscriptions the request is scoped to. One query for all."""
+    lines = ["maintenanceresources", f"| where type =~ {_literal(RUN_TYPE)}"]
+    if configurations is not None:
+        ids = _literal_list([c.text for c in configurations])
+        lines.append(f"| where properties.maintenanceConfigurationId in~ {ids}")
+    lines += ["| project id, name, properties", "| order by id asc"]
+    return "\n".join(lines)
+
+
+def assignments_of_configuration(configuration: ConfigurationId) -> str:
+    """Static assignments and dynamic scopes of a configuration."""
+    return "\n".join(
+        (
+            "maintenanceresources",
+            f"| where type =~ {_literal(ASSIGNMENT_TYPE)}",
+            f"| where properties.maintenanceConfigurationId =~ {_literal(configuration.text)}",
+            "| project id, subscriptionId, resourceId = tostring(properties.resourceId), "
+            "filter = properties.filter",
+            "| order by id asc",
+        )
+    )
+
+
+def patch_results_of_run(run: RunId) -> str:
+    """Per-machine patch installation results of one run."""
+    return "\n".join(
+        (
+            "patchinstallationresources",
+            "| where type has 'patchinstallationresults'",
+            f"| where properties.maintenanceRunId =~ {_literal(run.text)}",
+            "| project id, properties",
+            "| order by id asc",
+        )
+    )
+
+
+def heartbeats_since(machines: Sequence[MachineId], since: datetime) -> str:
+    """Log Analytics: the last heartbeat of each machine after `since`."""
+    if since.tzinfo is None:
+        raise ValueError("since must be timezone-aware")
+    moment = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return "\n".join(
+        (
+            "Heartbeat",
+            f"| where TimeGenerated > datetime({moment})",
+            f"| where _ResourceId in~ {_literal_list([m.text for m in machines])}",
+            "| summarize LastHeartbeat = max(TimeGenerated) by _ResourceId",
+        )
+    )
