@@ -3,13 +3,20 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# checkov pins packages that clash with the app's SDKs, so it gets a venv of its own.
+CHECKOV_VENV := .venv-checkov
 
-.PHONY: test lint typecheck unit infra-check clean
+.PHONY: test lint typecheck unit infra-check fmt clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -27,7 +34,15 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed node_modules/.installed
 	$(PY) -m sandbox.azurite -- $(PY) -m pytest $(PYTEST_ARGS)
 
-test: lint typecheck unit
+# checkov on infra/, offline; zero failed checks (skips are justified inline).
+infra-check: $(CHECKOV_VENV)/.installed
+	bash infra/check.sh
+
+test: lint typecheck unit infra-check
+
+fmt: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .mypy_cache .pytest_cache .ruff_cache
