@@ -3,6 +3,8 @@
 import azure.functions as func
 
 from shared.entrypoints.events import bp as events
+from shared.entrypoints.tasks import bp as tasks
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(events)
+app.register_functions(tasks)

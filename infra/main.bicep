@@ -46,6 +46,54 @@ param cancelSafetyMarginSeconds int = 60
 @description('api-version of the Maintenance applyUpdates calls (MAINTENANCE_API_VERSION); one that can cancel: 2023-09-01-preview or later.')
 param maintenanceApiVersion string = '2023-09-01-preview'
 
+@description('Blob container for the run reports (REPORT_CONTAINER).')
+param reportContainerName string = 'run-reports'
+
+@description('Tag that keeps a machine out of the app\'s hands (OPT_OUT_TAG): name=value, or name for any value.')
+param optOutTag string = 'UpdateAutomation=skip'
+
+@description('The gate cancels a run when more than this percentage of the VMs the app started are not running by T-15 (FAILURE_BUDGET_PERCENT).')
+param failureBudgetPercent string = '10'
+
+@description('Machines per start/stop task message (START_BATCH_SIZE).')
+@minValue(1)
+@maxValue(500)
+param startBatchSize int = 50
+
+@description('Start/stop calls in flight per task (START_CONCURRENCY).')
+@minValue(1)
+@maxValue(64)
+param startConcurrency int = 16
+
+@description('Seconds between power-state checks until T-15 (VERIFY_INTERVAL_SECONDS).')
+@minValue(5)
+@maxValue(600)
+param verifyIntervalSeconds int = 60
+
+@description('Seconds between Resource Graph re-reads while it lags (ARG_RETRY_SECONDS).')
+@minValue(5)
+@maxValue(600)
+param argRetrySeconds int = 30
+
+@description('Minutes wrap-up waits for Resource Graph to show the machines finished (WRAP_UP_WAIT_MINUTES).')
+@minValue(1)
+@maxValue(1440)
+param wrapUpWaitMinutes int = 120
+
+@description('Minutes the health check waits for heartbeats (HEALTH_WAIT_MINUTES).')
+@minValue(0)
+@maxValue(240)
+param healthWaitMinutes int = 15
+
+@description('Seconds a task waits for start/deallocate operations (OPERATION_WAIT_SECONDS).')
+@minValue(10)
+@maxValue(540)
+param operationWaitSeconds int = 240
+
+@description('Teams/Slack-style incoming webhook for run reports (NOTIFY_WEBHOOK_URL); best a Key Vault reference: @Microsoft.KeyVault(SecretUri=...). Empty: no notification.')
+@secure()
+param notifyWebhookUrl string = ''
+
 @description('Log Analytics query endpoint of this cloud (LOG_ANALYTICS_ENDPOINT): https://api.loganalytics.io (public), https://api.loganalytics.us (US Government), https://api.loganalytics.azure.cn (China).')
 param logAnalyticsEndpoint string = 'https://api.loganalytics.io'
 
@@ -123,6 +171,7 @@ var appSettings = {
   AzureWebJobsStorage__accountName: storage.outputs.name
   AzureWebJobsStorage__tableServiceUri: storage.outputs.tableEndpoint
   AzureWebJobsStorage__queueServiceUri: storage.outputs.queueEndpoint
+  AzureWebJobsStorage__blobServiceUri: storage.outputs.blobEndpoint
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: appIdentity.properties.clientId
   LEDGER_TABLE_NAME: ledgerTableName
@@ -133,6 +182,18 @@ var appSettings = {
   LOG_ANALYTICS_WORKSPACE_ID: empty(heartbeatWorkspaceResourceId) ? '' : heartbeatWorkspace.outputs.customerId
   MAINTENANCE_API_VERSION: maintenanceApiVersion
   CANCEL_SAFETY_MARGIN_SECONDS: string(cancelSafetyMarginSeconds)
+  REPORT_CONTAINER: reportContainerName
+  OPT_OUT_TAG: optOutTag
+  FAILURE_BUDGET_PERCENT: failureBudgetPercent
+  START_BATCH_SIZE: string(startBatchSize)
+  START_CONCURRENCY: string(startConcurrency)
+  VERIFY_INTERVAL_SECONDS: string(verifyIntervalSeconds)
+  ARG_RETRY_SECONDS: string(argRetrySeconds)
+  WRAP_UP_WAIT_MINUTES: string(wrapUpWaitMinutes)
+  HEALTH_WAIT_MINUTES: string(healthWaitMinutes)
+  OPERATION_WAIT_SECONDS: string(operationWaitSeconds)
+  SNAPSHOT_BEFORE_START: enableSnapshots ? 'true' : 'false'
+  NOTIFY_WEBHOOK_URL: notifyWebhookUrl
 }
 
 // Settings only the platform reads (telemetry with Entra ID auth); not in the sample file.

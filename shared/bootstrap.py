@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from shared.adapters.log_analytics import LogAnalyticsHeartbeats
     from shared.adapters.maintenance import MaintenanceRuns
     from shared.adapters.resource_graph import ResourceGraphMachines
-    from shared.services.ports import RunLedger
+    from shared.services.orchestration import Orchestrator
+    from shared.services.ports import Notifier, ReportStore, RunLedger, TaskQueue
 
 T = TypeVar("T")
 
@@ -122,13 +123,77 @@ class Container:
             ),
         )
 
-    def _build_ledger(self) -> RunLedger:
+    @property
+    def task_queue(self) -> TaskQueue:
+        """The worker's task queue (Storage queue)."""
+        from shared.adapters.task_queue import TASK_QUEUE, StorageTaskQueue, build_queue_client
+
+        return self._once(
+            "task_queue",
+            lambda: StorageTaskQueue(
+                build_queue_client(self.settings.storage, TASK_QUEUE, self._storage_credential())
+            ),
+        )
+
+    @property
+    def reports(self) -> ReportStore:
+        """Run reports (blob container)."""
+        from shared.adapters.report_store import BlobReportStore, build_container_client
+
+        return self._once(
+            "reports",
+            lambda: BlobReportStore(
+                build_container_client(
+                    self.settings.storage,
+                    self.settings.report_container,
+                    self._storage_credential(),
+                )
+            ),
+        )
+
+    @property
+    def notifier(self) -> Notifier | None:
+        """The webhook notifier, or None when no webhook is configured."""
+        url = self.settings.notify_webhook_url
+        if url is None:
+            return None
+        from shared.adapters.webhook import WebhookNotifier
+
+        return self._once("notifier", lambda: WebhookNotifier(url))
+
+    @property
+    def orchestrator(self) -> Orchestrator:
+        """The task worker's use cases, wired to the adapters."""
+        from shared.services.orchestration import Orchestrator
+
+        def build() -> Orchestrator:
+            settings = self.settings
+            return Orchestrator(
+                ledger=self.ledger,
+                queue=self.task_queue,
+                graph=self.resource_graph,
+                machines=self.compute,
+                canceller=self.maintenance,
+                reports=self.reports,
+                clock=self.clock,
+                policy=settings.policy,
+                heartbeats=self.heartbeats if settings.log_analytics_workspace_id else None,
+                notifier=self.notifier,
+            )
+
+        return self._once("orchestrator", build)
+
+    def _storage_credential(self) -> TokenCredential | None:
         from shared.adapters.credentials import storage_credential
-        from shared.adapters.table_ledger import TableRunLedger, build_table_service
 
         storage = self.settings.storage
-        credential = None if storage.connection_string else storage_credential(storage)
-        return TableRunLedger(build_table_service(storage, credential), self.settings.ledger_table)
+        return None if storage.connection_string else storage_credential(storage)
+
+    def _build_ledger(self) -> RunLedger:
+        from shared.adapters.table_ledger import TableRunLedger, build_table_service
+
+        service = build_table_service(self.settings.storage, self._storage_credential())
+        return TableRunLedger(service, self.settings.ledger_table)
 
 
 _container: Container | None = None

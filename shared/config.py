@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
+from shared.domain.policy import OptOutTag, OrchestrationPolicy
+
 T = TypeVar("T")
 
 
@@ -65,6 +67,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Identity-based storage: the Queue endpoint, for other clouds "
         "(overrides the account name).",
     ),
+    SettingSpec(
+        f"{STORAGE}__blobServiceUri",
+        None,
+        "Identity-based storage: the Blob endpoint (run reports), for other clouds "
+        "(overrides the account name).",
+    ),
     SettingSpec(f"{STORAGE}__credential", None, "Identity-based storage: `managedidentity`."),
     SettingSpec(
         f"{STORAGE}__clientId",
@@ -110,6 +118,73 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "(2023-09-01-preview or later).",
     ),
     SettingSpec(
+        "REPORT_CONTAINER",
+        "run-reports",
+        "Blob container for the run reports (one JSON document per run).",
+    ),
+    SettingSpec(
+        "OPT_OUT_TAG",
+        "UpdateAutomation=skip",
+        "Machines with this tag are never started or stopped: `name=value`, or `name` for any "
+        "value (case-insensitive).",
+    ),
+    SettingSpec(
+        "FAILURE_BUDGET_PERCENT",
+        "10",
+        "The gate cancels the run (inside the window) when more than this percentage of the "
+        "VMs the app had to start are not running by T-15 (0-100).",
+    ),
+    SettingSpec(
+        "START_BATCH_SIZE",
+        "50",
+        "Machines per start or stop task message (1-500).",
+    ),
+    SettingSpec(
+        "START_CONCURRENCY",
+        "16",
+        "Start/stop calls in flight per task. Total concurrency is this times the host's queue "
+        "batch size (host.json `batchSize`, or AzureFunctionsJobHost__extensions__queues__"
+        "batchSize) times the instance count (1-64).",
+    ),
+    SettingSpec(
+        "VERIFY_INTERVAL_SECONDS",
+        "60",
+        "How often power states are re-read until every started VM runs or T-15 passes (5-600).",
+    ),
+    SettingSpec(
+        "ARG_RETRY_SECONDS",
+        "30",
+        "Wait between Resource Graph re-reads while it lags behind the platform (5-600).",
+    ),
+    SettingSpec(
+        "WRAP_UP_WAIT_MINUTES",
+        "120",
+        "How long wrap-up waits for Resource Graph to show the run's machines finished (1-1440).",
+    ),
+    SettingSpec(
+        "HEALTH_WAIT_MINUTES",
+        "15",
+        "How long the health check waits for heartbeats after the run (0-240).",
+    ),
+    SettingSpec(
+        "OPERATION_WAIT_SECONDS",
+        "240",
+        "How long a task waits for start/deallocate operations before leaving them to the "
+        "next check (10-540; keep below host.json functionTimeout).",
+    ),
+    SettingSpec(
+        "SNAPSHOT_BEFORE_START",
+        "false",
+        "Take an incremental snapshot of each VM's OS disk before starting it, named "
+        "`<vm>-osdisk-um-<run name>` (true/false).",
+    ),
+    SettingSpec(
+        "NOTIFY_WEBHOOK_URL",
+        None,
+        "Teams/Slack-style incoming webhook for run reports (https). Unset: no notification. "
+        "It holds a secret: in Azure use a Key Vault reference.",
+    ),
+    SettingSpec(
         "CANCEL_SAFETY_MARGIN_SECONDS",
         "60",
         "Seconds taken off the end of the cancel window, so a cancel never races the "
@@ -126,6 +201,7 @@ class StorageConnection:
     connection_string: str | None = None
     table_endpoint: str | None = None
     queue_endpoint: str | None = None
+    blob_endpoint: str | None = None
     managed_identity_client_id: str | None = None
 
 
@@ -142,6 +218,9 @@ class Settings:
     log_analytics_endpoint: str
     log_analytics_workspace_id: str | None
     maintenance_api_version: str
+    report_container: str
+    notify_webhook_url: str | None
+    policy: OrchestrationPolicy
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> Settings:
@@ -159,6 +238,9 @@ class Settings:
             log_analytics_endpoint=reader.get("LOG_ANALYTICS_ENDPOINT", _https_url),
             log_analytics_workspace_id=reader.optional("LOG_ANALYTICS_WORKSPACE_ID", _guid),
             maintenance_api_version=reader.get("MAINTENANCE_API_VERSION", _maintenance_version),
+            report_container=reader.get("REPORT_CONTAINER", _container_name),
+            notify_webhook_url=reader.optional("NOTIFY_WEBHOOK_URL", _webhook_url),
+            policy=_policy(reader),
         )
 
 
@@ -233,6 +315,64 @@ def _https_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _container_name(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", value):
+        raise ValueError("must be a blob container name: 3-63 lower-case letters, digits, '-'")
+    return value
+
+
+def _webhook_url(value: str) -> str:
+    if not re.fullmatch(r"https://[^\s]+", value):
+        raise ValueError("must be an https:// URL")
+    return value
+
+
+def _boolean(value: str) -> bool:
+    lowered = value.lower()
+    if lowered not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return lowered == "true"
+
+
+def _seconds_between(low: int, high: int) -> Callable[[str], timedelta]:
+    number = _int_between(low, high)
+    return lambda value: timedelta(seconds=number(value))
+
+
+def _minutes_between(low: int, high: int) -> Callable[[str], timedelta]:
+    number = _int_between(low, high)
+    return lambda value: timedelta(minutes=number(value))
+
+
+def _percent(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("must be a number from 0 to 100") from None
+    if not 0 <= number <= 100:
+        raise ValueError("must be a number from 0 to 100")
+    return number
+
+
+def _policy(reader: _Reader) -> OrchestrationPolicy:
+    return OrchestrationPolicy(
+        failure_budget_percent=reader.get("FAILURE_BUDGET_PERCENT", _percent),
+        start_batch_size=reader.get("START_BATCH_SIZE", _int_between(1, 500)),
+        start_concurrency=reader.get("START_CONCURRENCY", _int_between(1, 64)),
+        verify_interval=reader.get("VERIFY_INTERVAL_SECONDS", _seconds_between(5, 600)),
+        arg_retry=reader.get("ARG_RETRY_SECONDS", _seconds_between(5, 600)),
+        wrap_up_wait=reader.get("WRAP_UP_WAIT_MINUTES", _minutes_between(1, 1440)),
+        health_wait=reader.get("HEALTH_WAIT_MINUTES", _minutes_between(0, 240)),
+        operation_wait_seconds=float(reader.get("OPERATION_WAIT_SECONDS", _int_between(10, 540))),
+        opt_out_tag=reader.get("OPT_OUT_TAG", OptOutTag.parse),
+        snapshot_before_start=reader.get("SNAPSHOT_BEFORE_START", _boolean),
+        cancel_safety_margin=timedelta(
+            seconds=reader.get("CANCEL_SAFETY_MARGIN_SECONDS", _int_between(0, 600))
+        ),
+        log_analytics_workspace_id=reader.optional("LOG_ANALYTICS_WORKSPACE_ID", _guid),
+    )
+
+
 def _storage(reader: _Reader) -> StorageConnection:
     connection_string = reader.raw(STORAGE)
     if connection_string:
@@ -242,6 +382,7 @@ def _storage(reader: _Reader) -> StorageConnection:
     account = reader.raw(f"{STORAGE}__accountName")
     table = reader.raw(f"{STORAGE}__tableServiceUri")
     queue = reader.raw(f"{STORAGE}__queueServiceUri")
+    blob = reader.raw(f"{STORAGE}__blobServiceUri")
     if not (account or table):
         raise ConfigError(
             STORAGE,
@@ -262,6 +403,13 @@ def _storage(reader: _Reader) -> StorageConnection:
         if account
         else None
     )
+    blob_endpoint = (
+        reader.get(f"{STORAGE}__blobServiceUri", _https_url)
+        if blob
+        else f"https://{account}.blob.core.windows.net"
+        if account
+        else None
+    )
     credential = (reader.raw(f"{STORAGE}__credential") or "managedidentity").lower()
     if credential != "managedidentity":
         raise ConfigError(f"{STORAGE}__credential", "must be `managedidentity`")
@@ -269,5 +417,6 @@ def _storage(reader: _Reader) -> StorageConnection:
     return StorageConnection(
         table_endpoint=table_endpoint,
         queue_endpoint=queue_endpoint,
+        blob_endpoint=blob_endpoint,
         managed_identity_client_id=client_id,
     )

@@ -10,8 +10,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.domain.errors import DuplicateEvent, LedgerConflict
-from shared.domain.ids import RunId
-from shared.domain.runs import CancelRequest, EventRecord, MachineRecord, Run
+from shared.domain.ids import MachineId, RunId
+from shared.domain.runs import (
+    CancelRequest,
+    EventRecord,
+    MachineClaim,
+    MachineRecord,
+    Run,
+    RunNote,
+)
 
 SUBSCRIPTION = "1b7a0c4e-5d2f-4a8b-9c3d-2e1f0a9b8c7d"
 OTHER_SUBSCRIPTION = "c0de0000-1111-4222-8333-444455556666"
@@ -93,6 +100,8 @@ class InMemoryRunLedger:
         self.events: dict[tuple[str, str, str], EventRecord] = {}
         self.machines: dict[tuple[str, str], MachineRecord] = {}
         self.cancels: list[CancelRequest] = []
+        self.claims: dict[str, MachineClaim] = {}
+        self.notes: list[RunNote] = []
         self._counter = 0
         # A hook for tests: called before each record_event commit.
         self.before_commit: list[Any] = []
@@ -138,6 +147,33 @@ class InMemoryRunLedger:
     def list_machines(self, run_id: RunId) -> Iterator[MachineRecord]:
         return iter([m for (k, _), m in self.machines.items() if k == run_id.key])
 
+    def add_machines(self, machines: Any) -> int:
+        created = 0
+        for machine in machines:
+            if (machine.run_id.key, machine.resource_id.lower()) not in self.machines:
+                self.save_machine(machine)
+                created += 1
+        return created
+
+    def list_runs(self) -> Iterator[Run]:
+        return iter(list(self.runs.values()))
+
+    def find_claim(self, machine: MachineId) -> MachineClaim | None:
+        return self.claims.get(machine.key)
+
+    def save_claim(self, claim: MachineClaim) -> MachineClaim:
+        key = claim.resource_id.lower()
+        self._check(self.claims.get(key), claim.version)
+        stored = dataclasses.replace(claim, version=self._next_version())
+        self.claims[key] = stored
+        return stored
+
+    def add_note(self, note: RunNote) -> None:
+        self.notes.append(note)
+
+    def list_notes(self, run_id: RunId) -> Iterator[RunNote]:
+        return iter([n for n in self.notes if n.run_id == run_id])
+
     def add_cancel_request(self, request: CancelRequest) -> None:
         self.cancels.append(copy.copy(request))
 
@@ -145,7 +181,7 @@ class InMemoryRunLedger:
         return iter([c for c in self.cancels if c.run_id == run_id])
 
     @staticmethod
-    def _check(stored: Run | MachineRecord | None, version: str | None) -> None:
+    def _check(stored: Run | MachineRecord | MachineClaim | None, version: str | None) -> None:
         if version is None and stored is not None:
             raise LedgerConflict("exists")
         if version is not None and (stored is None or stored.version != version):

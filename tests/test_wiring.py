@@ -17,6 +17,16 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "queueName": "maintenance-events",
         "connection": "AzureWebJobsStorage",
     },
+    "run_task": {
+        "type": "queueTrigger",
+        "queueName": "maintenance-tasks",
+        "connection": "AzureWebJobsStorage",
+    },
+    "on_poisoned_task": {
+        "type": "queueTrigger",
+        "queueName": "maintenance-tasks-poison",
+        "connection": "AzureWebJobsStorage",
+    },
 }
 
 

@@ -7,18 +7,25 @@ request is sent for them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.core.polling import LROPoller
 from azure.mgmt.compute import ComputeManagementClient
-from azure.mgmt.compute.models import CreationData, Snapshot, SnapshotProperties
+from azure.mgmt.compute.models import (
+    CreationData,
+    InstanceViewStatus,
+    Snapshot,
+    SnapshotProperties,
+)
 
 from shared.adapters.arm_clients import PerSubscription
 from shared.adapters.azure_errors import service_words, translated
 from shared.domain.ids import MachineId
 from shared.domain.machines import MachinePower, OperationOutcome, OperationResult, PowerState
+from shared.domain.platform import MachineFacts
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +92,27 @@ class ComputeMachines:
         client = self._clients.for_subscription(target.subscription_id)
         with translated("Compute"):
             view = client.virtual_machines.instance_view(target.resource_group, target.name)
-        state: PowerState | str = PowerState.UNKNOWN
-        for status in view.statuses or []:
-            code = status.code or ""
-            if code.lower().startswith("powerstate/"):
-                state = PowerState.of(code.split("/", 1)[1])
-        startable = isinstance(state, PowerState) and state.startable
-        return MachinePower(state=state, startable=startable)
+        return _power_of(view.statuses)
+
+    def get_machine(self, machine: MachineId | str) -> MachineFacts:
+        """Power state and tags in one read (GET with the instance view)."""
+        target = _machine(machine)
+        if target.is_arc:
+            return MachineFacts(
+                machine=target, power=MachinePower(state=None, startable=False, note=ARC_NOTE)
+            )
+        client = self._clients.for_subscription(target.subscription_id)
+        with translated("Compute"):
+            vm = client.virtual_machines.get(
+                target.resource_group, target.name, expand="instanceView"
+            )
+        statuses = vm.instance_view.statuses if vm.instance_view else None
+        return MachineFacts(
+            machine=target,
+            power=_power_of(statuses),
+            tags=dict(vm.tags or {}),
+            location=vm.location,
+        )
 
     def begin_start(self, machine: MachineId | str) -> PowerOperation:
         """Start a VM; an Arc machine is answered NotStartable without a request."""
@@ -151,6 +172,15 @@ class ComputeMachines:
                 target.resource_group, snapshot_name, snapshot
             )
         return PowerOperation(target, poller)
+
+
+def _power_of(statuses: Sequence[InstanceViewStatus] | None) -> MachinePower:
+    state: PowerState | str = PowerState.UNKNOWN
+    for status in statuses or []:
+        code = status.code or ""
+        if code.lower().startswith("powerstate/"):
+            state = PowerState.of(code.split("/", 1)[1])
+    return MachinePower(state=state, startable=isinstance(state, PowerState) and state.startable)
 
 
 def _machine(machine: MachineId | str) -> MachineId:

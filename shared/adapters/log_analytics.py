@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,24 +17,12 @@ from azure.monitor.query import LogsQueryClient, LogsQueryPartialResult
 from shared.adapters import kql
 from shared.adapters.azure_errors import translated
 from shared.domain.ids import MachineId, parse_subscription_id
+from shared.domain.platform import HeartbeatReport
 
 log = logging.getLogger(__name__)
 
 # Keeps each query well under the service's query-length limit.
 MACHINES_PER_QUERY = 200
-
-
-@dataclass(frozen=True)
-class HeartbeatReport:
-    """Last heartbeat per machine (machines with none are absent), and any partial errors."""
-
-    last_seen: dict[MachineId, datetime] = field(default_factory=dict)
-    partial_errors: tuple[str, ...] = ()
-
-    @property
-    def complete(self) -> bool:
-        """True when every query answered in full."""
-        return not self.partial_errors
 
 
 class LogAnalyticsHeartbeats:

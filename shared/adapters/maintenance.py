@@ -7,7 +7,6 @@ The api-version is a setting (MAINTENANCE_API_VERSION), passed to the client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from azure.core.credentials import TokenCredential
@@ -18,17 +17,10 @@ from shared.adapters.arm_clients import PerSubscription
 from shared.adapters.azure_errors import translated
 from shared.domain.errors import CancelRefused
 from shared.domain.ids import RunId
+from shared.domain.platform import RunState
 
 PROVIDER = "Microsoft.Maintenance"
 PARENT_TYPE = "maintenanceConfigurations"
-
-
-@dataclass(frozen=True)
-class RunState:
-    """A run as the maintenance service reports it."""
-
-    run_id: RunId
-    status: str | None
 
 
 class MaintenanceRuns:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from azure.core.credentials import TokenCredential
@@ -22,6 +21,7 @@ from shared.adapters import kql
 from shared.adapters.azure_errors import translated
 from shared.domain.errors import ResourceGraphQueryRefused
 from shared.domain.ids import ConfigurationId, InvalidId, MachineId, RunId, parse_subscription_id
+from shared.domain.platform import Assignment, PatchResult, PlatformRun, RunMachine
 
 log = logging.getLogger(__name__)
 
@@ -29,49 +29,6 @@ PAGE_SIZE = 1000
 # ARG scopes a query to at most 1,000 subscriptions per request.
 MAX_SUBSCRIPTIONS_PER_QUERY = 1000
 MAX_QUOTA_WAIT_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class RunMachine:
-    """One machine of a run, as ARG lists it."""
-
-    record_id: str
-    machine: MachineId
-    status: str | None
-
-
-@dataclass(frozen=True)
-class PlatformRun:
-    """A run-level applyupdates record."""
-
-    run_id: RunId
-    status: str | None
-    start: str | None
-    end: str | None
-    message: str | None
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """A configuration assignment: a static machine, or a dynamic scope (filter)."""
-
-    record_id: str
-    subscription_id: str | None
-    machine: MachineId | None
-    dynamic_filter: Mapping[str, Any] | None
-
-
-@dataclass(frozen=True)
-class PatchResult:
-    """One machine's patch installation result for a run."""
-
-    machine: MachineId
-    status: str | None
-    installed: int | None
-    failed: int | None
-    reboot_status: str | None
-    window_exceeded: bool | None
-    last_modified: str | None
 
 
 class ResourceGraphMachines:

@@ -9,6 +9,8 @@ entity-group transaction:
 | same | `event|pre|<sha256(id)>`, `event|post|<sha256(id)>` | an event seen (dedupe key) |
 | same | `machine|<sha256(resource id)>` | a machine of the run |
 | same | `cancel|<requested at>|<request id>` | a cancel request and its audit |
+| same | `note|<at>|<id>` | a note: an error, a warning, a decision |
+| `claim|<sha256(machine id)>` | `claim` | which run owns a VM the app started, which runs need it |
 
 State changes are ETag-checked (If-Match), so two instances cannot overwrite each other.
 """
@@ -20,7 +22,8 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,15 +39,18 @@ from azure.data.tables import TableClient, TableServiceClient, TableTransactionE
 from shared.config import StorageConnection
 from shared.domain.errors import DuplicateEvent, LedgerConflict, LedgerUnavailable
 from shared.domain.events import EnvelopeSchema, EventKind
-from shared.domain.ids import ConfigurationId, RunId
+from shared.domain.ids import ConfigurationId, MachineId, RunId
 from shared.domain.runs import (
     CancelOutcome,
     CancelRequest,
     EventRecord,
     MachineAction,
+    MachineClaim,
     MachineKind,
     MachineRecord,
+    NoteLevel,
     Run,
+    RunNote,
     RunStatus,
 )
 
@@ -55,6 +61,9 @@ log = logging.getLogger(__name__)
 RowT = TypeVar("RowT", Run, MachineRecord)
 
 RUN_ROW = "run"
+CLAIM_ROW = "claim"
+TRANSACTION_LIMIT = 100  # entities in one entity-group transaction
+MAX_NOTE_LENGTH = 4000
 # Bounded retries: an Event Grid delivery waits 30 s for the answer, so fail well before that
 # and let Event Grid retry.
 CLIENT_OPTIONS: dict[str, Any] = {
@@ -86,6 +95,11 @@ def _digest(text: str) -> str:
 def event_row_key(kind: EventKind, event_id: str) -> str:
     """Row key of an event: unique per (event type, id)."""
     return f"event|{kind.short}|{_digest(event_id)}"
+
+
+def claim_partition(resource_id: str) -> str:
+    """Partition of a machine's claim (ARM ids compare case-insensitively)."""
+    return f"claim|{_digest(resource_id.lower())}"
 
 
 def machine_row_key(resource_id: str) -> str:
@@ -168,6 +182,12 @@ class TableRunLedger:
             raise LedgerUnavailable(f"transaction failed: {e.message}") from e
         return _with_version(run, str(results[1]["etag"]))
 
+    def list_runs(self) -> Iterator[Run]:
+        """Every run row in the table."""
+        with _unavailable_on_error("list runs"):
+            for entity in self.table.query_entities("RowKey eq @row", parameters={"row": RUN_ROW}):
+                yield _run_from(entity)
+
     def list_events(self, run_id: RunId) -> Iterator[EventRecord]:
         """Events of a run."""
         for entity in self._query(partition_key(run_id), "event|"):
@@ -185,10 +205,102 @@ class TableRunLedger:
         entity = _machine_entity(machine)
         return _with_version(machine, self._write(entity, machine.version))
 
+    def add_machines(self, machines: Iterable[MachineRecord]) -> int:
+        """Create the rows that do not exist yet, 100 to a transaction; returns the count."""
+        by_run: dict[str, list[MachineRecord]] = {}
+        for machine in machines:
+            by_run.setdefault(partition_key(machine.run_id), []).append(machine)
+        created = 0
+        for records in by_run.values():
+            existing = {m.resource_id.lower() for m in self.list_machines(records[0].run_id)}
+            fresh = {
+                m.resource_id.lower(): m for m in records if m.resource_id.lower() not in existing
+            }
+            batch = [("create", _machine_entity(m)) for m in fresh.values()]
+            for start in range(0, len(batch), TRANSACTION_LIMIT):
+                chunk = batch[start : start + TRANSACTION_LIMIT]
+                try:
+                    with _unavailable_on_error("add machines"):
+                        self.table.submit_transaction(chunk)
+                except TableTransactionError as e:
+                    if not _is_exists(e):
+                        raise LedgerUnavailable(f"transaction failed: {e.message}") from e
+                    # Another worker added some of these meanwhile: add the rest one by one.
+                    created += self._create_each(chunk)
+                    continue
+                created += len(chunk)
+        return created
+
+    def _create_each(self, operations: list[tuple[str, dict[str, Any]]]) -> int:
+        created = 0
+        for _, entity in operations:
+            try:
+                self._write(entity, None)
+                created += 1
+            except LedgerConflict:
+                continue
+        return created
+
     def list_machines(self, run_id: RunId) -> Iterator[MachineRecord]:
         """Machines of a run."""
         for entity in self._query(partition_key(run_id), "machine|"):
             yield _machine_from(entity, run_id)
+
+    # Claims (across runs) -----------------------------------------------------------------
+
+    def find_claim(self, machine: MachineId) -> MachineClaim | None:
+        """Who owns / needs a machine across runs."""
+        entity = self._get(claim_partition(machine.text), CLAIM_ROW)
+        if entity is None:
+            return None
+        return MachineClaim(
+            resource_id=entity["ResourceId"],
+            owner_run=entity.get("OwnerRun"),
+            needed_by=_strings(entity.get("NeededBy")),
+            version=entity.metadata["etag"] if hasattr(entity, "metadata") else None,
+        )
+
+    def save_claim(self, claim: MachineClaim) -> MachineClaim:
+        """Create or update (ETag-checked) a machine's claim."""
+        entity = _drop_none(
+            {
+                "PartitionKey": claim_partition(claim.resource_id),
+                "RowKey": CLAIM_ROW,
+                "Kind": "claim",
+                "ResourceId": claim.resource_id,
+                "OwnerRun": claim.owner_run,
+                "NeededBy": json.dumps(list(claim.needed_by)),
+            }
+        )
+        return dataclasses.replace(claim, version=self._write(entity, claim.version))
+
+    # Notes --------------------------------------------------------------------------------
+
+    def add_note(self, note: RunNote) -> None:
+        """Append a note to the run."""
+        stamp = note.at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        entity = _drop_none(
+            {
+                **_base(note.run_id, f"note|{stamp}|{uuid.uuid4().hex[:12]}"),
+                "Kind": "note",
+                "At": _utc(note.at),
+                "Level": note.level.value,
+                "Source": note.source,
+                "Message": note.message[:MAX_NOTE_LENGTH],
+            }
+        )
+        self._write(entity, None)
+
+    def list_notes(self, run_id: RunId) -> Iterator[RunNote]:
+        """The run's notes, oldest first."""
+        for entity in self._query(partition_key(run_id), "note|"):
+            yield RunNote(
+                run_id=run_id,
+                at=_required_when(entity, "At"),
+                level=NoteLevel(entity["Level"]),
+                source=entity["Source"],
+                message=entity["Message"],
+            )
 
     # Cancel requests ----------------------------------------------------------------------
 
@@ -348,6 +460,13 @@ def _run_from(entity: Mapping[str, Any]) -> Run:
         post_event_at=_when(entity, "PostEventAt"),
         post_event_status=entity.get("PostEventStatus"),
         platform_status=entity.get("PlatformStatus"),
+        gate_outcome=entity.get("GateOutcome"),
+        gate_detail=entity.get("GateDetail"),
+        cancel_source=entity.get("CancelSource"),
+        cancel_requested_at=_when(entity, "CancelRequestedAt"),
+        wrap_up_started_at=_when(entity, "WrapUpStartedAt"),
+        completed_at=_when(entity, "CompletedAt"),
+        report_location=entity.get("ReportLocation"),
         version=entity.metadata["etag"] if hasattr(entity, "metadata") else None,
     )
 
@@ -421,6 +540,7 @@ def _machine_from(entity: Mapping[str, Any], run_id: RunId) -> MachineRecord:
         last_power_state=entity.get("LastPowerState"),
         error_code=entity.get("ErrorCode"),
         error_message=entity.get("ErrorMessage"),
+        history=tuple(tuple(h) for h in json.loads(entity.get("History") or "[]")),
         version=entity.metadata["etag"] if hasattr(entity, "metadata") else None,
     )
 

@@ -44,3 +44,11 @@ class CancelRefused(AzureCallFailed):
 
 class ResourceGraphQueryRefused(AzureCallFailed):
     """Resource Graph refused a query (400 InvalidQuery and the like)."""
+
+
+class StorageUnavailable(Exception):
+    """The app's own storage (task queue, report container) failed; the trigger should retry."""
+
+
+class NotificationFailed(Exception):
+    """The notification webhook did not accept the message; the notify task is retried."""

@@ -10,6 +10,7 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from shared.domain.events import EnvelopeSchema, EventKind, MaintenanceEvent
 from shared.domain.ids import RunId
@@ -22,7 +23,6 @@ class RunStatus(enum.StrEnum):
     PRE_EVENT_RECEIVED = "PreEventReceived"
     PREPARING = "Preparing"
     PREPARED = "Prepared"
-    CANCEL_REQUESTED = "CancelRequested"
     CANCELLED = "Cancelled"
     POST_EVENT_RECEIVED = "PostEventReceived"
     WRAPPING_UP = "WrappingUp"
@@ -55,7 +55,10 @@ class MachineKind(enum.StrEnum):
 class MachineAction(enum.StrEnum):
     """What the app did, or is doing, to one machine of a run."""
 
+    PLANNED = "Planned"
     LEFT_ALONE = "LeftAlone"
+    SHARED_WITH_RUN = "SharedWithRun"
+    TOO_LATE_TO_START = "TooLateToStart"
     SKIPPED_OPT_OUT = "SkippedOptOut"
     NOT_STARTABLE = "NotStartable"
     STARTING = "Starting"
@@ -64,7 +67,18 @@ class MachineAction(enum.StrEnum):
     DEALLOCATING = "Deallocating"
     DEALLOCATED = "Deallocated"
     DEALLOCATE_FAILED = "DeallocateFailed"
+    ALREADY_STOPPED = "AlreadyStopped"
     HANDED_OVER = "HandedOver"
+
+    @property
+    def owned_by_run(self) -> bool:
+        """The app started (or is starting) this machine for the run: wrap-up must stop it."""
+        return self in (
+            MachineAction.STARTING,
+            MachineAction.STARTED,
+            MachineAction.DEALLOCATING,
+            MachineAction.DEALLOCATE_FAILED,
+        )
 
 
 @dataclass(frozen=True)
@@ -82,7 +96,24 @@ class Run:
     post_event_at: datetime | None = None
     post_event_status: str | None = None
     platform_status: str | None = None
+    gate_outcome: str | None = None
+    gate_detail: str | None = None
+    cancel_source: str | None = None
+    cancel_requested_at: datetime | None = None
+    wrap_up_started_at: datetime | None = None
+    completed_at: datetime | None = None
+    report_location: str | None = None
     version: str | None = None
+
+    @property
+    def is_active(self) -> bool:
+        """Before wrap-up: the run may still need its machines."""
+        return self.status in (
+            RunStatus.SCHEDULED,
+            RunStatus.PRE_EVENT_RECEIVED,
+            RunStatus.PREPARING,
+            RunStatus.PREPARED,
+        )
 
     @property
     def scheduled_start(self) -> datetime:
@@ -172,7 +203,78 @@ class MachineRecord:
     last_power_state: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    history: tuple[tuple[str, str, str], ...] = ()
     version: str | None = None
+
+    @classmethod
+    def planned(cls, run_id: RunId, resource_id: str, at: datetime) -> MachineRecord:
+        """A machine of the run as ARG lists it, before the app looks at it."""
+        return cls(
+            run_id=run_id,
+            resource_id=resource_id,
+            kind=MachineKind.of(resource_id),
+            prior_power_state=None,
+            action=MachineAction.PLANNED,
+            updated_at=at,
+            history=((at.isoformat(), MachineAction.PLANNED.value, "listed by ARG"),),
+        )
+
+    def moved_to(
+        self, action: MachineAction, at: datetime, detail: str = "", **changes: Any
+    ) -> MachineRecord:
+        """This machine after `action`, with the step added to its history."""
+        entry = (at.isoformat(), action.value, detail)
+        return dataclasses.replace(
+            self, action=action, updated_at=at, history=(*self.history, entry), **changes
+        )
+
+
+@dataclass(frozen=True)
+class MachineClaim:
+    """Which run owns a VM the app started, and which active runs need it running.
+
+    One per machine, across runs: wrap-up of the owner hands the VM to another run that still
+    needs it instead of stopping it.
+    """
+
+    resource_id: str
+    owner_run: str | None = None
+    needed_by: tuple[str, ...] = ()
+    version: str | None = None
+
+    def needing(self, run_id: str) -> MachineClaim:
+        """The claim with `run_id` among the runs that need the machine."""
+        if run_id.lower() in (r.lower() for r in self.needed_by):
+            return self
+        return dataclasses.replace(self, needed_by=(*self.needed_by, run_id))
+
+    def released_by(self, run_id: str) -> MachineClaim:
+        """The claim once `run_id` no longer needs (or owns) the machine."""
+        needed = tuple(r for r in self.needed_by if r.lower() != run_id.lower())
+        owner = (
+            None if self.owner_run and self.owner_run.lower() == run_id.lower() else self.owner_run
+        )
+        return dataclasses.replace(self, needed_by=needed, owner_run=owner)
+
+
+class NoteLevel(enum.StrEnum):
+    """How much a run note matters."""
+
+    INFO = "Info"
+    WARNING = "Warning"
+    ERROR = "Error"
+
+
+@dataclass(frozen=True)
+class RunNote:
+    """Something that happened in a run worth a line in its report (errors, late events,
+    poison messages, the gate's decision)."""
+
+    run_id: RunId
+    at: datetime
+    level: NoteLevel
+    source: str
+    message: str
 
 
 class CancelOutcome(enum.StrEnum):

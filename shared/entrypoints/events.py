@@ -24,7 +24,7 @@ from shared.domain.events import (
     parse_delivery,
     parse_event,
 )
-from shared.services.intake import IntakeOutcome, take_in_event
+from shared.services.intake import IntakeOutcome, follow_up, take_in_event
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,9 @@ def _take_in(parse: Callable[[], MaintenanceEvent], channel: str) -> IntakeOutco
         return None
     services = bootstrap.container()
     outcome = take_in_event(event, services.ledger, services.clock)
+    task = follow_up(event, outcome)
+    if task is not None:
+        services.task_queue.send(task)
     log.info(
         "Took in %s event %s for run %s from %s: %s",
         event.kind.short,

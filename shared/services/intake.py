@@ -6,8 +6,9 @@ import logging
 from dataclasses import dataclass
 
 from shared.domain.errors import DuplicateEvent, LedgerConflict
-from shared.domain.events import MaintenanceEvent
-from shared.domain.runs import EventRecord, Run
+from shared.domain.events import EventKind, MaintenanceEvent
+from shared.domain.runs import EventRecord, Run, RunStatus
+from shared.domain.tasks import Task, TaskKind
 from shared.domain.timeline import Clock
 from shared.services.ports import RunLedger
 
@@ -53,3 +54,20 @@ def take_in_event(event: MaintenanceEvent, ledger: RunLedger, clock: Clock) -> I
         )
         return IntakeOutcome(run=stored, duplicate=False)
     raise LedgerConflict(f"run {event.run.text} kept changing over {MAX_ATTEMPTS} attempts")
+
+
+def follow_up(event: MaintenanceEvent, outcome: IntakeOutcome) -> Task | None:
+    """The task an event hands to the worker, if its run still waits for it.
+
+    Also sent for a redelivered event while the run has not moved on: if the first delivery
+    died between recording and enqueuing, the redelivery makes up for it. The tasks are
+    idempotent, so a second copy does no harm.
+    """
+    run = outcome.run
+    if run is None:
+        return None
+    if event.kind is EventKind.PRE and run.status is RunStatus.PRE_EVENT_RECEIVED:
+        return Task(TaskKind.PREPARE, run.run_id)
+    if event.kind is EventKind.POST and run.status is RunStatus.POST_EVENT_RECEIVED:
+        return Task(TaskKind.WRAP_UP, run.run_id)
+    return None

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
-from shared.domain.ids import RunId
-from shared.domain.runs import CancelRequest, EventRecord, MachineRecord, Run
+from shared.domain.ids import MachineId, RunId
+from shared.domain.machines import MachinePower, OperationResult
+from shared.domain.platform import (
+    HeartbeatReport,
+    MachineFacts,
+    PatchResult,
+    PlatformRun,
+    RunMachine,
+    RunState,
+)
+from shared.domain.runs import (
+    CancelRequest,
+    EventRecord,
+    MachineClaim,
+    MachineRecord,
+    Run,
+    RunNote,
+)
+from shared.domain.tasks import Task
 
 
 class RunLedger(Protocol):
-    """Durable record of runs, the events seen, machines and cancel requests.
+    """Durable record of runs, the events seen, machines, claims, notes and cancel requests.
 
     Writes of rows that carry a `version` succeed only if the stored row still has that version
     (LedgerConflict otherwise); rows without a version are created, and fail with LedgerConflict
@@ -23,6 +41,10 @@ class RunLedger(Protocol):
 
     def save_run(self, run: Run) -> Run:
         """Create or update a run (ETag-checked); returns it with its new version."""
+        ...
+
+    def list_runs(self) -> Iterator[Run]:
+        """Every run the ledger knows."""
         ...
 
     def record_event(self, event: EventRecord, run: Run) -> Run:
@@ -41,8 +63,28 @@ class RunLedger(Protocol):
         """Create or update a machine row (ETag-checked); returns it with its new version."""
         ...
 
+    def add_machines(self, machines: Iterable[MachineRecord]) -> int:
+        """Create the machine rows that do not exist yet; returns how many were created."""
+        ...
+
     def list_machines(self, run_id: RunId) -> Iterator[MachineRecord]:
         """The machines recorded for a run."""
+        ...
+
+    def find_claim(self, machine: MachineId) -> MachineClaim | None:
+        """Who owns / needs a machine across runs, or None."""
+        ...
+
+    def save_claim(self, claim: MachineClaim) -> MachineClaim:
+        """Create or update a claim (ETag-checked)."""
+        ...
+
+    def add_note(self, note: RunNote) -> None:
+        """Append a note (error, warning, decision) to the run's record."""
+        ...
+
+    def list_notes(self, run_id: RunId) -> Iterator[RunNote]:
+        """The run's notes, oldest first."""
         ...
 
     def add_cancel_request(self, request: CancelRequest) -> None:
@@ -51,4 +93,106 @@ class RunLedger(Protocol):
 
     def list_cancel_requests(self, run_id: RunId) -> Iterator[CancelRequest]:
         """The run's cancel requests, oldest first."""
+        ...
+
+
+class TaskQueue(Protocol):
+    """The queue the task worker reads."""
+
+    def send(self, task: Task, delay: timedelta = timedelta(0)) -> None:
+        """Enqueue a task, visible after `delay`."""
+        ...
+
+
+class RunMachinesSource(Protocol):
+    """Resource Graph, as the orchestration reads it."""
+
+    def list_run_machines(self, run: RunId, subscriptions: Sequence[str]) -> Iterator[RunMachine]:
+        """The machines of a run."""
+        ...
+
+    def list_patch_results(self, run: RunId, subscriptions: Sequence[str]) -> Iterator[PatchResult]:
+        """Patch installation results of a run."""
+        ...
+
+    def list_runs(
+        self, configurations: Sequence[Any] | None, subscriptions: Sequence[str]
+    ) -> Iterator[PlatformRun]:
+        """Run-level records."""
+        ...
+
+
+class PowerOperationHandle(Protocol):
+    """A started power operation."""
+
+    def wait(self, timeout: float | None = None) -> OperationResult:
+        """Wait up to `timeout` seconds for the end."""
+        ...
+
+
+class Machines(Protocol):
+    """VM power: read, start, deallocate, snapshot."""
+
+    def get_machine(self, machine: MachineId) -> MachineFacts:
+        """Power state and tags."""
+        ...
+
+    def get_power(self, machine: MachineId) -> MachinePower:
+        """Power state only."""
+        ...
+
+    def begin_start(self, machine: MachineId) -> PowerOperationHandle:
+        """Start a VM."""
+        ...
+
+    def begin_deallocate(self, machine: MachineId) -> PowerOperationHandle:
+        """Deallocate a VM."""
+        ...
+
+    def begin_snapshot_os_disk(
+        self, machine: MachineId, snapshot_name: str
+    ) -> PowerOperationHandle:
+        """Snapshot the VM's OS disk (incremental)."""
+        ...
+
+
+class RunCanceller(Protocol):
+    """The maintenance service's run operations."""
+
+    def cancel_run(self, run: RunId) -> RunState:
+        """Cancel this run; CancelRefused on a 4xx."""
+        ...
+
+    def get_run(self, run: RunId) -> RunState:
+        """The run's status."""
+        ...
+
+
+class Heartbeats(Protocol):
+    """Log Analytics heartbeat reads."""
+
+    def list_last_heartbeats(
+        self, workspace_id: str, machines: Sequence[MachineId], since: datetime, until: datetime
+    ) -> HeartbeatReport:
+        """Last heartbeat per machine in (since, until]."""
+        ...
+
+
+class ReportStore(Protocol):
+    """Where run reports are kept."""
+
+    def save_report(self, run_id: RunId, report: Mapping[str, Any]) -> str:
+        """Store the report; returns where it is."""
+        ...
+
+    def get_report(self, run_id: RunId) -> Mapping[str, Any] | None:
+        """The stored report, or None."""
+        ...
+
+
+class Notifier(Protocol):
+    """Sends a run's summary to people (a Teams/Slack-style webhook)."""
+
+    def send(self, summary: Mapping[str, Any]) -> None:
+        """Deliver once; raise on failure (the task is retried)."""
         ...

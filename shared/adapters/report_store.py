@@ -1,0 +1,88 @@
+"""Run reports as JSON blobs in the app's storage account (azure-storage-blob).
+
+One blob per run: `<subscription>/<resource group>/<configuration>/<run name>.json`, lower case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
+
+from shared.config import StorageConnection
+from shared.domain.errors import StorageUnavailable
+from shared.domain.ids import RunId
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+CLIENT_OPTIONS: dict[str, Any] = {"retry_total": 2, "connection_timeout": 5, "read_timeout": 30}
+
+
+def report_blob_name(run_id: RunId) -> str:
+    """Where a run's report lives in the container."""
+    c = run_id.configuration
+    return f"{c.subscription_id}/{c.resource_group}/{c.name}/{run_id.run_name}.json".lower()
+
+
+def build_container_client(
+    storage: StorageConnection, container: str, credential: TokenCredential | None = None
+) -> ContainerClient:
+    """A client for the report container."""
+    if storage.connection_string:
+        service = BlobServiceClient.from_connection_string(
+            storage.connection_string, **CLIENT_OPTIONS
+        )
+    elif storage.blob_endpoint is not None and credential is not None:
+        service = BlobServiceClient(storage.blob_endpoint, credential=credential, **CLIENT_OPTIONS)
+    else:
+        raise ValueError("an identity-based connection needs a blob endpoint and a credential")
+    return service.get_container_client(container)
+
+
+class BlobReportStore:
+    """ReportStore on a blob container, created on first use."""
+
+    def __init__(self, container: ContainerClient) -> None:
+        self._container = container
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def save_report(self, run_id: RunId, report: Mapping[str, Any]) -> str:
+        """Write (or overwrite) the run's report; returns its URL."""
+        blob = self._container.get_blob_client(report_blob_name(run_id))
+        try:
+            self._ensure_container()
+            blob.upload_blob(
+                json.dumps(report, indent=2, default=str).encode(),
+                overwrite=True,
+                content_settings=ContentSettings(content_type="application/json"),
+            )
+        except AzureError as e:
+            raise StorageUnavailable(f"could not save the report of {run_id.text}: {e}") from e
+        return str(blob.url)
+
+    def get_report(self, run_id: RunId) -> Mapping[str, Any] | None:
+        """The stored report, or None."""
+        blob = self._container.get_blob_client(report_blob_name(run_id))
+        try:
+            document: Mapping[str, Any] = json.loads(blob.download_blob().readall())
+        except ResourceNotFoundError:
+            return None
+        except AzureError as e:
+            raise StorageUnavailable(f"could not read the report of {run_id.text}: {e}") from e
+        return document
+
+    def _ensure_container(self) -> None:
+        if self._ready:
+            return
+        with self._lock:
+            if not self._ready:
+                with contextlib.suppress(ResourceExistsError):
+                    self._container.create_container()
+                self._ready = True

@@ -1,0 +1,76 @@
+"""The task queue on Azure Storage queues (azure-storage-queue).
+
+Messages are base64 text (TextBase64EncodePolicy), which is what the Functions queue trigger
+expects. A delay is the message's initial visibility timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+from shared.config import StorageConnection
+from shared.domain.errors import StorageUnavailable
+from shared.domain.tasks import Task
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+TASK_QUEUE = "maintenance-tasks"
+MAX_DELAY = timedelta(days=7)  # the service's limit for a visibility timeout
+CLIENT_OPTIONS: dict[str, Any] = {"retry_total": 2, "connection_timeout": 5, "read_timeout": 10}
+
+
+def build_queue_client(
+    storage: StorageConnection, queue_name: str, credential: TokenCredential | None = None
+) -> QueueClient:
+    """A client for one queue of the app's storage account."""
+    encoding = TextBase64EncodePolicy()
+    if storage.connection_string:
+        return QueueClient.from_connection_string(
+            storage.connection_string, queue_name, message_encode_policy=encoding, **CLIENT_OPTIONS
+        )
+    if storage.queue_endpoint is None or credential is None:
+        raise ValueError("an identity-based connection needs a queue endpoint and a credential")
+    return QueueClient(
+        storage.queue_endpoint,
+        queue_name,
+        credential=credential,
+        message_encode_policy=encoding,
+        **CLIENT_OPTIONS,
+    )
+
+
+class StorageTaskQueue:
+    """TaskQueue on a Storage queue; the queue is created on first use, once per process."""
+
+    def __init__(self, client: QueueClient) -> None:
+        self._client = client
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def send(self, task: Task, delay: timedelta = timedelta(0)) -> None:
+        """Enqueue `task`, visible after `delay` (at most 7 days)."""
+        seconds = math.ceil(min(max(delay, timedelta(0)), MAX_DELAY).total_seconds())
+        try:
+            self._ensure_queue()
+            self._client.send_message(task.to_json(), visibility_timeout=seconds or None)
+        except AzureError as e:
+            raise StorageUnavailable(
+                f"could not enqueue {task.kind} for {task.run_id.text}: {e}"
+            ) from e
+
+    def _ensure_queue(self) -> None:
+        if self._ready:
+            return
+        with self._lock:
+            if not self._ready:
+                with contextlib.suppress(ResourceExistsError):
+                    self._client.create_queue()
+                self._ready = True

@@ -1,0 +1,908 @@
+"""Use case: orchestrate a run, one queued task at a time.
+
+prepare → start (batches) → verify (until every VM runs or T−15) → gate (cancel if too many
+failed and the window is open) … post event or cancel → wrap-up → stop (batches) → finish
+(health check, patch results, report) → notify.
+
+Invariants (ARCHITECTURE.md), whatever the order or number of deliveries:
+1. A VM that was running before the run is never stopped by this app: only machines whose row
+   says the app started them (`MachineAction.owned_by_run`) are ever deallocated.
+2. Every VM the app started is deallocated after its run ends, unless another active run still
+   needs it; then ownership passes to that run (the machine's claim row).
+3. No action twice for one delivery repeated: each step reads the machine's row first and writes
+   what it is about to do *before* calling Azure; a retry that finds "Starting" checks the VM's
+   power state instead of starting it again.
+4. A cancel is sent only inside the window (shared with the cancel API: services/cancellation).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from shared.domain.errors import AzureCallFailed, LedgerConflict
+from shared.domain.ids import InvalidId, MachineId, RunId
+from shared.domain.machines import OperationOutcome, OperationResult, PowerState
+from shared.domain.policy import GateCount, GateOutcome, OrchestrationPolicy
+from shared.domain.runs import (
+    MachineAction,
+    MachineClaim,
+    MachineKind,
+    MachineRecord,
+    NoteLevel,
+    Run,
+    RunNote,
+    RunStatus,
+)
+from shared.domain.tasks import Task, TaskKind
+from shared.domain.timeline import Clock, machines_running_deadline
+from shared.services import cancellation
+from shared.services.ports import (
+    Heartbeats,
+    Machines,
+    Notifier,
+    PowerOperationHandle,
+    ReportStore,
+    RunCanceller,
+    RunLedger,
+    RunMachinesSource,
+    TaskQueue,
+)
+from shared.services.reporting import build_report, summary_message
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+MAX_CONFLICT_RETRIES = 8
+# Per-machine statuses ARG shows while a machine is still being patched.
+UNFINISHED_MACHINE_STATUSES = frozenset(
+    {"pending", "inprogress", "notstarted", "retrynow", "retrylater", ""}
+)
+WATCHED = (MachineAction.STARTING, MachineAction.STARTED)
+GATE_COUNTED = (
+    MachineAction.STARTING,
+    MachineAction.STARTED,
+    MachineAction.START_FAILED,
+    MachineAction.PLANNED,
+)
+APP = "app"
+
+
+@dataclass
+class Orchestrator:
+    """The task worker's use cases, with their ports."""
+
+    ledger: RunLedger
+    queue: TaskQueue
+    graph: RunMachinesSource
+    machines: Machines
+    canceller: RunCanceller
+    reports: ReportStore
+    clock: Clock
+    policy: OrchestrationPolicy
+    heartbeats: Heartbeats | None = None
+    notifier: Notifier | None = None
+
+    def handle(self, task: Task) -> None:
+        """Run one task. Raises on infrastructure failures, so the queue retries it."""
+        steps: dict[TaskKind, Callable[[Task], None]] = {
+            TaskKind.PREPARE: self.prepare,
+            TaskKind.START: self.start,
+            TaskKind.VERIFY: self.verify,
+            TaskKind.GATE: self.gate,
+            TaskKind.WRAP_UP: self.wrap_up,
+            TaskKind.STOP: self.stop,
+            TaskKind.FINISH: self.finish,
+            TaskKind.NOTIFY: self.notify,
+        }
+        step = steps.get(task.kind)
+        if step is None:
+            log.info("Task %s for run %s is handled elsewhere", task.kind, task.run_id.text)
+            return
+        step(task)
+
+    # prepare ------------------------------------------------------------------------------
+
+    def prepare(self, task: Task) -> None:
+        """Find the run's machines in ARG, record them, fan the starts out in batches."""
+        run = self._run(task)
+        if run is None or run.status not in (RunStatus.PRE_EVENT_RECEIVED, RunStatus.PREPARING):
+            return
+        now = self.clock.now()
+        deadline = machines_running_deadline(run.scheduled_start)
+        if now >= run.scheduled_start:
+            self._note(
+                run.run_id,
+                NoteLevel.WARNING,
+                "prepare",
+                f"pre event handled at {now.isoformat()}, after patching began at "
+                f"{run.scheduled_start.isoformat()}: no machine was started",
+            )
+            self._update_run(
+                run.run_id,
+                lambda r: _gate(
+                    r, GateOutcome.SKIPPED_LATE_PRE_EVENT, "pre event came after patching began"
+                ),
+            )
+            return
+        listed = list(self.graph.list_run_machines(run.run_id, run.subscription_ids))
+        if not listed:
+            if now < deadline:
+                log.info(
+                    "Run %s: ARG lists no machines yet (round %d); asking again in %s",
+                    run.run_id.text,
+                    task.round,
+                    self.policy.arg_retry,
+                )
+                self.queue.send(task.next_round(), self.policy.arg_retry)
+                return
+            self._note(
+                run.run_id,
+                NoteLevel.WARNING,
+                "prepare",
+                "Resource Graph listed no machines for this run by T-15",
+            )
+            self._update_run(
+                run.run_id, lambda r: _gate(r, GateOutcome.NOTHING_TO_START, "no machines listed")
+            )
+            return
+        created = self.ledger.add_machines(
+            MachineRecord.planned(run.run_id, m.machine.text, now) for m in listed
+        )
+        if now >= deadline:
+            self._note(
+                run.run_id,
+                NoteLevel.WARNING,
+                "prepare",
+                f"pre event handled after the T-15 deadline ({deadline.isoformat()}): "
+                "starting stopped VMs anyway; they may be too late for patching",
+            )
+        self._update_run(run.run_id, _to_preparing)
+        to_start = [
+            MachineId.parse(r.resource_id)
+            for r in self.ledger.list_machines(run.run_id)
+            if r.action in (MachineAction.PLANNED, MachineAction.STARTING)
+        ]
+        for batch in _chunks(to_start, self.policy.start_batch_size):
+            self.queue.send(Task(TaskKind.START, run.run_id, tuple(batch)))
+        self.queue.send(Task(TaskKind.VERIFY, run.run_id), self.policy.verify_interval)
+        log.info(
+            "Run %s: %d machines listed (%d new), %d to look at in %d start tasks",
+            run.run_id.text,
+            len(listed),
+            created,
+            len(to_start),
+            -(-len(to_start) // self.policy.start_batch_size),
+        )
+
+    # start --------------------------------------------------------------------------------
+
+    def start(self, task: Task) -> None:
+        """Start the stopped VMs of one batch, with bounded concurrency."""
+        run = self._run(task)
+        if run is None or run.status is not RunStatus.PREPARING:
+            return
+        started = _parallel(
+            self.policy.start_concurrency, lambda m: self._start_one_once(run, m), task.machines
+        )
+        finished = self._wait_all(started)
+        for row, result in finished:
+            self._record_start(row, result)
+
+    def _start_one_once(
+        self, run: Run, machine: MachineId
+    ) -> tuple[MachineRecord, PowerOperationHandle | None]:
+        try:
+            return self._start_one(run, machine)
+        except LedgerConflict:
+            # Another delivery of this batch is on the same machine and wrote first; its row
+            # decides. Nothing was sent to Azure from here.
+            log.info("Run %s: %s is being handled by another worker", run.run_id.text, machine.text)
+            row = self.ledger.find_machine(run.run_id, machine.text)
+            return (row or MachineRecord.planned(run.run_id, machine.text, self.clock.now())), None
+
+    def _start_one(
+        self, run: Run, machine: MachineId
+    ) -> tuple[MachineRecord, PowerOperationHandle | None]:
+        now = self.clock.now()
+        row = self.ledger.find_machine(run.run_id, machine.text) or self.ledger.save_machine(
+            MachineRecord.planned(run.run_id, machine.text, now)
+        )
+        if row.action not in (MachineAction.PLANNED, MachineAction.STARTING):
+            return row, None  # handled by an earlier delivery
+        if row.kind is not MachineKind.VIRTUAL_MACHINE:
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.NOT_STARTABLE,
+                    now,
+                    "Arc-enabled server: the app does not manage its power",
+                )
+            ), None
+        try:
+            facts = self.machines.get_machine(machine)
+        except AzureCallFailed as e:
+            return self._save_failure(row, MachineAction.START_FAILED, e), None
+        state = facts.power.state
+        prior = row.prior_power_state or str(state)
+        if row.action is MachineAction.STARTING and state in (
+            PowerState.RUNNING,
+            PowerState.STARTING,
+        ):
+            # A retry after a crash: the start call went out before; do not send it again.
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.STARTED,
+                    now,
+                    f"found {state} on retry; not started again",
+                    last_power_state=str(state),
+                )
+            ), None
+        if self.policy.opt_out_tag.matches(facts.tags):
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.SKIPPED_OPT_OUT,
+                    now,
+                    "carries the opt-out tag",
+                    prior_power_state=prior,
+                    last_power_state=str(state),
+                )
+            ), None
+        if state in (PowerState.RUNNING, PowerState.STARTING):
+            return self._already_up(run, row, machine, prior, str(state), now), None
+        if not (isinstance(state, PowerState) and state.startable):
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.LEFT_ALONE,
+                    now,
+                    f"power state {state}: not started",
+                    prior_power_state=prior,
+                    last_power_state=str(state),
+                )
+            ), None
+        if now >= run.scheduled_start:
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.TOO_LATE_TO_START,
+                    now,
+                    "patching has begun",
+                    prior_power_state=prior,
+                    last_power_state=str(state),
+                )
+            ), None
+        if not self._claim_for_start(run.run_id, machine):
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.SHARED_WITH_RUN,
+                    now,
+                    "another run is starting it",
+                    prior_power_state=prior,
+                    last_power_state=str(state),
+                )
+            ), None
+        if self.policy.snapshot_before_start:
+            snapshot = self._snapshot(run.run_id, machine)
+            if not snapshot.succeeded:
+                return self.ledger.save_machine(
+                    row.moved_to(
+                        MachineAction.START_FAILED,
+                        now,
+                        "OS disk snapshot failed; not started",
+                        prior_power_state=prior,
+                        error_code=snapshot.code,
+                        error_message=snapshot.message,
+                    )
+                ), None
+        # Written before calling Azure: a retry finds it and checks instead of starting again.
+        row = self.ledger.save_machine(
+            row.moved_to(
+                MachineAction.STARTING,
+                now,
+                "start requested",
+                prior_power_state=prior,
+                owner_run=run.run_id.text,
+                last_power_state=str(state),
+            )
+        )
+        try:
+            return row, self.machines.begin_start(machine)
+        except AzureCallFailed as e:
+            return self._save_failure(row, MachineAction.START_FAILED, e), None
+
+    def _already_up(
+        self,
+        run: Run,
+        row: MachineRecord,
+        machine: MachineId,
+        prior: str,
+        state: str,
+        now: datetime,
+    ) -> MachineRecord:
+        claim = self.ledger.find_claim(machine)
+        owner = claim.owner_run if claim else None
+        if owner and owner.lower() != run.run_id.key and self._is_active(owner):
+            self._need(run.run_id, machine)
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.SHARED_WITH_RUN,
+                    now,
+                    f"started by the app for run {owner}",
+                    prior_power_state=prior,
+                    last_power_state=state,
+                )
+            )
+        return self.ledger.save_machine(
+            row.moved_to(
+                MachineAction.LEFT_ALONE,
+                now,
+                "already running: never stopped by the app",
+                prior_power_state=prior,
+                last_power_state=state,
+            )
+        )
+
+    def _record_start(self, row: MachineRecord, result: OperationResult) -> None:
+        if result.outcome is OperationOutcome.STILL_RUNNING:
+            return  # verify settles it from the power state
+        if result.succeeded:
+            self._move(
+                row,
+                MachineAction.STARTED,
+                "start succeeded",
+                last_power_state=PowerState.RUNNING.value,
+            )
+        else:
+            self._move(
+                row,
+                MachineAction.START_FAILED,
+                f"start failed: {result.code}",
+                error_code=result.code,
+                error_message=result.message,
+            )
+            self._note(
+                row.run_id,
+                NoteLevel.ERROR,
+                "start",
+                f"{row.resource_id} did not start: {result.code}: {result.message}",
+            )
+
+    def _snapshot(self, run_id: RunId, machine: MachineId) -> OperationResult:
+        name = f"{machine.name}-osdisk-um-{run_id.run_name}"[:80]
+        try:
+            return self.machines.begin_snapshot_os_disk(machine, name).wait(
+                self.policy.operation_wait_seconds
+            )
+        except AzureCallFailed as e:
+            return OperationResult(OperationOutcome.FAILED, e.code, e.message)
+
+    # verify and gate ----------------------------------------------------------------------
+
+    def verify(self, task: Task) -> None:
+        """Re-read power states until every VM the app started runs, or T−15 passes."""
+        run = self._run(task)
+        if run is None or run.status is not RunStatus.PREPARING:
+            return
+        rows = list(self.ledger.list_machines(run.run_id))
+        watched = [r for r in rows if r.action in WATCHED]
+        updated = _parallel(self.policy.start_concurrency, self._refresh, watched)
+        unsettled = [r for r in rows if r.action is MachineAction.PLANNED]
+        unsettled += [r for r in updated if r.last_power_state != PowerState.RUNNING]
+        now = self.clock.now()
+        deadline = machines_running_deadline(run.scheduled_start)
+        if not unsettled or now >= deadline:
+            self.queue.send(Task(TaskKind.GATE, run.run_id))
+            return
+        delay = min(self.policy.verify_interval, max(deadline - now, timedelta(seconds=1)))
+        log.info(
+            "Run %s: %d machines not running yet; checking again in %s",
+            run.run_id.text,
+            len(unsettled),
+            delay,
+        )
+        self.queue.send(task.next_round(), delay)
+
+    def _refresh(self, row: MachineRecord) -> MachineRecord:
+        try:
+            power = self.machines.get_power(MachineId.parse(row.resource_id))
+        except AzureCallFailed as e:
+            log.warning("Power state of %s unreadable: %s", row.resource_id, e)
+            return row
+        state = str(power.state)
+        now = self.clock.now()
+        if row.action is MachineAction.STARTING and power.state is PowerState.RUNNING:
+            return self._move(row, MachineAction.STARTED, "seen running", last_power_state=state)
+        if row.last_power_state == state:
+            return row
+        return self._save_latest(row, lambda r: replace(r, last_power_state=state, updated_at=now))
+
+    def gate(self, task: Task) -> None:
+        """Decide: good enough, or cancel (inside the window), or report it is too late."""
+        run = self._run(task)
+        if run is None or run.status is not RunStatus.PREPARING:
+            return
+        rows = [r for r in self.ledger.list_machines(run.run_id) if r.action in GATE_COUNTED]
+        count = GateCount(
+            attempted=len(rows),
+            not_running=sum(
+                1
+                for r in rows
+                if r.last_power_state != PowerState.RUNNING or r.action is not MachineAction.STARTED
+            ),
+        )
+        detail = count.describe(self.policy.failure_budget_percent)
+        if not count.exceeds(self.policy.failure_budget_percent):
+            self._update_run(run.run_id, lambda r: _gate(r, GateOutcome.PASSED, detail))
+            log.info("Run %s: gate passed: %s", run.run_id.text, detail)
+            return
+        answer = cancellation.cancel_run(
+            run.run_id,
+            cancellation.CancelContext(
+                ledger=self.ledger,
+                canceller=self.canceller,
+                queue=self.queue,
+                clock=self.clock,
+                safety_margin=self.policy.cancel_safety_margin,
+            ),
+            requested_by="app:gate",
+            reason=f"failure budget exceeded: {detail}",
+            source=cancellation.CancelSource.GATE,
+        )
+        if answer.verdict is cancellation.CancelVerdict.TOO_EARLY:
+            # Verify finished before T−40 (the pre event can come a few minutes early).
+            self.queue.send(task.next_round(), answer.window.opens_at - answer.now)
+            return
+        outcome = {
+            cancellation.CancelVerdict.CANCELLED: GateOutcome.CANCELLED,
+            cancellation.CancelVerdict.ALREADY_CANCELLED: GateOutcome.ALREADY_CANCELLED,
+            cancellation.CancelVerdict.TOO_LATE: GateOutcome.TOO_LATE_TO_CANCEL,
+            cancellation.CancelVerdict.IN_FLIGHT: GateOutcome.ALREADY_CANCELLED,
+            cancellation.CancelVerdict.REFUSED_BY_AZURE: GateOutcome.CANCEL_REFUSED,
+        }.get(answer.verdict, GateOutcome.CANCEL_REFUSED)
+        level = NoteLevel.WARNING if outcome is GateOutcome.CANCELLED else NoteLevel.ERROR
+        self._note(run.run_id, level, "gate", f"{detail}; {answer.explanation}")
+        self._update_run(run.run_id, lambda r: _gate(r, outcome, f"{detail}; {answer.explanation}"))
+
+    # wrap-up ------------------------------------------------------------------------------
+
+    def wrap_up(self, task: Task) -> None:
+        """After the post event or a cancel: stop exactly the VMs this run owns."""
+        run = self._run(task)
+        if run is None or run.status is RunStatus.COMPLETED:
+            return
+        now = self.clock.now()
+        run = self._update_run(
+            run.run_id,
+            lambda r: (
+                r
+                if r.status is RunStatus.WRAPPING_UP or r.status is RunStatus.COMPLETED
+                else replace(
+                    r, status=RunStatus.WRAPPING_UP, wrap_up_started_at=now, updated_at=now
+                )
+            ),
+        )
+        if run.status is RunStatus.COMPLETED:
+            return
+        if run.cancel_source is None and not self._machines_finished(run, task):
+            return
+        owned = [r for r in self.ledger.list_machines(run.run_id) if r.action.owned_by_run]
+        to_stop = [
+            MachineId.parse(r.resource_id) for r in owned if not self._hand_over(run.run_id, r)
+        ]
+        for batch in _chunks(to_stop, self.policy.start_batch_size):
+            self.queue.send(Task(TaskKind.STOP, run.run_id, tuple(batch)))
+        self.queue.send(
+            Task(TaskKind.FINISH, run.run_id), self.policy.arg_retry if to_stop else timedelta(0)
+        )
+        log.info(
+            "Run %s: wrap-up: %d machines to stop, %d handed over",
+            run.run_id.text,
+            len(to_stop),
+            len(owned) - len(to_stop),
+        )
+
+    def _machines_finished(self, run: Run, task: Task) -> bool:
+        listed = list(self.graph.list_run_machines(run.run_id, run.subscription_ids))
+        unfinished = [
+            m
+            for m in listed
+            if (m.status or "").replace(" ", "").lower() in UNFINISHED_MACHINE_STATUSES
+        ]
+        if not unfinished:
+            return True
+        started = run.wrap_up_started_at or self.clock.now()
+        if self.clock.now() - started < self.policy.wrap_up_wait:
+            log.info(
+                "Run %s: ARG shows %d machines unfinished; waiting",
+                run.run_id.text,
+                len(unfinished),
+            )
+            self.queue.send(task.next_round(), self.policy.arg_retry)
+            return False
+        self._note(
+            run.run_id,
+            NoteLevel.WARNING,
+            "wrap-up",
+            f"{len(unfinished)} machines still unfinished in ARG after "
+            f"{self.policy.wrap_up_wait}; wrapping up anyway",
+        )
+        return True
+
+    def _hand_over(self, run_id: RunId, row: MachineRecord) -> bool:
+        """Pass a VM this run started to another active run that needs it; True if passed."""
+        machine = MachineId.parse(row.resource_id)
+        for _ in range(MAX_CONFLICT_RETRIES):
+            claim = self.ledger.find_claim(machine)
+            if claim is None:
+                return False
+            heirs = [r for r in claim.needed_by if r.lower() != run_id.key and self._is_active(r)]
+            if not heirs:
+                return False
+            heir = RunId.parse(heirs[0])
+            try:
+                self.ledger.save_claim(replace(claim.released_by(run_id.text), owner_run=heir.text))
+            except LedgerConflict:
+                continue
+            self._move(
+                row,
+                MachineAction.HANDED_OVER,
+                f"still needed by run {heir.text}",
+                owner_run=heir.text,
+            )
+            heir_row = self.ledger.find_machine(heir, machine.text)
+            if heir_row is not None and not heir_row.action.owned_by_run:
+                self._move(
+                    heir_row,
+                    MachineAction.STARTED,
+                    f"ownership passed from run {run_id.text}",
+                    owner_run=heir.text,
+                )
+            self._note(
+                run_id, NoteLevel.INFO, "wrap-up", f"{machine.text} handed over to run {heir.text}"
+            )
+            return True
+        raise LedgerConflict(f"claim of {machine.text} kept changing")
+
+    def stop(self, task: Task) -> None:
+        """Deallocate one batch of VMs the run owns, unless another run now needs them."""
+        run = self._run(task)
+        if run is None or run.status is not RunStatus.WRAPPING_UP:
+            return
+        started = _parallel(
+            self.policy.start_concurrency, lambda m: self._stop_one(run.run_id, m), task.machines
+        )
+        finished = self._wait_all(started)
+        for row, result in finished:
+            if result.succeeded:
+                self._move(
+                    row,
+                    MachineAction.DEALLOCATED,
+                    "deallocated",
+                    last_power_state=PowerState.DEALLOCATED.value,
+                )
+                self._release(run.run_id, MachineId.parse(row.resource_id))
+            elif result.outcome is not OperationOutcome.STILL_RUNNING:
+                self._move(
+                    row,
+                    MachineAction.DEALLOCATE_FAILED,
+                    f"deallocate failed: {result.code}",
+                    error_code=result.code,
+                    error_message=result.message,
+                )
+                self._note(
+                    run.run_id,
+                    NoteLevel.ERROR,
+                    "stop",
+                    f"{row.resource_id} was not deallocated: {result.code}: {result.message}",
+                )
+
+    def _stop_one(
+        self, run_id: RunId, machine: MachineId
+    ) -> tuple[MachineRecord, PowerOperationHandle | None]:
+        row = self.ledger.find_machine(run_id, machine.text)
+        if row is None or not row.action.owned_by_run:
+            return row or MachineRecord.planned(run_id, machine.text, self.clock.now()), None
+        if self._hand_over(run_id, row):
+            return row, None
+        now = self.clock.now()
+        try:
+            power = self.machines.get_power(machine)
+        except AzureCallFailed as e:
+            return self._save_failure(row, MachineAction.DEALLOCATE_FAILED, e), None
+        if power.state not in (
+            PowerState.RUNNING,
+            PowerState.STARTING,
+            PowerState.STOPPED,
+            PowerState.STOPPING,
+        ):
+            self._release(run_id, machine)
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.ALREADY_STOPPED,
+                    now,
+                    f"found {power.state}",
+                    last_power_state=str(power.state),
+                )
+            ), None
+        # "stopped" still bills for compute: deallocate it too.
+        row = self.ledger.save_machine(
+            row.moved_to(MachineAction.DEALLOCATING, now, "deallocate requested")
+        )
+        try:
+            return row, self.machines.begin_deallocate(machine)
+        except AzureCallFailed as e:
+            return self._save_failure(row, MachineAction.DEALLOCATE_FAILED, e), None
+
+    def _release(self, run_id: RunId, machine: MachineId) -> None:
+        for _ in range(MAX_CONFLICT_RETRIES):
+            claim = self.ledger.find_claim(machine)
+            if claim is None:
+                return
+            try:
+                self.ledger.save_claim(claim.released_by(run_id.text))
+                return
+            except LedgerConflict:
+                continue
+
+    def finish(self, task: Task) -> None:
+        """Once the stops are done: health check, patch results, the report."""
+        run = self._run(task)
+        if run is None or run.status is not RunStatus.WRAPPING_UP:
+            return
+        rows = list(self.ledger.list_machines(run.run_id))
+        busy = [
+            r
+            for r in rows
+            if r.action
+            in (MachineAction.STARTED, MachineAction.STARTING, MachineAction.DEALLOCATING)
+        ]
+        now = self.clock.now()
+        started = run.wrap_up_started_at or now
+        if busy and now - started < self.policy.wrap_up_wait:
+            self.queue.send(task.next_round(), self.policy.arg_retry)
+            return
+        health = self._health(run, rows, now)
+        if health is None:
+            self.queue.send(task.next_round(), self.policy.arg_retry)
+            return
+        patches = list(self.graph.list_patch_results(run.run_id, run.subscription_ids))
+        final = self._update_run(
+            run.run_id,
+            lambda r: replace(r, status=RunStatus.COMPLETED, completed_at=now, updated_at=now),
+        )
+        report = build_report(final, rows, self.ledger, patches=patches, health=health)
+        location = self.reports.save_report(run.run_id, report)
+        self._update_run(run.run_id, lambda r: replace(r, report_location=location))
+        self.queue.send(Task(TaskKind.NOTIFY, run.run_id))
+        log.info("Run %s completed; report at %s", run.run_id.text, location)
+
+    def _health(
+        self, run: Run, rows: Sequence[MachineRecord], now: datetime
+    ) -> dict[str, object] | None:
+        """Heartbeats of the machines that should be up; None means "wait and ask again"."""
+        workspace = self.policy.log_analytics_workspace_id
+        if workspace is None or self.heartbeats is None:
+            return {"checked": False, "reason": "no Log Analytics workspace configured"}
+        expected = [
+            MachineId.parse(r.resource_id)
+            for r in rows
+            if r.prior_power_state == PowerState.RUNNING
+            or r.action in (MachineAction.HANDED_OVER, MachineAction.SHARED_WITH_RUN)
+        ]
+        if not expected:
+            return {"checked": True, "expected": 0, "missing": []}
+        since = run.post_event_at or run.wrap_up_started_at or now
+        try:
+            answer = self.heartbeats.list_last_heartbeats(workspace, expected, since, now)
+        except AzureCallFailed as e:
+            self._note(run.run_id, NoteLevel.WARNING, "health", f"heartbeat query failed: {e}")
+            return {"checked": False, "reason": str(e)}
+        missing = [m.text for m in expected if m not in answer.last_seen]
+        waited = now - (run.wrap_up_started_at or now)
+        if missing and waited < self.policy.health_wait:
+            return None
+        if missing:
+            self._note(
+                run.run_id,
+                NoteLevel.ERROR,
+                "health",
+                f"{len(missing)} machines sent no heartbeat after the run",
+            )
+        return {
+            "checked": True,
+            "expected": len(expected),
+            "missing": missing,
+            "complete": answer.complete,
+            "partialErrors": list(answer.partial_errors),
+        }
+
+    def notify(self, task: Task) -> None:
+        """Send the finished run's summary to the webhook; a failure raises (queue retries)."""
+        if self.notifier is None:
+            return
+        run = self._run(task)
+        if run is None or run.status is not RunStatus.COMPLETED:
+            return
+        report = self.reports.get_report(run.run_id)
+        self.notifier.send(summary_message(run, report))
+        log.info("Run %s: report sent to the webhook", run.run_id.text)
+
+    def note_poisoned(self, task: Task, dequeue_count: int) -> None:
+        """A task failed `dequeue_count` times and went to the poison queue: say so in the
+        run's record and its report (if written), so nothing is lost silently."""
+        message = (
+            f"task {task.kind.value} (round {task.round}, {len(task.machines)} machines) "
+            f"failed {dequeue_count} times and was moved to the poison queue"
+        )
+        self._note(task.run_id, NoteLevel.ERROR, "poison", message)
+        report = self.reports.get_report(task.run_id)
+        if report is not None:
+            amended = dict(report)
+            amended["notes"] = [
+                *report.get("notes", []),
+                {
+                    "at": self.clock.now().isoformat(),
+                    "level": NoteLevel.ERROR.value,
+                    "source": "poison",
+                    "message": message,
+                },
+            ]
+            self.reports.save_report(task.run_id, amended)
+
+    # shared -------------------------------------------------------------------------------
+
+    def _run(self, task: Task) -> Run | None:
+        run = self.ledger.find_run(task.run_id)
+        if run is None:
+            log.warning("Task %s for unknown run %s dropped", task.kind, task.run_id.text)
+        return run
+
+    def _is_active(self, run_text: str) -> bool:
+        try:
+            other = self.ledger.find_run(RunId.parse(run_text))
+        except InvalidId:
+            return False
+        return other is not None and other.is_active
+
+    def _claim_for_start(self, run_id: RunId, machine: MachineId) -> bool:
+        """Make this run the VM's owner unless another active run already is."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            claim = self.ledger.find_claim(machine) or MachineClaim(resource_id=machine.text)
+            owner = claim.owner_run
+            mine = owner is None or owner.lower() == run_id.key or not self._is_active(owner)
+            updated = claim.needing(run_id.text)
+            if mine:
+                updated = replace(updated, owner_run=run_id.text)
+            try:
+                self.ledger.save_claim(updated)
+            except LedgerConflict:
+                continue
+            return mine
+        raise LedgerConflict(f"claim of {machine.text} kept changing")
+
+    def _need(self, run_id: RunId, machine: MachineId) -> None:
+        for _ in range(MAX_CONFLICT_RETRIES):
+            claim = self.ledger.find_claim(machine) or MachineClaim(resource_id=machine.text)
+            try:
+                self.ledger.save_claim(claim.needing(run_id.text))
+                return
+            except LedgerConflict:
+                continue
+
+    def _wait_all(
+        self, started: Sequence[tuple[MachineRecord, PowerOperationHandle | None]]
+    ) -> list[tuple[MachineRecord, OperationResult]]:
+        """Wait for the started operations together (each polls on its own thread)."""
+        waiting = [(row, op) for row, op in started if op is not None]
+        timeout = self.policy.operation_wait_seconds
+        return _parallel(
+            max(1, len(waiting)), lambda pair: (pair[0], pair[1].wait(timeout)), waiting
+        )
+
+    def _move(
+        self, row: MachineRecord, action: MachineAction, detail: str, **changes: Any
+    ) -> MachineRecord:
+        """Record `action` on the freshest copy of the machine's row."""
+        now = self.clock.now()
+        return self._save_latest(row, lambda r: r.moved_to(action, now, detail, **changes))
+
+    def _save_failure(
+        self, row: MachineRecord, action: MachineAction, error: AzureCallFailed
+    ) -> MachineRecord:
+        self._note(
+            row.run_id,
+            NoteLevel.ERROR,
+            action.value,
+            f"{row.resource_id}: {error.code}: {error.message}",
+        )
+        return self._save_latest(
+            row,
+            lambda r: r.moved_to(
+                action,
+                self.clock.now(),
+                f"{error.service} answered {error.code}",
+                error_code=error.code,
+                error_message=error.message,
+            ),
+        )
+
+    def _save_latest(
+        self, row: MachineRecord, change: Callable[[MachineRecord], MachineRecord]
+    ) -> MachineRecord:
+        """Apply `change` to the freshest copy of the row (re-read on a version conflict)."""
+        current = row
+        for _ in range(MAX_CONFLICT_RETRIES):
+            try:
+                return self.ledger.save_machine(change(current))
+            except LedgerConflict:
+                fresh = self.ledger.find_machine(row.run_id, row.resource_id)
+                if fresh is None:
+                    raise
+                current = fresh
+        raise LedgerConflict(f"machine {row.resource_id} kept changing")
+
+    def _update_run(self, run_id: RunId, change: Callable[[Run], Run]) -> Run:
+        for _ in range(MAX_CONFLICT_RETRIES):
+            current = self.ledger.find_run(run_id)
+            if current is None:
+                raise LedgerConflict(f"run {run_id.text} vanished")
+            updated = change(current)
+            if updated is current:
+                return current
+            try:
+                return self.ledger.save_run(updated)
+            except LedgerConflict:
+                continue
+        raise LedgerConflict(f"run {run_id.text} kept changing")
+
+    def _note(self, run_id: RunId, level: NoteLevel, source: str, message: str) -> None:
+        log.log(
+            logging.ERROR
+            if level is NoteLevel.ERROR
+            else logging.WARNING
+            if level is NoteLevel.WARNING
+            else logging.INFO,
+            "Run %s [%s]: %s",
+            run_id.text,
+            source,
+            message,
+        )
+        self.ledger.add_note(
+            RunNote(run_id=run_id, at=self.clock.now(), level=level, source=source, message=message)
+        )
+
+
+def _to_preparing(run: Run) -> Run:
+    if run.status is RunStatus.PREPARING:
+        return run
+    if run.status is not RunStatus.PRE_EVENT_RECEIVED:
+        return run
+    return replace(run, status=RunStatus.PREPARING)
+
+
+def _gate(run: Run, outcome: GateOutcome, detail: str) -> Run:
+    """Record the gate's decision; a run being prepared is prepared now (a cancelled one stays
+    cancelled: the cancel already moved it)."""
+    status = run.status
+    if status in (RunStatus.PREPARING, RunStatus.PRE_EVENT_RECEIVED):
+        status = RunStatus.PREPARED
+    return replace(run, status=status, gate_outcome=outcome.value, gate_detail=detail)
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterable[list[T]]:
+    for start in range(0, len(items), max(1, size)):
+        yield list(items[start : start + max(1, size)])
+
+
+def _parallel(workers: int, work: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """Run `work` on each item with at most `workers` at once; exceptions propagate."""
+    listed = list(items)
+    if not listed:
+        return []
+    if workers <= 1 or len(listed) == 1:
+        return [work(item) for item in listed]
+    with ThreadPoolExecutor(max_workers=min(workers, len(listed))) as pool:
+        return list(pool.map(work, listed))

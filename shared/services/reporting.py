@@ -1,0 +1,141 @@
+"""The run report: one JSON document per run, built from the ledger and what Azure reported."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from shared.domain.platform import PatchResult
+from shared.domain.runs import MachineRecord, Run
+from shared.services.ports import RunLedger
+
+REPORT_VERSION = 1
+
+
+def build_report(
+    run: Run,
+    machines: Sequence[MachineRecord],
+    ledger: RunLedger,
+    *,
+    patches: Sequence[PatchResult] = (),
+    health: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything that happened in the run, in one document."""
+    patch_by_machine = {p.machine.key: p for p in patches}
+    actions = Counter(m.action.value for m in machines)
+    return {
+        "reportVersion": REPORT_VERSION,
+        "run": {
+            "correlationId": run.run_id.text,
+            "maintenanceConfigurationId": run.run_id.configuration.text,
+            "runName": run.run_id.run_name,
+            "status": run.status.value,
+            "platformStatus": run.platform_status,
+            "scheduledStart": _iso(run.scheduled_start),
+            "end": _iso(run.end),
+            "cancellationCutOff": _iso(run.cancellation_cutoff),
+            "subscriptionIds": list(run.subscription_ids),
+        },
+        "timeline": {
+            "preEventReceivedAt": _iso(run.pre_event_at),
+            "postEventReceivedAt": _iso(run.post_event_at),
+            "postEventStatus": run.post_event_status,
+            "wrapUpStartedAt": _iso(run.wrap_up_started_at),
+            "completedAt": _iso(run.completed_at),
+            "events": [
+                {
+                    "type": e.kind.value,
+                    "id": e.event_id,
+                    "schema": e.schema.value,
+                    "eventTime": _iso(e.event_time),
+                    "receivedAt": _iso(e.received_at),
+                }
+                for e in sorted(ledger.list_events(run.run_id), key=lambda e: e.received_at)
+            ],
+        },
+        "gate": {"outcome": run.gate_outcome, "detail": run.gate_detail},
+        "cancel": {
+            "source": run.cancel_source,
+            "requests": [
+                {
+                    "requestedAt": _iso(c.requested_at),
+                    "requestedBy": c.requested_by,
+                    "reason": c.reason,
+                    "dryRun": c.dry_run,
+                    "outcome": c.outcome.value,
+                    "windowOpensAt": _iso(c.window_opens_at),
+                    "windowClosesAt": _iso(c.window_closes_at),
+                    "detail": c.detail,
+                    "serviceCode": c.service_code,
+                    "serviceMessage": c.service_message,
+                }
+                for c in ledger.list_cancel_requests(run.run_id)
+            ],
+        },
+        "summary": {
+            "machines": len(machines),
+            "actions": dict(sorted(actions.items())),
+            "patchResults": dict(Counter(p.status or "Unknown" for p in patches)),
+        },
+        "machines": [
+            _machine(m, patch_by_machine.get(m.resource_id.lower()))
+            for m in sorted(machines, key=lambda m: m.resource_id.lower())
+        ],
+        "health": dict(health or {"checked": False}),
+        "notes": [
+            {"at": _iso(n.at), "level": n.level.value, "source": n.source, "message": n.message}
+            for n in ledger.list_notes(run.run_id)
+        ],
+    }
+
+
+def _machine(machine: MachineRecord, patch: PatchResult | None) -> dict[str, Any]:
+    return {
+        "resourceId": machine.resource_id,
+        "kind": machine.kind.value,
+        "powerStateBefore": machine.prior_power_state,
+        "powerStateAfter": machine.last_power_state,
+        "action": machine.action.value,
+        "ownerRun": machine.owner_run,
+        "error": {"code": machine.error_code, "message": machine.error_message}
+        if machine.error_code or machine.error_message
+        else None,
+        "actions": [
+            {"at": at, "action": action, "detail": detail} for at, action, detail in machine.history
+        ],
+        "patch": None
+        if patch is None
+        else {
+            "status": patch.status,
+            "installed": patch.installed,
+            "failed": patch.failed,
+            "rebootStatus": patch.reboot_status,
+            "windowExceeded": patch.window_exceeded,
+            "lastModified": patch.last_modified,
+        },
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def summary_message(run: Run, report: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A short Teams/Slack-style message (`text`) with the report's summary attached."""
+    summary = (report or {}).get("summary", {})
+    actions = summary.get("actions", {})
+    lines = [
+        f"Maintenance run {run.run_id.run_name} of {run.run_id.configuration.name}: "
+        f"{run.status.value}",
+        f"Gate: {run.gate_outcome or 'not reached'}"
+        + (f" ({run.gate_detail})" if run.gate_detail else ""),
+        "Machines: " + (", ".join(f"{k} {v}" for k, v in sorted(actions.items())) or "none"),
+    ]
+    errors = [n for n in (report or {}).get("notes", []) if n.get("level") == "Error"]
+    if errors:
+        lines.append(f"Errors: {len(errors)}; first: {errors[0].get('message')}")
+    if run.report_location:
+        lines.append(f"Report: {run.report_location}")
+    return {"text": "\n".join(lines), "run": (report or {}).get("run", {}), "summary": summary}

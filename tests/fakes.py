@@ -1,0 +1,192 @@
+"""In-memory fakes of our own ports, for use-case tests (the adapters are tested against the
+sandbox and Azurite separately)."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.domain.errors import AzureCallFailed, CancelRefused
+from shared.domain.ids import MachineId, RunId
+from shared.domain.machines import MachinePower, OperationOutcome, OperationResult, PowerState
+from shared.domain.platform import (
+    HeartbeatReport,
+    MachineFacts,
+    PatchResult,
+    PlatformRun,
+    RunMachine,
+    RunState,
+)
+from shared.domain.tasks import Task
+from tests.builders import FixedClock
+
+
+@dataclass
+class FakeVm:
+    state: PowerState
+    tags: dict[str, str] = field(default_factory=dict)
+    fails_with: str | None = None
+
+
+class Done:
+    def __init__(self, result: OperationResult) -> None:
+        self.result = result
+
+    def wait(self, timeout: float | None = None) -> OperationResult:
+        return self.result
+
+
+class FakeMachines:
+    """VMs whose power changes at once; counts every call."""
+
+    def __init__(self) -> None:
+        self.vms: dict[str, FakeVm] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def add(self, machine: MachineId, state: PowerState, **kw: Any) -> None:
+        self.vms[machine.key] = FakeVm(state, **kw)
+
+    def _vm(self, machine: MachineId) -> FakeVm:
+        if machine.key not in self.vms:
+            raise AzureCallFailed("Compute", 404, "ResourceNotFound", machine.text)
+        return self.vms[machine.key]
+
+    def get_machine(self, machine: MachineId) -> MachineFacts:
+        return MachineFacts(machine, self.get_power(machine), self._vm(machine).tags)
+
+    def get_power(self, machine: MachineId) -> MachinePower:
+        if machine.is_arc:
+            return MachinePower(None, False)
+        vm = self._vm(machine)
+        return MachinePower(vm.state, vm.state.startable)
+
+    def begin_start(self, machine: MachineId) -> Done:
+        self.calls.append(("start", machine.key))
+        vm = self._vm(machine)
+        if vm.fails_with:
+            return Done(OperationResult(OperationOutcome.FAILED, vm.fails_with, "no capacity"))
+        vm.state = PowerState.RUNNING
+        return Done(OperationResult(OperationOutcome.SUCCEEDED))
+
+    def begin_deallocate(self, machine: MachineId) -> Done:
+        self.calls.append(("deallocate", machine.key))
+        self._vm(machine).state = PowerState.DEALLOCATED
+        return Done(OperationResult(OperationOutcome.SUCCEEDED))
+
+    def begin_snapshot_os_disk(self, machine: MachineId, snapshot_name: str) -> Done:
+        self.calls.append(("snapshot", machine.key))
+        return Done(OperationResult(OperationOutcome.SUCCEEDED))
+
+    def count(self, verb: str, machine: MachineId) -> int:
+        return self.calls.count((verb, machine.key))
+
+
+class FakeGraph:
+    """Resource Graph: the machines of each run (possibly after some lag)."""
+
+    def __init__(self) -> None:
+        self.machines: dict[str, list[MachineId]] = {}
+        self.status: dict[str, str] = {}
+        self.hidden_rounds: dict[str, int] = {}
+        self.runs: list[PlatformRun] = []
+
+    def list_run_machines(self, run: RunId, subscriptions: Sequence[str]) -> Iterator[RunMachine]:
+        if self.hidden_rounds.get(run.key, 0) > 0:
+            self.hidden_rounds[run.key] -= 1
+            return iter([])
+        return iter(
+            [
+                RunMachine(f"{m.text}/x", m, self.status.get(run.key, "Succeeded"))
+                for m in self.machines.get(run.key, [])
+            ]
+        )
+
+    def list_patch_results(self, run: RunId, subscriptions: Sequence[str]) -> Iterator[PatchResult]:
+        return iter(
+            [
+                PatchResult(m, "Succeeded", 3, 0, "NotNeeded", False, None)
+                for m in self.machines.get(run.key, [])
+            ]
+        )
+
+    def list_runs(self, configurations: Any, subscriptions: Sequence[str]) -> Iterator[PlatformRun]:
+        return iter(self.runs)
+
+
+class FakeCanceller:
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+        self.refuse: tuple[str, str] | None = None
+
+    def cancel_run(self, run: RunId) -> RunState:
+        if self.refuse:
+            raise CancelRefused("Maintenance", 409, *self.refuse)
+        self.cancelled.append(run.key)
+        return RunState(run, "Cancelled")
+
+    def get_run(self, run: RunId) -> RunState:
+        return RunState(run, "Cancelled" if run.key in self.cancelled else "Pending")
+
+
+class FakeReports:
+    def __init__(self) -> None:
+        self.reports: dict[str, Mapping[str, Any]] = {}
+
+    def save_report(self, run_id: RunId, report: Mapping[str, Any]) -> str:
+        self.reports[run_id.key] = report
+        return f"memory://{run_id.run_name}"
+
+    def get_report(self, run_id: RunId) -> Mapping[str, Any] | None:
+        return self.reports.get(run_id.key)
+
+
+class FakeHeartbeats:
+    def __init__(self) -> None:
+        self.seen: dict[str, datetime] = {}
+
+    def list_last_heartbeats(
+        self, workspace_id: str, machines: Sequence[MachineId], since: datetime, until: datetime
+    ) -> HeartbeatReport:
+        return HeartbeatReport(
+            {
+                m: self.seen[m.key]
+                for m in machines
+                if m.key in self.seen and self.seen[m.key] > since
+            }
+        )
+
+
+class ScheduledQueue:
+    """A task queue on the fake clock: `drain` runs tasks in the order they become visible,
+    moving the clock forward to each one's time."""
+
+    def __init__(self, clock: FixedClock) -> None:
+        self.clock = clock
+        self._heap: list[tuple[datetime, int, Task]] = []
+        self._order = itertools.count()
+        self.sent: list[Task] = []
+
+    def send(self, task: Task, delay: timedelta = timedelta(0)) -> None:
+        self.sent.append(task)
+        heapq.heappush(self._heap, (self.clock.now() + delay, next(self._order), task))
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def drain(self, handle: Any, limit: int = 2000, until: datetime | None = None) -> list[Task]:
+        done: list[Task] = []
+        while self._heap and len(done) < limit:
+            when, _, task = self._heap[0]
+            if until is not None and when > until:
+                break
+            heapq.heappop(self._heap)
+            if when > self.clock.now():
+                self.clock.current = when
+            handle(task)
+            done.append(task)
+        assert len(done) < limit, "tasks kept coming"
+        return done

@@ -1,0 +1,386 @@
+"""The orchestration's rules with in-memory fakes of our ports and a clock the queue moves.
+
+The same scenarios run against the sandbox and Azurite in tests/scenarios/; these pin down the
+decisions at their boundaries quickly.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from shared.domain.events import EventKind, parse_event
+from shared.domain.ids import MachineId, RunId
+from shared.domain.machines import PowerState
+from shared.domain.policy import OptOutTag, OrchestrationPolicy
+from shared.domain.runs import MachineAction, MachineRecord, RunStatus
+from shared.domain.tasks import Task, TaskKind
+from shared.services.intake import follow_up, take_in_event
+from shared.services.orchestration import Orchestrator
+from tests.builders import (
+    CORRELATION_ID,
+    POST,
+    PRE,
+    START,
+    SUBSCRIPTION,
+    FixedClock,
+    InMemoryRunLedger,
+    event_grid_event,
+)
+from tests.fakes import (
+    FakeCanceller,
+    FakeGraph,
+    FakeHeartbeats,
+    FakeMachines,
+    FakeReports,
+    ScheduledQueue,
+)
+
+RUN = RunId.parse(CORRELATION_ID)
+ANY = frozenset(EventKind)
+
+
+def vm(name: str) -> MachineId:
+    return MachineId.parse(
+        f"/subscriptions/{SUBSCRIPTION}/resourceGroups/app/providers/Microsoft.Compute/"
+        f"virtualMachines/{name}"
+    )
+
+
+ARC = MachineId.parse(
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/onprem/providers/"
+    "Microsoft.HybridCompute/machines/arc-01"
+)
+
+
+class World:
+    """The app's use cases wired to fakes, driven the way Event Grid and the queue drive it."""
+
+    def __init__(self, **policy: Any) -> None:
+        self.clock = FixedClock(START - timedelta(minutes=35))
+        self.ledger = InMemoryRunLedger()
+        self.queue = ScheduledQueue(self.clock)
+        self.graph = FakeGraph()
+        self.machines = FakeMachines()
+        self.canceller = FakeCanceller()
+        self.reports = FakeReports()
+        self.heartbeats = FakeHeartbeats()
+        defaults: dict[str, Any] = {
+            "verify_interval": timedelta(seconds=60),
+            "arg_retry": timedelta(seconds=30),
+            "start_batch_size": 2,
+            "start_concurrency": 4,
+        }
+        self.orchestrator = Orchestrator(
+            ledger=self.ledger,
+            queue=self.queue,
+            graph=self.graph,
+            machines=self.machines,
+            canceller=self.canceller,
+            reports=self.reports,
+            clock=self.clock,
+            policy=OrchestrationPolicy(**{**defaults, **policy}),
+            heartbeats=self.heartbeats,
+        )
+
+    def fleet(self, run: RunId = RUN, **states: PowerState) -> list[MachineId]:
+        ids = []
+        for name, state in states.items():
+            machine = vm(name)
+            if machine.key not in self.machines.vms:
+                self.machines.add(machine, state)
+            ids.append(machine)
+        self.graph.machines.setdefault(run.key, []).extend(ids)
+        return ids
+
+    def deliver(self, kind: str, **overrides: Any) -> None:
+        event = parse_event(event_grid_event(kind, **overrides), ANY)
+        outcome = take_in_event(event, self.ledger, self.clock)
+        task = follow_up(event, outcome)
+        if task is not None:
+            self.queue.send(task)
+
+    def work(self, until_minutes_before_start: float | None = None) -> list[Task]:
+        until = None
+        if until_minutes_before_start is not None:
+            until = START - timedelta(minutes=until_minutes_before_start)
+        return self.queue.drain(self.orchestrator.handle, until=until)
+
+    def row(self, machine: MachineId, run: RunId = RUN) -> MachineRecord:
+        found = self.ledger.find_machine(run, machine.text)
+        assert found is not None
+        return found
+
+
+def test_stopped_vms_are_started_and_running_ones_left_alone() -> None:
+    world = World()
+    web, db, app = world.fleet(
+        web=PowerState.DEALLOCATED, db=PowerState.RUNNING, app=PowerState.STOPPED
+    )
+    world.deliver(PRE)
+    world.work()
+    assert world.machines.count("start", web) == 1
+    assert world.machines.count("start", app) == 1
+    assert world.machines.count("start", db) == 0
+    assert world.row(web).action is MachineAction.STARTED
+    assert world.row(web).prior_power_state == "deallocated"
+    assert world.row(db).action is MachineAction.LEFT_ALONE
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert run.status is RunStatus.PREPARED
+    assert run.gate_outcome == "Passed"
+
+
+def test_post_event_deallocates_only_what_the_app_started() -> None:
+    world = World()
+    web, db = world.fleet(web=PowerState.DEALLOCATED, db=PowerState.RUNNING)
+    world.deliver(PRE)
+    world.work()
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    assert world.machines.count("deallocate", web) == 1
+    assert world.machines.count("deallocate", db) == 0
+    assert world.machines.vms[db.key].state is PowerState.RUNNING
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert run.status is RunStatus.COMPLETED
+    report = world.reports.get_report(RUN)
+    assert report is not None
+    by_id = {m["resourceId"]: m for m in report["machines"]}
+    assert by_id[web.text]["powerStateBefore"] == "deallocated"
+    assert by_id[web.text]["powerStateAfter"] == "deallocated"
+    assert by_id[web.text]["action"] == "Deallocated"
+    assert [a["action"] for a in by_id[web.text]["actions"]] == [
+        "Planned",
+        "Starting",
+        "Started",
+        "Deallocating",
+        "Deallocated",
+    ]
+    assert by_id[db.text]["action"] == "LeftAlone"
+    assert by_id[db.text]["patch"]["status"] == "Succeeded"
+    assert TaskKind.NOTIFY in [t.kind for t in world.queue.sent]
+
+
+def test_ten_deliveries_of_pre_and_post_act_once() -> None:
+    world = World()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    for _ in range(10):
+        world.deliver(PRE)
+    world.work()
+    world.clock.current = START + timedelta(hours=1)
+    for _ in range(10):
+        world.deliver(POST)
+    world.work()
+    assert world.machines.calls.count(("start", web.key)) == 1
+    assert world.machines.calls.count(("deallocate", web.key)) == 1
+
+
+def test_post_before_pre_starts_nothing_and_completes_the_run() -> None:
+    world = World()
+    world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(POST)
+    world.work()
+    world.deliver(PRE)
+    world.work()
+    assert world.machines.calls == []
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert run.status is RunStatus.COMPLETED
+
+
+def test_pre_event_after_t_minus_15_still_starts_but_notes_it() -> None:
+    world = World()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.clock.current = START - timedelta(minutes=12)
+    world.deliver(PRE)
+    world.work()
+    assert world.machines.count("start", web) == 1
+    assert any("T-15" in n.message for n in world.ledger.notes)
+
+
+def test_pre_event_after_patching_began_starts_nothing() -> None:
+    world = World()
+    world.fleet(web=PowerState.DEALLOCATED)
+    world.clock.current = START + timedelta(seconds=1)
+    world.deliver(PRE)
+    world.work()
+    assert world.machines.calls == []
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert run.gate_outcome == "SkippedLatePreEvent"
+
+
+def test_arc_machines_are_not_startable_and_never_called() -> None:
+    world = World()
+    world.graph.machines[RUN.key] = [ARC]
+    world.deliver(PRE)
+    world.work()
+    assert world.row(ARC).action is MachineAction.NOT_STARTABLE
+    assert world.machines.calls == []
+
+
+def test_opted_out_machines_are_skipped() -> None:
+    world = World(opt_out_tag=OptOutTag.parse("UpdateAutomation=skip"))
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.machines.vms[web.key].tags = {"updateautomation": "SKIP"}
+    world.deliver(PRE)
+    world.work()
+    assert world.row(web).action is MachineAction.SKIPPED_OPT_OUT
+    assert world.machines.calls == []
+
+
+def test_arg_lag_is_waited_out_before_t_minus_15() -> None:
+    world = World()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.graph.hidden_rounds[RUN.key] = 3
+    world.deliver(PRE)
+    world.work()
+    assert world.machines.count("start", web) == 1
+    prepares = [t for t in world.queue.sent if t.kind is TaskKind.PREPARE]
+    assert [t.round for t in prepares] == [0, 1, 2, 3]
+
+
+def test_failed_starts_over_budget_cancel_the_run_inside_the_window() -> None:
+    world = World(failure_budget_percent=10)
+    web, api = world.fleet(web=PowerState.DEALLOCATED, api=PowerState.DEALLOCATED)
+    world.machines.vms[api.key].fails_with = "AllocationFailed"
+    world.deliver(PRE)
+    world.work()
+    assert world.canceller.cancelled == [RUN.key]
+    assert world.row(api).action is MachineAction.START_FAILED
+    assert world.row(api).error_code == "AllocationFailed"
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert run.status is RunStatus.COMPLETED  # cancelled, then wrapped up
+    assert run.gate_outcome == "Cancelled"
+    assert run.cancel_source == "AppGate"
+    assert world.machines.count("deallocate", web) == 1  # what was started is stopped again
+    [audit] = world.ledger.cancels
+    assert audit.requested_by == "app:gate"
+
+
+def test_failures_within_budget_pass_the_gate() -> None:
+    world = World(failure_budget_percent=50)
+    _, api = world.fleet(web=PowerState.DEALLOCATED, api=PowerState.DEALLOCATED)
+    world.machines.vms[api.key].fails_with = "AllocationFailed"
+    world.deliver(PRE)
+    world.work()
+    assert world.canceller.cancelled == []
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert run.gate_outcome == "Passed"
+    assert "1 of 2" in (run.gate_detail or "")
+
+
+def test_gate_outside_the_window_records_too_late_and_does_not_cancel() -> None:
+    world = World()
+    (api,) = world.fleet(api=PowerState.DEALLOCATED)
+    world.machines.vms[api.key].fails_with = "AllocationFailed"
+    # The event's cut-off closes the window before the gate can run.
+    world.deliver(PRE, CancellationCutOffDateTime="2026-12-01T02:26:00Z")
+    world.work()
+    assert world.canceller.cancelled == []
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert run.gate_outcome == "TooLateToCancel"
+    assert "closed at 2026-12-01T02:25:00+00:00" in (run.gate_detail or "")
+
+
+def test_a_crash_after_the_start_call_does_not_start_twice() -> None:
+    world = World()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    crashed: list[bool] = []
+    real_save = world.ledger.save_machine
+
+    def crash_once_on_started(machine: MachineRecord) -> MachineRecord:
+        if machine.action is MachineAction.STARTED and not crashed:
+            crashed.append(True)
+            raise RuntimeError("worker died after calling Azure")
+        return real_save(machine)
+
+    world.ledger.save_machine = crash_once_on_started  # type: ignore[method-assign]
+    world.deliver(PRE)
+    with pytest.raises(RuntimeError):
+        world.work()
+    # The queue hands the failed message out again.
+    world.queue.send(Task(TaskKind.START, RUN, (web,)))
+    world.work()
+    assert world.machines.count("start", web) == 1
+    assert world.row(web).action is MachineAction.STARTED
+    assert "not started again" in world.row(web).history[-1][2]
+
+
+def test_overlapping_runs_share_a_vm_and_ownership_passes_on() -> None:
+    world = World()
+    second = RunId.parse(CORRELATION_ID.replace("20261201030000", "20261201031500"))
+    (shared,) = world.fleet(shared=PowerState.DEALLOCATED)
+    world.fleet(second, shared=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.work()
+    world.clock.current = START - timedelta(minutes=20)
+    second_event = {
+        "CorrelationId": second.text,
+        "StartDateTime": "2026-12-01T03:15:00Z",
+        "CancellationCutOffDateTime": "2026-12-01T03:05:00Z",
+    }
+    world.deliver(PRE, **second_event)
+    world.work(until_minutes_before_start=-1)
+    assert world.row(shared, second).action is MachineAction.SHARED_WITH_RUN
+    # The first run ends while the second still needs the VM: it is handed over, not stopped.
+    world.clock.current = START + timedelta(minutes=5)
+    world.deliver(POST)
+    world.work(until_minutes_before_start=-20)
+    assert world.machines.count("deallocate", shared) == 0
+    assert world.row(shared).action is MachineAction.HANDED_OVER
+    assert world.row(shared, second).action is MachineAction.STARTED
+    world.clock.current = START + timedelta(minutes=30)
+    world.deliver(POST, **second_event)
+    world.work()
+    assert world.machines.count("start", shared) == 1
+    assert world.machines.count("deallocate", shared) == 1
+
+
+def test_a_vm_running_before_the_run_is_never_stopped_even_if_started_elsewhere() -> None:
+    world = World()
+    (db,) = world.fleet(db=PowerState.RUNNING)
+    world.deliver(PRE)
+    world.work()
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    assert world.machines.calls == []
+    assert world.row(db).action is MachineAction.LEFT_ALONE
+
+
+def test_health_check_reports_machines_without_a_heartbeat() -> None:
+    world = World(
+        log_analytics_workspace_id="0b5c8a52-3f3e-4d4c-9f1a-6f0d2b7e9c11",
+        health_wait=timedelta(minutes=2),
+    )
+    db, cache = world.fleet(db=PowerState.RUNNING, cache=PowerState.RUNNING)
+    world.deliver(PRE)
+    world.work()
+    world.clock.current = START + timedelta(hours=1)
+    world.heartbeats.seen[db.key] = START + timedelta(hours=1, minutes=1)
+    world.deliver(POST)
+    world.work()
+    report = world.reports.get_report(RUN)
+    assert report is not None
+    assert report["health"]["missing"] == [cache.text]
+    assert report["health"]["expected"] == 2
+
+
+def test_the_gate_waits_for_the_window_to_open_when_verify_finishes_early() -> None:
+    world = World()
+    (api,) = world.fleet(api=PowerState.DEALLOCATED)
+    world.machines.vms[api.key].fails_with = "AllocationFailed"
+    world.clock.current = START - timedelta(minutes=43)  # the pre event came 3 minutes early
+    world.deliver(PRE)
+    world.work(until_minutes_before_start=40.5)
+    assert world.canceller.cancelled == []
+    world.work()
+    assert world.canceller.cancelled == [RUN.key]
