@@ -441,6 +441,13 @@ def _run_entity(run: Run) -> dict[str, Any]:
             "PostEventAt": _utc(run.post_event_at),
             "PostEventStatus": run.post_event_status,
             "PlatformStatus": run.platform_status,
+            "GateOutcome": run.gate_outcome,
+            "GateDetail": run.gate_detail,
+            "CancelSource": run.cancel_source,
+            "CancelRequestedAt": _utc(run.cancel_requested_at),
+            "WrapUpStartedAt": _utc(run.wrap_up_started_at),
+            "CompletedAt": _utc(run.completed_at),
+            "ReportLocation": run.report_location,
         }
     )
 
@@ -523,6 +530,7 @@ def _machine_entity(machine: MachineRecord) -> dict[str, Any]:
             "LastPowerState": machine.last_power_state,
             "ErrorCode": machine.error_code,
             "ErrorMessage": machine.error_message,
+            "History": json.dumps([list(h) for h in machine.history]),
         }
     )
 

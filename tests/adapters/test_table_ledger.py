@@ -14,15 +14,18 @@ from shared.adapters.table_ledger import TableRunLedger, build_table_service, pa
 from shared.config import StorageConnection
 from shared.domain.errors import DuplicateEvent, LedgerConflict, LedgerUnavailable
 from shared.domain.events import EventKind, parse_event
-from shared.domain.ids import RunId
+from shared.domain.ids import MachineId, RunId
 from shared.domain.runs import (
     CancelOutcome,
     CancelRequest,
     EventRecord,
     MachineAction,
+    MachineClaim,
     MachineKind,
     MachineRecord,
+    NoteLevel,
     Run,
+    RunNote,
     RunStatus,
 )
 from shared.services.intake import take_in_event
@@ -227,3 +230,71 @@ def test_the_table_is_created_once_on_first_use(
     ledger = TableRunLedger(service, table_name)
     assert ledger.find_run(RUN) is None
     assert table_name in [t.name for t in service.list_tables()]
+
+
+def test_add_machines_creates_only_missing_rows_in_batches(ledger: TableRunLedger) -> None:
+    def machine(i: int) -> MachineRecord:
+        return MachineRecord.planned(RUN, VM.replace("web-01", f"web-{i:03d}"), NOW)
+
+    assert ledger.add_machines(machine(i) for i in range(150)) == 150
+    # A retry after a crash: 100 of these exist, 60 are new.
+    assert ledger.add_machines(machine(i) for i in range(50, 210)) == 60
+    rows = list(ledger.list_machines(RUN))
+    assert len(rows) == 210
+    assert {r.action for r in rows} == {MachineAction.PLANNED}
+    assert rows[0].history[0][1] == "Planned"
+
+
+def test_claims_are_per_machine_across_runs_with_etags(ledger: TableRunLedger) -> None:
+    machine = MachineId.parse(VM)
+    assert ledger.find_claim(machine) is None
+    first = ledger.save_claim(
+        MachineClaim(resource_id=VM, owner_run=RUN.text, needed_by=(RUN.text,))
+    )
+    other = CORRELATION_ID.replace("20261201030000", "20261201031500")
+    second = ledger.save_claim(first.needing(other))
+    with pytest.raises(LedgerConflict):
+        ledger.save_claim(first.needing("x"))
+    found = ledger.find_claim(MachineId.parse(VM.upper().replace("SUBSCRIPTIONS", "subscriptions")))
+    assert found == second
+    assert found.needed_by == (RUN.text, other)
+    released = ledger.save_claim(found.released_by(RUN.text))
+    assert released.owner_run is None
+    assert released.needed_by == (other,)
+
+
+def test_notes_keep_their_order_and_level(ledger: TableRunLedger) -> None:
+    for minute, level in ((2, NoteLevel.ERROR), (1, NoteLevel.INFO)):
+        ledger.add_note(
+            RunNote(RUN, NOW + timedelta(minutes=minute), level, "test", f"note {minute}")
+        )
+    notes = list(ledger.list_notes(RUN))
+    assert [n.message for n in notes] == ["note 1", "note 2"]
+    assert notes[1].level is NoteLevel.ERROR
+
+
+def test_list_runs_finds_every_run_row(ledger: TableRunLedger) -> None:
+    second = RunId.parse(CORRELATION_ID.replace("20261201030000", "20261208030000"))
+    ledger.save_run(Run.first_seen(RUN, NOW))
+    ledger.save_run(Run.first_seen(second, NOW))
+    ledger.add_note(RunNote(RUN, NOW, NoteLevel.INFO, "test", "not a run"))
+    assert sorted(r.run_id.run_name for r in ledger.list_runs()) == [
+        "20261201030000",
+        "20261208030000",
+    ]
+
+
+def test_run_fields_of_later_steps_round_trip(ledger: TableRunLedger) -> None:
+    run = dataclasses.replace(
+        Run.first_seen(RUN, NOW),
+        status=RunStatus.CANCELLED,
+        gate_outcome="Cancelled",
+        gate_detail="2 of 3",
+        cancel_source="AppGate",
+        cancel_requested_at=NOW,
+        wrap_up_started_at=NOW,
+        completed_at=NOW,
+        report_location="https://x/y.json",
+    )
+    stored = ledger.save_run(run)
+    assert ledger.find_run(RUN) == stored
