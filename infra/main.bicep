@@ -94,6 +94,12 @@ param operationWaitSeconds int = 240
 @secure()
 param notifyWebhookUrl string = ''
 
+@description('NCRONTAB schedule of the reconcile timer (RECONCILE_SCHEDULE).')
+param reconcileSchedule string = '0 */5 * * * *'
+
+@description('Entra object ids allowed to cancel runs through the API (CANCEL_ALLOWED_CALLERS); empty: any holder of a function key.')
+param cancelAllowedCallers array = []
+
 @description('Log Analytics query endpoint of this cloud (LOG_ANALYTICS_ENDPOINT): https://api.loganalytics.io (public), https://api.loganalytics.us (US Government), https://api.loganalytics.azure.cn (China).')
 param logAnalyticsEndpoint string = 'https://api.loganalytics.io'
 
@@ -194,6 +200,10 @@ var appSettings = {
   OPERATION_WAIT_SECONDS: string(operationWaitSeconds)
   SNAPSHOT_BEFORE_START: enableSnapshots ? 'true' : 'false'
   NOTIFY_WEBHOOK_URL: notifyWebhookUrl
+  RECONCILE_SCHEDULE: reconcileSchedule
+  TARGET_SUBSCRIPTION_IDS: join(targetSubscriptionIds, ',')
+  TARGET_CONFIGURATION_IDS: join(maintenanceConfigurationIds, ',')
+  CANCEL_ALLOWED_CALLERS: join(cancelAllowedCallers, ',')
 }
 
 // Settings only the platform reads (telemetry with Entra ID auth); not in the sample file.

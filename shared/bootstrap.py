@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from shared.adapters.resource_graph import ResourceGraphMachines
     from shared.services.orchestration import Orchestrator
     from shared.services.ports import Notifier, ReportStore, RunLedger, TaskQueue
+    from shared.services.reconcile import Reconciler
 
 T = TypeVar("T")
 
@@ -182,6 +183,24 @@ class Container:
             )
 
         return self._once("orchestrator", build)
+
+    @property
+    def reconciler(self) -> Reconciler:
+        """The reconcile timer's use case."""
+        from shared.services.reconcile import Reconciler
+
+        return self._once(
+            "reconciler",
+            lambda: Reconciler(
+                ledger=self.ledger,
+                graph=self.resource_graph,
+                queue=self.task_queue,
+                clock=self.clock,
+                policy=self.settings.policy,
+                target_subscriptions=self.settings.target_subscription_ids,
+                target_configurations=self.settings.target_configuration_ids,
+            ),
+        )
 
     def _storage_credential(self) -> TokenCredential | None:
         from shared.adapters.credentials import storage_credential

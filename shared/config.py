@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
+from shared.domain.ids import ConfigurationId, InvalidId
 from shared.domain.policy import OptOutTag, OrchestrationPolicy
 
 T = TypeVar("T")
@@ -185,6 +186,31 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "It holds a secret: in Azure use a Key Vault reference.",
     ),
     SettingSpec(
+        "RECONCILE_SCHEDULE",
+        "0 */5 * * * *",
+        "NCRONTAB schedule (six fields, UTC) of the reconcile timer; the host reads it "
+        "through the binding expression %RECONCILE_SCHEDULE%.",
+        "host",
+    ),
+    SettingSpec(
+        "TARGET_SUBSCRIPTION_IDS",
+        None,
+        "Comma-separated subscriptions whose maintenance runs the reconciler reads (besides "
+        "every configuration the ledger knows).",
+    ),
+    SettingSpec(
+        "TARGET_CONFIGURATION_IDS",
+        None,
+        "Comma-separated maintenance configuration ids the reconciler reads (besides every "
+        "configuration the ledger knows).",
+    ),
+    SettingSpec(
+        "CANCEL_ALLOWED_CALLERS",
+        None,
+        "Comma-separated Entra object ids allowed to cancel runs (from App Service "
+        "authentication's x-ms-client-principal). Unset: anyone holding a function key.",
+    ),
+    SettingSpec(
         "CANCEL_SAFETY_MARGIN_SECONDS",
         "60",
         "Seconds taken off the end of the cancel window, so a cancel never races the "
@@ -221,6 +247,9 @@ class Settings:
     report_container: str
     notify_webhook_url: str | None
     policy: OrchestrationPolicy
+    target_subscription_ids: tuple[str, ...]
+    target_configuration_ids: tuple[ConfigurationId, ...]
+    cancel_allowed_callers: frozenset[str] | None
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> Settings:
@@ -241,6 +270,15 @@ class Settings:
             report_container=reader.get("REPORT_CONTAINER", _container_name),
             notify_webhook_url=reader.optional("NOTIFY_WEBHOOK_URL", _webhook_url),
             policy=_policy(reader),
+            target_subscription_ids=reader.optional("TARGET_SUBSCRIPTION_IDS", _list_of(_guid))
+            or (),
+            target_configuration_ids=reader.optional(
+                "TARGET_CONFIGURATION_IDS", _list_of(_configuration)
+            )
+            or (),
+            cancel_allowed_callers=reader.optional(
+                "CANCEL_ALLOWED_CALLERS", lambda v: frozenset(_list_of(_guid)(v))
+            ),
         )
 
 
@@ -313,6 +351,20 @@ def _https_url(value: str) -> str:
     if not re.fullmatch(r"https://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?", value):
         raise ValueError("must be an https:// URL")
     return value.rstrip("/")
+
+
+def _list_of(parse: Callable[[str], T]) -> Callable[[str], tuple[T, ...]]:
+    def parse_list(value: str) -> tuple[T, ...]:
+        return tuple(parse(item.strip()) for item in value.split(",") if item.strip())
+
+    return parse_list
+
+
+def _configuration(value: str) -> ConfigurationId:
+    try:
+        return ConfigurationId.parse(value)
+    except InvalidId as e:
+        raise ValueError(str(e)) from e
 
 
 def _container_name(value: str) -> str:

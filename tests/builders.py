@@ -102,6 +102,7 @@ class InMemoryRunLedger:
         self.cancels: list[CancelRequest] = []
         self.claims: dict[str, MachineClaim] = {}
         self.notes: list[RunNote] = []
+        self.leases: dict[str, tuple[str, datetime]] = {}
         self._counter = 0
         # A hook for tests: called before each record_event commit.
         self.before_commit: list[Any] = []
@@ -167,6 +168,17 @@ class InMemoryRunLedger:
         stored = dataclasses.replace(claim, version=self._next_version())
         self.claims[key] = stored
         return stored
+
+    def acquire_lease(self, name: str, holder: str, now: datetime, duration: timedelta) -> bool:
+        current = self.leases.get(name)
+        if current and current[0] != holder and current[1] > now:
+            return False
+        self.leases[name] = (holder, now + duration)
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        if self.leases.get(name, ("",))[0] == holder:
+            del self.leases[name]
 
     def add_note(self, note: RunNote) -> None:
         self.notes.append(note)

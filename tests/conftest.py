@@ -11,6 +11,9 @@ import pytest
 
 from sandbox.azurite import ENV_CONNECTION_STRING, running_azurite
 from tests.builders import FixedClock
+from tests.fake_azure import credential, fake, start_fake
+
+__all__ = ["credential", "fake", "start_fake"]  # fixtures shared by every test folder
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,31 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "queueName": "maintenance-tasks-poison",
         "connection": "AzureWebJobsStorage",
     },
+    "reconcile_runs": {"type": "timerTrigger", "schedule": "%RECONCILE_SCHEDULE%"},
+    "cancel_run": {
+        "type": "httpTrigger",
+        "route": "runs/cancel",
+        "methods": ["POST"],
+        "authLevel": "FUNCTION",
+    },
+    "list_runs": {
+        "type": "httpTrigger",
+        "route": "runs",
+        "methods": ["GET"],
+        "authLevel": "FUNCTION",
+    },
+    "get_run": {
+        "type": "httpTrigger",
+        "route": "runs/{configuration}/{runName}",
+        "methods": ["GET"],
+        "authLevel": "FUNCTION",
+    },
+    "openapi": {
+        "type": "httpTrigger",
+        "route": "openapi.json",
+        "methods": ["GET"],
+        "authLevel": "FUNCTION",
+    },
 }
 
 

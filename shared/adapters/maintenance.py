@@ -88,4 +88,7 @@ def _status(answer: Any) -> str | None:
     if answer is None:
         return None
     status = getattr(answer, "status", None)
-    return None if status is None else str(status)
+    if status is None:
+        return None
+    # The SDK gives an UpdateStatus enum for known words and a plain string otherwise.
+    return str(getattr(status, "value", status))

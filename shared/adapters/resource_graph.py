@@ -2,8 +2,9 @@
 configurations, assignments, patch results.
 
 Pages with the skip token (1,000 rows a page) until done. Throttling: azure-core's retry policy
-honours 429 with Retry-After and backs off exponentially when it is missing; on top of that the
-adapter waits out ARG's user quota (x-ms-user-quota-remaining = 0) before the next page.
+honours 429 with Retry-After, but for a POST it does not retry a 429 without Retry-After, so the
+adapter backs off itself (exponentially, bounded); it also waits out ARG's user quota
+(x-ms-user-quota-remaining = 0) before the next page.
 """
 
 from __future__ import annotations
@@ -29,29 +30,40 @@ PAGE_SIZE = 1000
 # ARG scopes a query to at most 1,000 subscriptions per request.
 MAX_SUBSCRIPTIONS_PER_QUERY = 1000
 MAX_QUOTA_WAIT_SECONDS = 30.0
+THROTTLE_RETRIES = 5
+THROTTLE_BACKOFF_SECONDS = 1.0
 
 
 class ResourceGraphMachines:
     """Queries ARG; one client per process."""
 
     def __init__(
-        self, client: ResourceGraphClient, sleep: Callable[[float], None] = time.sleep
+        self,
+        client: ResourceGraphClient,
+        sleep: Callable[[float], None] = time.sleep,
+        throttle_backoff: float = THROTTLE_BACKOFF_SECONDS,
     ) -> None:
         self._client = client
         self._sleep = sleep
+        self._throttle_backoff = throttle_backoff
 
     @classmethod
     def build(
-        cls, credential: TokenCredential, arm_endpoint: str, **client_options: Any
+        cls,
+        credential: TokenCredential,
+        arm_endpoint: str,
+        throttle_backoff: float = THROTTLE_BACKOFF_SECONDS,
+        **client_options: Any,
     ) -> ResourceGraphMachines:
-        """A ResourceGraphClient on `arm_endpoint`; options tune retries (retry_total, ...)."""
+        """A ResourceGraphClient on `arm_endpoint`; options tune the SDK's retries
+        (retry_total, retry_backoff_factor, ...), `throttle_backoff` the adapter's own."""
         client = ResourceGraphClient(
             credential,
             base_url=arm_endpoint,
             credential_scopes=[f"{arm_endpoint}/.default"],
             **client_options,
         )
-        return cls(client)
+        return cls(client, throttle_backoff=throttle_backoff)
 
     def list_run_machines(
         self, run: RunId | str, subscriptions: Sequence[str]
@@ -164,11 +176,7 @@ class ResourceGraphMachines:
                     top=PAGE_SIZE, skip_token=skip_token, result_format="objectArray"
                 ),
             )
-            with translated("Resource Graph", ResourceGraphQueryRefused):
-                response, headers = cast(
-                    tuple[QueryResponse, Mapping[str, str]],
-                    self._client.resources(request, cls=_with_headers),
-                )
+            response, headers = self._query(request)
             # objectArray format: data is a list of row objects.
             rows: list[Mapping[str, Any]] = response.data if isinstance(response.data, list) else []
             yield from rows
@@ -176,6 +184,23 @@ class ResourceGraphMachines:
             if not skip_token:
                 return
             self._respect_quota(headers)
+
+    def _query(self, request: QueryRequest) -> tuple[QueryResponse, Mapping[str, str]]:
+        attempt = 0
+        while True:
+            try:
+                with translated("Resource Graph", ResourceGraphQueryRefused):
+                    return cast(
+                        tuple[QueryResponse, Mapping[str, str]],
+                        self._client.resources(request, cls=_with_headers),
+                    )
+            except ResourceGraphQueryRefused as e:
+                if e.status != 429 or attempt >= THROTTLE_RETRIES:
+                    raise
+                wait = self._throttle_backoff * 2**attempt
+                log.info("Resource Graph throttled without Retry-After; retrying in %.2f s", wait)
+                self._sleep(wait)
+                attempt += 1
 
     def _respect_quota(self, headers: Mapping[str, str]) -> None:
         remaining = headers.get("x-ms-user-quota-remaining")

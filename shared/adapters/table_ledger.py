@@ -24,7 +24,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from azure.core import MatchConditions
@@ -62,6 +62,7 @@ RowT = TypeVar("RowT", Run, MachineRecord)
 
 RUN_ROW = "run"
 CLAIM_ROW = "claim"
+LEASE_PARTITION = "lease"
 TRANSACTION_LIMIT = 100  # entities in one entity-group transaction
 MAX_NOTE_LENGTH = 4000
 # Bounded retries: an Event Grid delivery waits 30 s for the answer, so fail well before that
@@ -257,7 +258,7 @@ class TableRunLedger:
             resource_id=entity["ResourceId"],
             owner_run=entity.get("OwnerRun"),
             needed_by=_strings(entity.get("NeededBy")),
-            version=entity.metadata["etag"] if hasattr(entity, "metadata") else None,
+            version=_etag(entity),
         )
 
     def save_claim(self, claim: MachineClaim) -> MachineClaim:
@@ -273,6 +274,46 @@ class TableRunLedger:
             }
         )
         return dataclasses.replace(claim, version=self._write(entity, claim.version))
+
+    # Leases -------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, now: datetime, duration: timedelta) -> bool:
+        """Take (or renew) a named lease until now + duration; False if someone else holds it."""
+        entity = self._get(LEASE_PARTITION, name)
+        version = None
+        if entity is not None:
+            expires = _when(entity, "ExpiresAt")
+            if entity.get("Holder") != holder and expires is not None and expires > now:
+                return False
+            version = _etag(entity)
+        lease = {
+            "PartitionKey": LEASE_PARTITION,
+            "RowKey": name,
+            "Kind": "lease",
+            "Holder": holder,
+            "ExpiresAt": _utc(now + duration),
+        }
+        try:
+            self._write(lease, version)
+        except LedgerConflict:
+            return False
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give a lease back early (only its holder can)."""
+        entity = self._get(LEASE_PARTITION, name)
+        if entity is None or entity.get("Holder") != holder:
+            return
+        with (
+            _unavailable_on_error("release a lease"),
+            contextlib.suppress(ResourceModifiedError, ResourceNotFoundError),
+        ):
+            self.table.delete_entity(
+                LEASE_PARTITION,
+                name,
+                etag=_etag(entity),
+                match_condition=MatchConditions.IfNotModified,
+            )
 
     # Notes --------------------------------------------------------------------------------
 
@@ -383,6 +424,12 @@ def _with_version(row: RowT, version: str) -> RowT:
     return dataclasses.replace(row, version=version)
 
 
+def _etag(entity: Mapping[str, Any]) -> str | None:
+    """The ETag the SDK keeps in a TableEntity's metadata."""
+    metadata = getattr(entity, "metadata", None)
+    return None if metadata is None else str(metadata["etag"])
+
+
 def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else value.astimezone(UTC)
 
@@ -448,6 +495,10 @@ def _run_entity(run: Run) -> dict[str, Any]:
             "WrapUpStartedAt": _utc(run.wrap_up_started_at),
             "CompletedAt": _utc(run.completed_at),
             "ReportLocation": run.report_location,
+            "PreEventMissed": run.pre_event_missed or None,
+            "WrapUpRequestedAt": _utc(run.wrap_up_requested_at),
+            "RedrivenAt": _utc(run.redriven_at),
+            "StuckReported": run.stuck_reported or None,
         }
     )
 
@@ -474,7 +525,11 @@ def _run_from(entity: Mapping[str, Any]) -> Run:
         wrap_up_started_at=_when(entity, "WrapUpStartedAt"),
         completed_at=_when(entity, "CompletedAt"),
         report_location=entity.get("ReportLocation"),
-        version=entity.metadata["etag"] if hasattr(entity, "metadata") else None,
+        pre_event_missed=bool(entity.get("PreEventMissed", False)),
+        wrap_up_requested_at=_when(entity, "WrapUpRequestedAt"),
+        redriven_at=_when(entity, "RedrivenAt"),
+        stuck_reported=bool(entity.get("StuckReported", False)),
+        version=_etag(entity),
     )
 
 
@@ -549,7 +604,7 @@ def _machine_from(entity: Mapping[str, Any], run_id: RunId) -> MachineRecord:
         error_code=entity.get("ErrorCode"),
         error_message=entity.get("ErrorMessage"),
         history=tuple(tuple(h) for h in json.loads(entity.get("History") or "[]")),
-        version=entity.metadata["etag"] if hasattr(entity, "metadata") else None,
+        version=_etag(entity),
     )
 
 

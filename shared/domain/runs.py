@@ -103,6 +103,10 @@ class Run:
     wrap_up_started_at: datetime | None = None
     completed_at: datetime | None = None
     report_location: str | None = None
+    pre_event_missed: bool = False
+    wrap_up_requested_at: datetime | None = None
+    redriven_at: datetime | None = None
+    stuck_reported: bool = False
     version: str | None = None
 
     @property

@@ -82,6 +82,7 @@ class CancelAnswer:
     platform_status: str | None = None
     service_code: str | None = None
     service_message: str | None = None
+    service_status: int | None = None
 
 
 def cancel_run(
@@ -220,6 +221,7 @@ def _send(
             platform,
             e.code,
             e.message,
+            e.status,
         )
         return _audited(context, answer, requested_by, reason, False)
     except AzureCallFailed:
@@ -259,6 +261,7 @@ def _mark_cancelled(
                     run,
                     status=RunStatus.CANCELLED,
                     cancel_source=source.value,
+                    wrap_up_requested_at=now,
                     platform_status=platform or run.platform_status,
                     updated_at=now,
                 )

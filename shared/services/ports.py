@@ -79,6 +79,14 @@ class RunLedger(Protocol):
         """Create or update a claim (ETag-checked)."""
         ...
 
+    def acquire_lease(self, name: str, holder: str, now: datetime, duration: timedelta) -> bool:
+        """Take or renew a named lease; False while another holder's lease is unexpired."""
+        ...
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give a lease back."""
+        ...
+
     def add_note(self, note: RunNote) -> None:
         """Append a note (error, warning, decision) to the run's record."""
         ...

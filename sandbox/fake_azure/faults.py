@@ -1,0 +1,423 @@
+"""Fault injection for the fake Azure: latency, error answers, throttling, failing operations.
+
+Every knob can come from a scenario's ``faults`` object (:meth:`FaultPlan.configure`) and can be
+changed while the server runs. Randomness comes from one seeded RNG so a failing test replays.
+
+Endpoint names used by the rules (``fnmatch`` patterns such as ``compute.*`` are accepted):
+``token``, ``arg``, ``compute.get``, ``compute.start``, ``compute.deallocate``,
+``compute.poweroff``,
+``compute.operation``, ``compute.snapshot.put``, ``compute.snapshot.get``, ``maintenance.cancel``,
+``maintenance.get``, ``maintenance.configuration.get``, ``loganalytics.query``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import random
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+WRITE_ENDPOINTS = frozenset(
+    [
+        "compute.start",
+        "compute.deallocate",
+        "compute.poweroff",
+        "compute.snapshot.put",
+        "maintenance.cancel",
+    ]
+)
+ENDPOINTS = (
+    "token",
+    "arg",
+    "compute.get",
+    "compute.start",
+    "compute.deallocate",
+    "compute.poweroff",
+    "compute.operation",
+    "compute.snapshot.put",
+    "compute.snapshot.get",
+    "maintenance.cancel",
+    "maintenance.get",
+    "maintenance.configuration.get",
+    "loganalytics.query",
+)
+DEFAULT_ALLOCATION_FAILED_MESSAGE = (
+    "Allocation failed. We do not have sufficient capacity for the requested VM size in this "
+    "region. "
+    "Read more about improving likelihood of allocation success at http://aka.ms/allocation-guidance"
+)
+
+
+def _require_known_endpoint(pattern: str) -> None:
+    # A typo ("compute.strat") would otherwise be a fault that silently never fires.
+    if not any(fnmatch.fnmatchcase(name, pattern) for name in ENDPOINTS):
+        raise ValueError(f"{pattern!r} matches no endpoint; known: {', '.join(ENDPOINTS)}")
+
+
+@dataclass
+class ErrorRule:
+    """Answer ``status`` instead of serving the request, ``times`` times or with ``probability``.
+
+    With neither ``times`` nor ``probability`` the rule fires on every matching request.
+    ``retry_after`` (seconds) adds a Retry-After header; None sends none.
+    """
+
+    endpoint: str
+    status: int
+    times: int | None = None
+    probability: float | None = None
+    retry_after: float | None = None
+    path_regex: str | None = None
+    method: str | None = None
+    code: str | None = None
+    message: str | None = None
+    fired: int = 0
+
+    def matches(self, endpoint: str, method: str, path: str) -> bool:
+        """True when this rule applies to the request (ignoring how often it may fire)."""
+        if not fnmatch.fnmatchcase(endpoint, self.endpoint):
+            return False
+        if self.method and self.method.upper() != method.upper():
+            return False
+        return not (self.path_regex and not re.search(self.path_regex, path, re.IGNORECASE))
+
+
+@dataclass
+class LroFailure:
+    """Make a VM's long-running operation end Failed with ``code``/``message``."""
+
+    vm: str
+    operation: str = "start"
+    code: str = "AllocationFailed"
+    message: str = DEFAULT_ALLOCATION_FAILED_MESSAGE
+    times: int | None = None
+    fired: int = 0
+
+    def matches(self, vm_id: str, operation: str) -> bool:
+        """True for this VM (by name or full id, case-insensitive) and operation."""
+        if self.operation.lower() != operation.lower():
+            return False
+        wanted = self.vm.lower().rstrip("/")
+        vm_key = vm_id.lower().rstrip("/")
+        return wanted == vm_key or ("/" not in wanted and vm_key.rsplit("/", 1)[-1] == wanted)
+
+
+@dataclass(frozen=True)
+class ThrottleDecision:
+    """Outcome of taking one write token: allowed, tokens left, seconds until the next one."""
+
+    allowed: bool
+    remaining: int
+    retry_after: int
+
+
+class WriteThrottle:
+    """ARM's per-subscription write limit as a token bucket (capacity, refill per second)."""
+
+    def __init__(self, capacity: int, refill_per_second: float) -> None:
+        if capacity < 1 or refill_per_second <= 0:
+            raise ValueError("capacity must be >= 1 and refill_per_second > 0")
+        self.capacity = capacity
+        self.refill_per_second = refill_per_second
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, subscription_id: str, now: float | None = None) -> ThrottleDecision:
+        """Spend one token of the subscription's bucket if there is one."""
+        moment = time.monotonic() if now is None else now
+        bucket_key = subscription_id.lower()
+        with self._lock:
+            tokens, last = self._buckets.get(bucket_key, (float(self.capacity), moment))
+            tokens = min(float(self.capacity), tokens + (moment - last) * self.refill_per_second)
+            if tokens >= 1.0:
+                tokens -= 1.0
+                self._buckets[bucket_key] = (tokens, moment)
+                return ThrottleDecision(True, int(tokens), 0)
+            self._buckets[bucket_key] = (tokens, moment)
+            wait = math.ceil((1.0 - tokens) / self.refill_per_second)
+            return ThrottleDecision(False, 0, max(wait, 1))
+
+
+@dataclass
+class ArgQuota:
+    """Resource Graph's per-user quota: ``limit`` queries per ``window_seconds`` window.
+
+    The quota headers are always reported; requests over the limit get 429 only when ``enforce``.
+    """
+
+    limit: int = 15
+    window_seconds: float = 5.0
+    enforce: bool = False
+    _windows: dict[str, tuple[float, int]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def spend(self, principal: str, now: float | None = None) -> tuple[bool, int, float]:
+        """Count one query; returns (allowed, remaining, seconds until the window resets)."""
+        moment = time.monotonic() if now is None else now
+        with self._lock:
+            started, used = self._windows.get(principal, (moment, 0))
+            if moment - started >= self.window_seconds:
+                started, used = moment, 0
+            resets_after = max(self.window_seconds - (moment - started), 0.0)
+            if used >= self.limit and self.enforce:
+                self._windows[principal] = (started, used)
+                return False, 0, resets_after
+            used += 1
+            self._windows[principal] = (started, used)
+            return True, max(self.limit - used, 0), resets_after
+
+
+@dataclass
+class PartialResultFault:
+    """Log Analytics answers 200 with an ``error`` beside the tables (a partial failure)."""
+
+    keep_rows: int | None = None
+    code: str = "PartialError"
+    message: str = "There were some errors when processing your query."
+
+
+@dataclass
+class CancelPolicy:
+    """How the fake Maintenance RP answers cancel requests it cannot honour.
+
+    ``already_cancelled`` "ok" answers 200 again (PUT is idempotent in ARM; the most plausible
+    Azure behaviour); "conflict" answers 409. ``refuse`` forces every cancel to be refused with
+    ``{status, code, message}``.
+    """
+
+    enforce_cutoff: bool = True
+    too_late_status: int = 409
+    already_cancelled: str = "ok"
+    refuse: dict[str, Any] | None = None
+
+
+class FaultPlan:
+    """All injected faults of one fake Azure; thread-safe, seeded, changeable at runtime."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self._lock = threading.Lock()
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._latency: dict[str, tuple[float, float]] = {}
+        self._errors: list[ErrorRule] = []
+        self._lro_failures: list[LroFailure] = []
+        self.write_throttle: WriteThrottle | None = None
+        self.arg_quota = ArgQuota()
+        self.log_analytics_partial: PartialResultFault | None = None
+        self.cancel_policy = CancelPolicy()
+        # Seconds in the Retry-After header of 202 answers and in-progress polls. 0 lets the
+        # client's polling_interval decide (azure-core ignores a zero Retry-After).
+        self.lro_retry_after_seconds = 0
+
+    # -- configuration -------------------------------------------------------------------------
+    def reseed(self, seed: int) -> None:
+        """Restart the RNG from ``seed``."""
+        with self._lock:
+            self.seed = seed
+            self._rng = random.Random(seed)
+
+    def set_latency(
+        self, endpoint: str, seconds: float | tuple[float, float] | list[float]
+    ) -> None:
+        """Delay answers of matching endpoints by ``seconds`` (or uniformly within [min, max])."""
+        if isinstance(seconds, int | float):
+            low = high = float(seconds)
+        else:
+            low, high = float(seconds[0]), float(seconds[1])
+        if low < 0 or high < low:
+            raise ValueError("latency needs 0 <= min <= max")
+        _require_known_endpoint(endpoint)
+        with self._lock:
+            self._latency[endpoint] = (low, high)
+
+    def add_error(
+        self,
+        endpoint: str,
+        status: int,
+        *,
+        times: int | None = None,
+        probability: float | None = None,
+        retry_after: float | None = None,
+        path_regex: str | None = None,
+        method: str | None = None,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> ErrorRule:
+        """Add an error rule and return it (its ``fired`` counts how often it answered)."""
+        if probability is not None and not 0.0 <= probability <= 1.0:
+            raise ValueError("probability must be within [0, 1]")
+        _require_known_endpoint(endpoint)
+        rule = ErrorRule(
+            endpoint, status, times, probability, retry_after, path_regex, method, code, message
+        )
+        with self._lock:
+            self._errors.append(rule)
+        return rule
+
+    def remove_error(self, rule: ErrorRule) -> None:
+        """Drop one error rule."""
+        with self._lock:
+            self._errors = [r for r in self._errors if r is not rule]
+
+    def set_write_throttle(self, capacity: int, refill_per_second: float) -> WriteThrottle:
+        """Limit ARM writes per subscription with a token bucket."""
+        throttle = WriteThrottle(capacity, refill_per_second)
+        with self._lock:
+            self.write_throttle = throttle
+        return throttle
+
+    def clear_write_throttle(self) -> None:
+        """Remove the write limit."""
+        with self._lock:
+            self.write_throttle = None
+
+    def set_arg_quota(
+        self, limit: int = 15, window_seconds: float = 5.0, *, enforce: bool = True
+    ) -> ArgQuota:
+        """Set Resource Graph's per-user quota (enforced by default when set explicitly)."""
+        quota = ArgQuota(limit=limit, window_seconds=window_seconds, enforce=enforce)
+        with self._lock:
+            self.arg_quota = quota
+        return quota
+
+    def fail_lro(
+        self,
+        vm: str,
+        operation: str = "start",
+        *,
+        code: str = "AllocationFailed",
+        message: str | None = None,
+        times: int | None = None,
+    ) -> LroFailure:
+        """Make ``operation`` on ``vm`` (name or id) end Failed with ``code``."""
+        failure = LroFailure(
+            vm,
+            operation,
+            code,
+            message
+            or (
+                DEFAULT_ALLOCATION_FAILED_MESSAGE
+                if code == "AllocationFailed"
+                else f"Operation failed: {code}"
+            ),
+            times,
+        )
+        with self._lock:
+            self._lro_failures.append(failure)
+        return failure
+
+    def set_log_analytics_partial(
+        self, enabled: bool = True, *, keep_rows: int | None = None
+    ) -> None:
+        """Turn the Log Analytics partial-result answer on or off."""
+        with self._lock:
+            self.log_analytics_partial = (
+                PartialResultFault(keep_rows=keep_rows) if enabled else None
+            )
+
+    def clear(self) -> None:
+        """Remove every fault (latency, errors, throttles, LRO failures, partial results)."""
+        with self._lock:
+            self._latency.clear()
+            self._errors.clear()
+            self._lro_failures.clear()
+            self.write_throttle = None
+            self.arg_quota = ArgQuota()
+            self.log_analytics_partial = None
+            self.cancel_policy = CancelPolicy()
+
+    def configure(self, spec: Mapping[str, Any]) -> None:
+        """Apply a scenario's ``faults`` object (see the package README for the format)."""
+        known = {
+            "seed",
+            "latency",
+            "errors",
+            "write_throttle",
+            "arg_quota",
+            "lro_failures",
+            "log_analytics_partial",
+            "cancel",
+            "lro_retry_after_seconds",
+        }
+        unknown = set(spec) - known
+        if unknown:
+            raise ValueError(f"unknown fault settings: {sorted(unknown)}")
+        if "seed" in spec:
+            self.reseed(int(spec["seed"]))
+        for endpoint, seconds in (spec.get("latency") or {}).items():
+            self.set_latency(endpoint, seconds)
+        for rule in spec.get("errors") or []:
+            self.add_error(**rule)
+        if spec.get("write_throttle"):
+            self.set_write_throttle(
+                int(spec["write_throttle"]["capacity"]),
+                float(spec["write_throttle"]["refill_per_second"]),
+            )
+        if spec.get("arg_quota"):
+            quota = spec["arg_quota"]
+            self.set_arg_quota(
+                int(quota.get("limit", 15)),
+                float(quota.get("window_seconds", 5.0)),
+                enforce=bool(quota.get("enforce", True)),
+            )
+        for failure in spec.get("lro_failures") or []:
+            self.fail_lro(**failure)
+        partial = spec.get("log_analytics_partial")
+        if partial:
+            keep = partial.get("keep_rows") if isinstance(partial, Mapping) else None
+            self.set_log_analytics_partial(True, keep_rows=keep)
+        if spec.get("cancel"):
+            self.cancel_policy = CancelPolicy(**spec["cancel"])
+        if "lro_retry_after_seconds" in spec:
+            self.lro_retry_after_seconds = int(spec["lro_retry_after_seconds"])
+
+    # -- decisions (used by the server) --------------------------------------------------------
+    def latency_for(self, endpoint: str) -> float:
+        """Seconds to wait before answering ``endpoint`` (most specific pattern wins)."""
+        with self._lock:
+            matches = [
+                (pattern, span)
+                for pattern, span in self._latency.items()
+                if fnmatch.fnmatchcase(endpoint, pattern)
+            ]
+            if not matches:
+                return 0.0
+            # An exact name beats a wildcard; among wildcards, the longest pattern wins.
+            _pattern, (low, high) = max(matches, key=lambda m: (m[0] == endpoint, len(m[0])))
+            return low if low == high else self._rng.uniform(low, high)
+
+    def pick_error(self, endpoint: str, method: str, path: str) -> ErrorRule | None:
+        """The error rule that fires for this request, if any (and count it)."""
+        with self._lock:
+            for rule in self._errors:
+                if not rule.matches(endpoint, method, path):
+                    continue
+                if rule.times is not None and rule.fired >= rule.times:
+                    continue
+                if rule.probability is not None and self._rng.random() >= rule.probability:
+                    continue
+                rule.fired += 1
+                return rule
+            return None
+
+    def lro_failure_for(self, vm_id: str, operation: str) -> dict[str, str] | None:
+        """The {code, message} a VM operation should fail with, if any (and count it)."""
+        with self._lock:
+            for failure in self._lro_failures:
+                if not failure.matches(vm_id, operation):
+                    continue
+                if failure.times is not None and failure.fired >= failure.times:
+                    continue
+                failure.fired += 1
+                return {"code": failure.code, "message": failure.message}
+            return None
+
+    def take_write(self, subscription_id: str) -> ThrottleDecision | None:
+        """Spend a write token when a write throttle is set (None when writes are unlimited)."""
+        throttle = self.write_throttle
+        return None if throttle is None else throttle.take(subscription_id)

@@ -1,0 +1,282 @@
+"""Use case: the reconcile tick. Reads run records from Resource Graph, brings the ledger up to
+date, and is the safety net for what events cannot be trusted with.
+
+Each tick:
+- reads the run-level records of every configuration in scope in one query (paged);
+- records each run's platform status (normalised; unknown words kept) and where a cancel came
+  from (this app's API or gate, a user elsewhere, or a platform failure);
+- hands every finished or cancelled run that still owns VMs, and has had no wrap-up, to wrap-up
+  (a lost post event);
+- records runs under way or finished whose pre event never came ("pre event missed");
+- re-drives a task stuck past its deadline once, then reports it.
+
+Ticks that overlap (past_due, two instances) are kept apart by a lease in the ledger; every
+action is idempotent besides.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from shared.domain.errors import LedgerConflict
+from shared.domain.ids import ConfigurationId, RunId
+from shared.domain.platform import PlatformRun
+from shared.domain.policy import OrchestrationPolicy
+from shared.domain.runs import NoteLevel, Run, RunNote, RunStatus
+from shared.domain.tasks import Task, TaskKind
+from shared.domain.timeline import Clock
+from shared.services.cancellation import CancelSource
+from shared.services.ports import RunLedger, RunMachinesSource, TaskQueue
+
+log = logging.getLogger(__name__)
+
+LEASE = "reconcile"
+LEASE_DURATION = timedelta(minutes=4)
+# Runs older than this are history: the reconciler does not add them to the ledger.
+LOOKBACK = timedelta(days=2)
+# A task that has not moved its run for this long after its deadline is re-driven.
+STUCK_AFTER = timedelta(minutes=10)
+STATUS_WORDS = {
+    "pending": "Pending",
+    "inprogress": "InProgress",
+    "completed": "Completed",
+    "succeeded": "Succeeded",
+    "completedwithwarnings": "CompletedWithWarnings",
+    "failed": "Failed",
+    "timedout": "TimedOut",
+    "cancel": "Cancel",
+    "cancelled": "Cancelled",
+    "canceled": "Cancelled",
+    "notstarted": "NotStarted",
+    "skipped": "Skipped",
+    "retrynow": "RetryNow",
+    "retrylater": "RetryLater",
+    "nouppdatespending": "NoUpdatesPending",
+    "noupdatespending": "NoUpdatesPending",
+}
+FINISHED = frozenset(
+    {
+        "Completed",
+        "Succeeded",
+        "CompletedWithWarnings",
+        "Failed",
+        "TimedOut",
+        "NoUpdatesPending",
+        "Skipped",
+    }
+)
+CANCELLED = frozenset({"Cancel", "Cancelled"})
+UNDER_WAY = FINISHED | {"InProgress"}
+
+
+def normalise_status(word: str | None) -> str | None:
+    """The platform's status word in one spelling (Canceled → Cancelled); unknown words kept."""
+    if word is None or not word.strip():
+        return None
+    return STATUS_WORDS.get(word.replace(" ", "").lower(), word.strip())
+
+
+def cancel_source_of(message: str | None) -> str:
+    """Who cancelled, from the run record's message (its wording changed over time)."""
+    text = (message or "").lower()
+    if "platform" in text:
+        return CancelSource.PLATFORM.value
+    return "UserOutsideApp" if "cancel" in text and "api" in text else "Unknown"
+
+
+@dataclass
+class TickSummary:
+    """What a tick did (logged, and returned to tests)."""
+
+    skipped: bool = False
+    platform_runs: int = 0
+    updated: list[str] = field(default_factory=list)
+    handed_to_wrap_up: list[str] = field(default_factory=list)
+    missed_pre_events: list[str] = field(default_factory=list)
+    redriven: list[str] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Reconciler:
+    """The reconcile timer's use case."""
+
+    ledger: RunLedger
+    graph: RunMachinesSource
+    queue: TaskQueue
+    clock: Clock
+    policy: OrchestrationPolicy
+    target_subscriptions: tuple[str, ...] = ()
+    target_configurations: tuple[ConfigurationId, ...] = ()
+    holder: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def tick(self, past_due: bool = False) -> TickSummary:
+        """One reconcile pass; skipped when another tick holds the lease."""
+        now = self.clock.now()
+        if not self.ledger.acquire_lease(LEASE, self.holder, now, LEASE_DURATION):
+            log.info("Reconcile skipped: another tick is running")
+            return TickSummary(skipped=True)
+        if past_due:
+            log.info("Reconcile tick is past due; running it now")
+        summary = TickSummary()
+        try:
+            known = {run.run_id.key: run for run in self.ledger.list_runs()}
+            platform = self._platform_runs(known.values())
+            summary.platform_runs = len(platform)
+            for record in platform:
+                run = self._record(known.get(record.run_id.key), record, now, summary)
+                if run is not None:
+                    known[run.run_id.key] = run
+            for key in list(known):
+                self._hand_over(known[key], now, summary)
+            for run in self.ledger.list_runs():
+                self._redrive(run, now, summary)
+        finally:
+            self.ledger.release_lease(LEASE, self.holder)
+        log.info(
+            "Reconcile: %d platform runs, %d updated, %d to wrap-up, %d pre events missed,"
+            " %d re-driven, %d stuck",
+            summary.platform_runs,
+            len(summary.updated),
+            len(summary.handed_to_wrap_up),
+            len(summary.missed_pre_events),
+            len(summary.redriven),
+            len(summary.stuck),
+        )
+        return summary
+
+    def _platform_runs(self, known: Iterable[Run]) -> list[PlatformRun]:
+        configurations = {c.key: c for c in self.target_configurations}
+        subscriptions = set(self.target_subscriptions)
+        for run in known:
+            configurations.setdefault(run.run_id.configuration.key, run.run_id.configuration)
+            subscriptions.add(run.run_id.configuration.subscription_id)
+        subscriptions.update(c.subscription_id for c in configurations.values())
+        if not subscriptions:
+            return []
+        # Target subscriptions: every configuration in them; otherwise only the known ones.
+        scope = None if self.target_subscriptions else list(configurations.values())
+        return list(self.graph.list_runs(scope, sorted(subscriptions)))
+
+    def _record(
+        self, run: Run | None, record: PlatformRun, now: datetime, summary: TickSummary
+    ) -> Run | None:
+        status = normalise_status(record.status)
+        if run is None:
+            if record.run_id.scheduled_start < now - LOOKBACK:
+                return None
+            run = Run.first_seen(record.run_id, now)
+        changed = replace(run, platform_status=status or run.platform_status)
+        if status in CANCELLED and run.cancel_source is None:
+            changed = replace(changed, cancel_source=cancel_source_of(record.message))
+        if status in UNDER_WAY and run.pre_event_at is None and not run.pre_event_missed:
+            changed = replace(changed, pre_event_missed=True)
+            summary.missed_pre_events.append(run.run_id.text)
+            self._note(
+                run.run_id,
+                NoteLevel.WARNING,
+                f"the platform shows the run {status} but no pre event was received",
+            )
+        if changed == run and run.version is not None:
+            return run
+        try:
+            stored = self.ledger.save_run(replace(changed, updated_at=now))
+        except LedgerConflict:
+            return None  # an event or task wrote first; the next tick looks again
+        summary.updated.append(run.run_id.text)
+        return stored
+
+    def _hand_over(self, run: Run, now: datetime, summary: TickSummary) -> None:
+        """A finished or cancelled run whose post event never came: start its wrap-up."""
+        status = run.platform_status
+        if (
+            run.status
+            in (RunStatus.POST_EVENT_RECEIVED, RunStatus.WRAPPING_UP, RunStatus.COMPLETED)
+            or run.wrap_up_requested_at is not None
+        ):
+            return  # under way already; _redrive catches it if it stalls
+        cancelled = status in CANCELLED or run.status is RunStatus.CANCELLED
+        if not cancelled and status not in FINISHED:
+            return
+        owns_machines = any(m.action.owned_by_run for m in self.ledger.list_machines(run.run_id))
+        if not owns_machines and not cancelled and run.pre_event_at is None:
+            return  # nothing of ours in it: leave the record as it is
+        try:
+            self.ledger.save_run(replace(run, wrap_up_requested_at=now, updated_at=now))
+        except LedgerConflict:
+            return
+        reason = "cancelled" if cancelled else f"finished ({status})"
+        self._note(
+            run.run_id,
+            NoteLevel.WARNING,
+            f"run {reason} and no post event reached the app; wrap-up started by the reconciler",
+        )
+        self.queue.send(Task(TaskKind.WRAP_UP, run.run_id))
+        summary.handed_to_wrap_up.append(run.run_id.text)
+
+    def _redrive(self, run: Run, now: datetime, summary: TickSummary) -> None:
+        task = self._stuck_task(run, now)
+        if task is None:
+            return
+        if run.redriven_at is None:
+            try:
+                self.ledger.save_run(replace(run, redriven_at=now, updated_at=now))
+            except LedgerConflict:
+                return
+            self.queue.send(task)
+            summary.redriven.append(run.run_id.text)
+            self._note(
+                run.run_id,
+                NoteLevel.WARNING,
+                f"run stuck in {run.status.value}; {task.kind.value} re-driven once",
+            )
+            return
+        if not run.stuck_reported and now - run.redriven_at > STUCK_AFTER:
+            try:
+                self.ledger.save_run(replace(run, stuck_reported=True, updated_at=now))
+            except LedgerConflict:
+                return
+            summary.stuck.append(run.run_id.text)
+            self._note(
+                run.run_id,
+                NoteLevel.ERROR,
+                f"run still stuck in {run.status.value} after a re-drive; look at the "
+                "poison queue and the function logs",
+            )
+
+    def _stuck_task(self, run: Run, now: datetime) -> Task | None:
+        start = run.scheduled_start
+        if run.status is RunStatus.PRE_EVENT_RECEIVED and now - run.updated_at > STUCK_AFTER:
+            return Task(TaskKind.PREPARE, run.run_id)
+        if run.status is RunStatus.PREPARING and now > start:
+            return Task(TaskKind.GATE, run.run_id)
+        if run.status is RunStatus.POST_EVENT_RECEIVED and now - run.updated_at > STUCK_AFTER:
+            return Task(TaskKind.WRAP_UP, run.run_id)
+        requested = run.wrap_up_requested_at
+        if (
+            run.status in (RunStatus.PREPARED, RunStatus.CANCELLED, RunStatus.SCHEDULED)
+            and requested is not None
+            and now - requested > STUCK_AFTER
+        ):
+            return Task(TaskKind.WRAP_UP, run.run_id)
+        wrap_started = run.wrap_up_started_at
+        if (
+            run.status is RunStatus.WRAPPING_UP
+            and wrap_started is not None
+            and now - wrap_started
+            > self.policy.wrap_up_wait + self.policy.health_wait + STUCK_AFTER
+        ):
+            return Task(TaskKind.FINISH, run.run_id)
+        return None
+
+    def _note(self, run_id: RunId, level: NoteLevel, message: str) -> None:
+        log.warning("Run %s [reconcile]: %s", run_id.text, message)
+        self.ledger.add_note(
+            RunNote(
+                run_id=run_id, at=self.clock.now(), level=level, source="reconcile", message=message
+            )
+        )

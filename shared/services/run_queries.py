@@ -1,0 +1,166 @@
+"""Use cases behind the operator API: find runs, list them, show one, and resolve a run for a
+cancel (ledger first, then Resource Graph, then the run's name alone)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from shared.domain.errors import LedgerConflict
+from shared.domain.ids import RunId
+from shared.domain.runs import Run
+from shared.domain.timeline import Clock
+from shared.services.ports import ReportStore, RunLedger, RunMachinesSource
+from shared.services.reconcile import normalise_status
+from shared.services.reporting import build_report
+
+MAX_PAGE = 200
+
+
+class InvalidQuery(ValueError):
+    """A list request the API cannot answer (bad filter or token)."""
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Filters of GET /api/runs."""
+
+    configuration: str | None = None
+    status: str | None = None
+    start_from: datetime | None = None
+    start_to: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of runs, newest scheduled start first."""
+
+    runs: list[dict[str, Any]]
+    next_token: str | None
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """The short form of a run in lists."""
+    configuration = run.run_id.configuration
+    return {
+        "correlationId": run.run_id.text,
+        "configuration": configuration.name,
+        "maintenanceConfigurationId": configuration.text,
+        "runName": run.run_id.run_name,
+        "scheduledStart": run.scheduled_start.isoformat(),
+        "status": run.status.value,
+        "platformStatus": run.platform_status,
+        "gate": run.gate_outcome,
+        "cancelSource": run.cancel_source,
+        "preEventReceivedAt": None if run.pre_event_at is None else run.pre_event_at.isoformat(),
+        "postEventReceivedAt": None if run.post_event_at is None else run.post_event_at.isoformat(),
+        "preEventMissed": run.pre_event_missed,
+        "report": run.report_location,
+    }
+
+
+def list_runs(ledger: RunLedger, wanted: RunFilter, top: int, token: str | None) -> RunPage:
+    """Runs matching the filter, `top` at a time; `token` continues a previous page."""
+    if not 1 <= top <= MAX_PAGE:
+        raise InvalidQuery(f"top must be 1..{MAX_PAGE}")
+    offset = _offset(token)
+    matching = sorted(
+        (r for r in ledger.list_runs() if _matches(r, wanted)),
+        key=lambda r: (r.scheduled_start, r.run_id.key),
+        reverse=True,
+    )
+    page = matching[offset : offset + top]
+    more = offset + top < len(matching)
+    return RunPage(
+        runs=[run_summary(r) for r in page], next_token=_token(offset + top) if more else None
+    )
+
+
+def find_runs(
+    ledger: RunLedger,
+    configuration: str,
+    run_name: str,
+    subscription_id: str | None = None,
+    resource_group: str | None = None,
+) -> list[Run]:
+    """Runs of a configuration (by name) with this run name; several when names repeat
+    across resource groups or subscriptions."""
+    found = []
+    for run in ledger.list_runs():
+        c = run.run_id.configuration
+        if c.name.lower() != configuration.lower() or run.run_id.run_name != run_name:
+            continue
+        if subscription_id and c.subscription_id != subscription_id.lower():
+            continue
+        if resource_group and c.resource_group.lower() != resource_group.lower():
+            continue
+        found.append(run)
+    return found
+
+
+def run_document(run: Run, ledger: RunLedger, reports: ReportStore) -> Mapping[str, Any]:
+    """The run's report: the stored one once the run is complete, else built live."""
+    if run.report_location:
+        stored = reports.get_report(run.run_id)
+        if stored is not None:
+            return stored
+    return build_report(run, list(ledger.list_machines(run.run_id)), ledger)
+
+
+def resolve_for_cancel(
+    run_id: RunId, ledger: RunLedger, graph: RunMachinesSource, clock: Clock
+) -> Run | None:
+    """The run as the ledger knows it; else its Resource Graph record, written to the ledger so
+    the cancel's rules see the platform's status; else None (the name alone will do)."""
+    run = ledger.find_run(run_id)
+    if run is not None:
+        return run
+    configuration = run_id.configuration
+    for record in graph.list_runs([configuration], [configuration.subscription_id]):
+        if record.run_id == run_id:
+            now = clock.now()
+            try:
+                return ledger.save_run(
+                    replace(
+                        Run.first_seen(run_id, now), platform_status=normalise_status(record.status)
+                    )
+                )
+            except LedgerConflict:
+                return ledger.find_run(run_id)
+    return None
+
+
+def _matches(run: Run, wanted: RunFilter) -> bool:
+    c = run.run_id.configuration
+    if wanted.configuration and wanted.configuration.lower() not in (c.name.lower(), c.key):
+        return False
+    if wanted.status and wanted.status.lower() not in (
+        run.status.value.lower(),
+        (run.platform_status or "").lower(),
+    ):
+        return False
+    if wanted.start_from and run.scheduled_start < wanted.start_from:
+        return False
+    return not (wanted.start_to and run.scheduled_start >= wanted.start_to)
+
+
+def _token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
+
+
+def _offset(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        kind, _, number = text.partition(":")
+        offset = int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as e:
+        raise InvalidQuery("continuationToken is not one this API gave") from e
+    if kind != "o" or offset < 0:
+        raise InvalidQuery("continuationToken is not one this API gave")
+    return offset

@@ -1,0 +1,328 @@
+"""The Azure adapters, through the real SDK clients over real HTTPS, against the sandbox's fake
+Azure (its own CA via REQUESTS_CA_BUNDLE, tokens from its managed-identity endpoint). Retry
+waits are shortened through client options, never by patching the SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+from sandbox.fake_azure import FakeAzure
+from shared.adapters.compute import ComputeMachines
+from shared.adapters.credentials import azure_credential, running_with_platform_identity
+from shared.adapters.log_analytics import LogAnalyticsHeartbeats
+from shared.adapters.maintenance import MaintenanceRuns
+from shared.adapters.resource_graph import ResourceGraphMachines
+from shared.domain.errors import CancelRefused, ResourceGraphQueryRefused
+from shared.domain.ids import InvalidId, MachineId, RunId
+from shared.domain.machines import OperationOutcome, PowerState
+from tests.fake_azure import CLIENT_ID, FAST_RETRIES, SUBSCRIPTION, WORKSPACE_ID, vm_id
+
+CONFIGURATION = (
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-maintenance/providers/"
+    "Microsoft.Maintenance/maintenanceConfigurations/weekly"
+)
+WEB = MachineId.parse(vm_id(SUBSCRIPTION, "rg-web", "web-01"))
+BATCH = MachineId.parse(vm_id(SUBSCRIPTION, "rg-batch", "batch-01"))
+ARC = MachineId.parse(
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-onprem/providers/"
+    "Microsoft.HybridCompute/machines/onprem-01"
+)
+INJECTIONS = [
+    CONFIGURATION + "/providers/microsoft.maintenance/applyupdates/20261201030000' or 1==1",
+    CONFIGURATION + "/providers/microsoft.maintenance/applyupdates/20261201030000\n| take 1",
+    CONFIGURATION.replace("weekly", "we|ekly") + "/providers/microsoft.maintenance/applyupdates/"
+    "20261201030000",
+    CONFIGURATION.replace("weekly", 'x\\"y') + "/providers/microsoft.maintenance/applyupdates/"
+    "20261201030000",
+    CONFIGURATION.replace("rg-maintenance", "..") + "/providers/microsoft.maintenance/"
+    "applyupdates/20261201030000",
+]
+
+
+@pytest.fixture
+def credential_for(fake: FakeAzure) -> ManagedIdentityCredential:
+    return ManagedIdentityCredential(client_id=CLIENT_ID)
+
+
+@pytest.fixture
+def graph(fake: FakeAzure, credential_for: ManagedIdentityCredential) -> ResourceGraphMachines:
+    return ResourceGraphMachines.build(
+        credential_for, fake.url, throttle_backoff=0.01, **FAST_RETRIES
+    )
+
+
+@pytest.fixture
+def compute(fake: FakeAzure, credential_for: ManagedIdentityCredential) -> ComputeMachines:
+    return ComputeMachines.build(credential_for, fake.url, polling_interval=0.05, **FAST_RETRIES)
+
+
+def run_of(fake: FakeAzure, machines: list[str], minutes: int = 35) -> RunId:
+    start = (datetime.now(UTC) + timedelta(minutes=minutes)).replace(second=0, microsecond=0)
+    run = fake.model.create_run(CONFIGURATION, start, machines, arg_lag=0, machines_lag=0)
+    return RunId.parse(run.correlation_id)
+
+
+# Resource Graph --------------------------------------------------------------------------
+
+
+def test_machines_of_a_run_page_over_2500_machines(
+    fake: FakeAzure, graph: ResourceGraphMachines
+) -> None:
+    from sandbox.fake_azure.model import VmSpec
+
+    specs = [
+        VmSpec(
+            subscription_id=SUBSCRIPTION,
+            resource_group="rg-fleet",
+            name=f"vm-{i:04d}",
+            power_state="deallocated",
+        )
+        for i in range(2500)
+    ]
+    fake.model.add_vms(specs)
+    ids = [vm_id(SUBSCRIPTION, "rg-fleet", f"vm-{i:04d}") for i in range(2500)]
+    run = run_of(fake, ids)
+    fake.clear_requests()
+    listed = list(graph.list_run_machines(run, [SUBSCRIPTION]))
+    assert len(listed) == 2500
+    assert len({m.machine.key for m in listed}) == 2500
+    calls = fake.requests_matching("POST", "ResourceGraph")
+    assert len(calls) == 3
+    assert [c.body["options"].get("$skipToken") is None for c in calls] == [True, False, False]
+    assert all(c.body["options"]["$top"] == 1000 for c in calls)
+    assert all(c.body["subscriptions"] == [SUBSCRIPTION] for c in calls)
+
+
+def test_arg_429_with_retry_after_is_honoured_by_the_client(
+    fake: FakeAzure, graph: ResourceGraphMachines
+) -> None:
+    run = run_of(fake, [WEB.text])
+    fake.faults.add_error("arg", 429, times=1, retry_after=0.05)
+    assert [m.machine for m in graph.list_run_machines(run, [SUBSCRIPTION])] == [WEB]
+    assert [c.status for c in fake.requests_matching("POST", "ResourceGraph")][-2:] == [429, 200]
+
+
+def test_arg_429_without_retry_after_is_backed_off_by_the_adapter(
+    fake: FakeAzure, graph: ResourceGraphMachines
+) -> None:
+    run = run_of(fake, [WEB.text])
+    fake.faults.add_error("arg", 429, times=2)
+    fake.clear_requests()
+    assert [m.machine for m in graph.list_run_machines(run, [SUBSCRIPTION])] == [WEB]
+    assert [c.status for c in fake.requests_matching("POST", "ResourceGraph")] == [429, 429, 200]
+
+
+def test_arg_throttling_that_never_ends_surfaces_as_a_refusal(
+    fake: FakeAzure, graph: ResourceGraphMachines
+) -> None:
+    run = run_of(fake, [WEB.text])
+    fake.faults.add_error("arg", 429)
+    with pytest.raises(ResourceGraphQueryRefused) as raised:
+        list(graph.list_run_machines(run, [SUBSCRIPTION]))
+    assert raised.value.status == 429
+
+
+@pytest.mark.parametrize("bad", INJECTIONS)
+def test_injection_strings_are_refused_before_any_request_leaves(
+    fake: FakeAzure, graph: ResourceGraphMachines, bad: str
+) -> None:
+    fake.clear_requests()
+    with pytest.raises(InvalidId):
+        list(graph.list_run_machines(bad, [SUBSCRIPTION]))
+    with pytest.raises(InvalidId):
+        list(
+            graph.list_runs(
+                [bad.split("/providers/microsoft.maintenance/applyupdates")[0] + "'"],
+                [SUBSCRIPTION],
+            )
+        )
+    with pytest.raises(InvalidId):
+        list(
+            graph.list_run_machines(
+                RunId.parse(
+                    CONFIGURATION + "/providers/microsoft.maintenance/applyupdates/20261201030000"
+                ),
+                [SUBSCRIPTION + "' or 1==1"],
+            )
+        )
+    assert fake.requests == []
+
+
+def test_runs_patch_results_and_assignments_are_read(
+    fake: FakeAzure, graph: ResourceGraphMachines
+) -> None:
+    run = run_of(fake, [WEB.text, BATCH.text], minutes=-120)
+    fake.model.complete_run(
+        run.text,
+        status="Succeeded",
+        results={BATCH.text: {"status": "Failed", "failed_patch_count": 2}},
+        results_lag=0,
+    )
+    runs = {r.run_id: r for r in graph.list_runs([CONFIGURATION], [SUBSCRIPTION])}
+    assert runs[run].status == "Succeeded"
+    patches = {p.machine: p for p in graph.list_patch_results(run, [SUBSCRIPTION])}
+    assert patches[BATCH].status == "Failed"
+    assert patches[BATCH].failed == 2
+    assert patches[WEB].status == "Succeeded"
+    assignments = list(graph.list_assignments(CONFIGURATION, [SUBSCRIPTION]))
+    assert assignments  # the small scenario assigns by tag (a dynamic scope)
+
+
+def test_an_arg_refusal_keeps_its_status_code_and_message(
+    fake: FakeAzure, graph: ResourceGraphMachines
+) -> None:
+    run = run_of(fake, [WEB.text])
+    fake.faults.add_error("arg", 400, times=1, code="InvalidQuery", message="bad query text")
+    with pytest.raises(ResourceGraphQueryRefused) as raised:
+        list(graph.list_run_machines(run, [SUBSCRIPTION]))
+    assert (raised.value.status, raised.value.code) == (400, "InvalidQuery")
+    assert "bad query text" in raised.value.message
+    assert raised.value.is_refusal
+
+
+# Compute ---------------------------------------------------------------------------------
+
+
+def test_power_state_tags_start_and_deallocate(fake: FakeAzure, compute: ComputeMachines) -> None:
+    facts = compute.get_machine(BATCH)
+    assert facts.power.state is PowerState.DEALLOCATED
+    assert facts.power.startable
+    assert facts.tags["patch-group"] == "weekly"
+    assert compute.begin_start(BATCH).wait(30).outcome is OperationOutcome.SUCCEEDED
+    assert compute.get_power(BATCH).state is PowerState.RUNNING
+    assert compute.begin_deallocate(BATCH).wait(30).succeeded
+    assert compute.get_power(BATCH).state is PowerState.DEALLOCATED
+    starts = fake.requests_matching("POST", r"batch-01/start$")
+    assert len(starts) == 1
+    assert starts[0].status == 202
+
+
+def test_allocation_failure_ends_the_operation_failed_with_azure_words(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    fake.faults.fail_lro("batch-01", "start")
+    result = compute.begin_start(BATCH).wait(30)
+    assert result.outcome is OperationOutcome.FAILED
+    assert result.code == "AllocationFailed"
+    assert result.message
+
+
+def test_arc_machines_are_not_startable_and_no_request_is_sent(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    fake.clear_requests()
+    assert not compute.get_power(ARC).startable
+    assert compute.begin_start(ARC).wait().outcome is OperationOutcome.NOT_STARTABLE
+    assert compute.begin_deallocate(ARC).wait().outcome is OperationOutcome.NOT_STARTABLE
+    assert fake.requests == []
+
+
+def test_write_throttle_429s_are_retried_by_the_client(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    fake.faults.set_write_throttle(capacity=1, refill_per_second=20)
+    compute.begin_start(BATCH).wait(30)
+    assert compute.begin_deallocate(BATCH).wait(30).succeeded
+
+
+def test_an_incremental_snapshot_of_the_os_disk(fake: FakeAzure, compute: ComputeMachines) -> None:
+    assert compute.begin_snapshot_os_disk(BATCH, "batch-01-osdisk-um-test").wait(30).succeeded
+    [put] = fake.requests_matching("PUT", "snapshots/batch-01-osdisk-um-test")
+    assert put.body["properties"]["incremental"] is True
+    assert put.body["properties"]["creationData"]["createOption"] == "Copy"
+
+
+# Maintenance -----------------------------------------------------------------------------
+
+
+def maintenance(fake: FakeAzure, version: str = "2023-09-01-preview") -> MaintenanceRuns:
+    return MaintenanceRuns.build(
+        ManagedIdentityCredential(client_id=CLIENT_ID), fake.url, version, **FAST_RETRIES
+    )
+
+
+def test_cancel_sends_the_documented_put(fake: FakeAzure) -> None:
+    run = run_of(fake, [WEB.text], minutes=30)
+    state = maintenance(fake).cancel_run(run.text)
+    assert state.status == "Cancelled"
+    [put] = fake.requests_matching("PUT", "applyUpdates")
+    assert put.path.lower() == run.text.lower()
+    assert put.api_version == "2023-09-01-preview"
+    assert put.body == {"properties": {"status": "Cancel"}}
+    assert maintenance(fake).get_run(run).status == "Cancelled"
+
+
+def test_a_refused_cancel_keeps_the_services_code_and_message(fake: FakeAzure) -> None:
+    run = run_of(fake, [WEB.text], minutes=5)  # past the platform's cut-off
+    with pytest.raises(CancelRefused) as raised:
+        maintenance(fake).cancel_run(run)
+    assert raised.value.status == 409
+    assert raised.value.code
+    assert raised.value.message
+    assert raised.value.is_refusal
+
+
+def test_cancel_api_version_is_the_setting(fake: FakeAzure) -> None:
+    run = run_of(fake, [WEB.text], minutes=30)
+    maintenance(fake, "2025-11-01").cancel_run(run)
+    [put] = fake.requests_matching("PUT", "applyUpdates")
+    assert put.api_version == "2025-11-01"
+
+
+# Log Analytics ---------------------------------------------------------------------------
+
+
+def test_heartbeats_since_a_moment(fake: FakeAzure) -> None:
+    now = datetime.now(UTC)
+    fake.model.add_heartbeat(BATCH.text, now - timedelta(minutes=1), workspace_id=WORKSPACE_ID)
+    heartbeats = LogAnalyticsHeartbeats.build(
+        ManagedIdentityCredential(client_id=CLIENT_ID), fake.url, **FAST_RETRIES
+    )
+    report = heartbeats.list_last_heartbeats(
+        WORKSPACE_ID, [BATCH, WEB], now - timedelta(minutes=10), now
+    )
+    assert BATCH in report.last_seen
+    assert report.complete
+
+
+def test_partial_results_are_used_and_flagged(fake: FakeAzure) -> None:
+    now = datetime.now(UTC)
+    fake.model.add_heartbeat(BATCH.text, now - timedelta(minutes=1), workspace_id=WORKSPACE_ID)
+    fake.faults.set_log_analytics_partial(keep_rows=1)
+    heartbeats = LogAnalyticsHeartbeats.build(
+        ManagedIdentityCredential(client_id=CLIENT_ID), fake.url, **FAST_RETRIES
+    )
+    report = heartbeats.list_last_heartbeats(
+        WORKSPACE_ID, [BATCH, WEB], now - timedelta(minutes=10), now
+    )
+    assert not report.complete
+    assert report.partial_errors
+
+
+# Credentials -----------------------------------------------------------------------------
+
+
+def test_with_a_platform_identity_the_app_uses_the_managed_identity(fake: FakeAzure) -> None:
+    assert running_with_platform_identity()
+    credential = azure_credential(CLIENT_ID, "https://login.microsoftonline.com")
+    assert isinstance(credential, ManagedIdentityCredential)
+    assert azure_credential(CLIENT_ID, "https://login.microsoftonline.com") is credential
+    token = credential.get_token(fake.credential_scope)
+    assert token.token
+
+
+def test_without_a_platform_identity_no_credential_probes_imds(
+    monkeypatch: pytest.MonkeyPatch, start_fake: Callable[..., Any]
+) -> None:
+    monkeypatch.delenv("IDENTITY_ENDPOINT", raising=False)
+    monkeypatch.delenv("MSI_ENDPOINT", raising=False)
+    credential = azure_credential(None, "https://login.example.invalid")
+    assert isinstance(credential, DefaultAzureCredential)
+    kinds = [type(c).__name__ for c in credential.credentials]
+    assert "ManagedIdentityCredential" not in kinds
+    assert "WorkloadIdentityCredential" not in kinds
