@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -104,6 +105,9 @@ class InMemoryRunLedger:
         self.notes: list[RunNote] = []
         self.leases: dict[str, tuple[str, datetime]] = {}
         self._counter = 0
+        # Writers on several threads (tests of races) must see check-and-write as one step,
+        # as the real table's ETag check is.
+        self._lock = threading.RLock()
         # A hook for tests: called before each record_event commit.
         self.before_commit: list[Any] = []
 
@@ -115,12 +119,28 @@ class InMemoryRunLedger:
         return self.runs.get(run_id.key)
 
     def save_run(self, run: Run) -> Run:
+        with self._lock:
+            return self._save_run_unlocked(run)
+
+    def record_event(self, event: EventRecord, run: Run) -> Run:
+        with self._lock:
+            return self._record_event_unlocked(event, run)
+
+    def save_machine(self, machine: MachineRecord) -> MachineRecord:
+        with self._lock:
+            return self._save_machine_unlocked(machine)
+
+    def save_claim(self, claim: MachineClaim) -> MachineClaim:
+        with self._lock:
+            return self._save_claim_unlocked(claim)
+
+    def _save_run_unlocked(self, run: Run) -> Run:
         self._check(self.runs.get(run_id_key := run.run_id.key), run.version)
         stored = dataclasses.replace(run, version=self._next_version())
         self.runs[run_id_key] = stored
         return stored
 
-    def record_event(self, event: EventRecord, run: Run) -> Run:
+    def _record_event_unlocked(self, event: EventRecord, run: Run) -> Run:
         for hook in list(self.before_commit):
             hook()
         key = (event.run_id.key, event.kind.value, event.event_id)
@@ -138,7 +158,7 @@ class InMemoryRunLedger:
     def find_machine(self, run_id: RunId, resource_id: str) -> MachineRecord | None:
         return self.machines.get((run_id.key, resource_id.lower()))
 
-    def save_machine(self, machine: MachineRecord) -> MachineRecord:
+    def _save_machine_unlocked(self, machine: MachineRecord) -> MachineRecord:
         key = (machine.run_id.key, machine.resource_id.lower())
         self._check(self.machines.get(key), machine.version)
         stored = dataclasses.replace(machine, version=self._next_version())
@@ -162,7 +182,7 @@ class InMemoryRunLedger:
     def find_claim(self, machine: MachineId) -> MachineClaim | None:
         return self.claims.get(machine.key)
 
-    def save_claim(self, claim: MachineClaim) -> MachineClaim:
+    def _save_claim_unlocked(self, claim: MachineClaim) -> MachineClaim:
         key = claim.resource_id.lower()
         self._check(self.claims.get(key), claim.version)
         stored = dataclasses.replace(claim, version=self._next_version())

@@ -1,0 +1,277 @@
+"""The operator API, called with real func.HttpRequest objects; the ports behind it are our
+in-memory fakes (the same API runs end to end over HTTP in tests/e2e)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+from shared import bootstrap
+from shared.config import Settings
+from shared.domain.ids import RunId
+from shared.domain.platform import PlatformRun
+from shared.domain.runs import Run
+from shared.entrypoints.http_api import cancel_run, get_run, list_runs, openapi
+from tests.builders import CORRELATION_ID, PRE, START, FixedClock, InMemoryRunLedger
+from tests.fakes import FakeCanceller, FakeGraph, FakeReports, ScheduledQueue
+from tests.unit.test_orchestration import World
+
+RUN = RunId.parse(CORRELATION_ID)
+OPS_OID = "6a0c3a43-1b7e-4a39-9e2b-0c6f0f1b2a3d"
+
+
+class Api:
+    def __init__(self, **settings: str) -> None:
+        self.clock = FixedClock(START - timedelta(minutes=30))
+        self.ledger = InMemoryRunLedger()
+        self.graph = FakeGraph()
+        self.canceller = FakeCanceller()
+        self.queue = ScheduledQueue(self.clock)
+        self.reports = FakeReports()
+        env = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", **settings}
+        container = bootstrap.Container(settings=Settings.from_environ(env), clock=self.clock)
+        for name, adapter in (
+            ("ledger", self.ledger),
+            ("resource_graph", self.graph),
+            ("maintenance", self.canceller),
+            ("task_queue", self.queue),
+            ("reports", self.reports),
+        ):
+            container.provide(name, adapter)
+        bootstrap.use(container)
+
+    def cancel(self, body: Any, headers: dict[str, str] | None = None) -> func.HttpResponse:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = func.HttpRequest(
+            "POST",
+            "http://localhost/api/runs/cancel",
+            body=raw,
+            headers={"content-type": "application/json", **(headers or {})},
+        )
+        response: func.HttpResponse = cancel_run(request)
+        return response
+
+
+@pytest.fixture
+def api() -> Iterator[Api]:
+    yield Api()
+    bootstrap.use(None)
+
+
+def document(response: func.HttpResponse) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(response.get_body())
+    return body
+
+
+def assert_problem(response: func.HttpResponse, status: int) -> dict[str, Any]:
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    body = document(response)
+    assert body["status"] == status
+    assert body["title"]
+    return body
+
+
+def test_cancel_inside_the_window_calls_azure_once(api: Api) -> None:
+    response = api.cancel({"correlationId": CORRELATION_ID, "reason": "bad KB"})
+    assert response.status_code == 200
+    body = document(response)
+    assert body["outcome"] == "Cancelled"
+    assert body["windowClosesAt"] == "2026-12-01T02:49:00+00:00"
+    assert api.canceller.cancelled == [RUN.key]
+    [audit] = api.ledger.cancels
+    assert audit.reason == "bad KB"
+    assert audit.requested_by.startswith("function key")
+
+
+def test_a_repeated_cancel_is_200_without_a_second_call(api: Api) -> None:
+    api.cancel({"correlationId": CORRELATION_ID})
+    again = api.cancel({"correlationId": CORRELATION_ID})
+    assert again.status_code == 200
+    assert document(again)["outcome"] == "AlreadyCancelled"
+    assert api.canceller.cancelled == [RUN.key]
+
+
+@pytest.mark.parametrize(
+    ("minutes_before", "title"), [(41, "Too early"), (10, "Too late"), (11, "Too late")]
+)
+def test_outside_the_window_is_409_with_the_bounds_and_now(
+    api: Api, minutes_before: int, title: str
+) -> None:
+    api.clock.current = START - timedelta(minutes=minutes_before)
+    body = assert_problem(api.cancel({"correlationId": CORRELATION_ID}), 409)
+    assert body["title"].startswith(title)
+    assert body["windowOpensAt"] == "2026-12-01T02:20:00+00:00"
+    assert body["windowClosesAt"] == "2026-12-01T02:49:00+00:00"
+    assert body["now"] == api.clock.now().isoformat()
+    assert api.canceller.cancelled == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        {"reason": "x"},
+        {"correlationId": 5},
+        {"correlationId": CORRELATION_ID + "'"},
+        {"correlationId": "/subscriptions/x"},
+        {"correlationId": CORRELATION_ID, "dryRun": "yes"},
+        {"correlationId": CORRELATION_ID, "reason": "x" * 501},
+        {"correlationId": CORRELATION_ID, "reason": "line\nbreak"},
+    ],
+)
+def test_invalid_requests_are_400_problems(api: Api, body: Any) -> None:
+    assert_problem(api.cancel(body), 400)
+    assert api.canceller.cancelled == []
+    assert api.ledger.cancels == []
+
+
+def test_dry_run_says_what_would_happen(api: Api) -> None:
+    response = api.cancel({"correlationId": CORRELATION_ID, "dryRun": True})
+    assert document(response)["outcome"] == "WouldCancel"
+    assert api.canceller.cancelled == []
+
+
+def test_a_run_in_progress_is_409(api: Api) -> None:
+    api.graph.runs = [PlatformRun(RUN, "InProgress", None, None, None)]
+    body = assert_problem(api.cancel({"correlationId": CORRELATION_ID}), 409)
+    assert body["platformStatus"] == "InProgress"
+    assert api.canceller.cancelled == []
+
+
+def test_azure_refusing_is_502_with_its_code_and_message(api: Api) -> None:
+    api.canceller.refuse = ("Conflict", "The run cannot be cancelled now")
+    body = assert_problem(api.cancel({"correlationId": CORRELATION_ID}), 502)
+    assert body["serviceCode"] == "Conflict"
+    assert body["serviceMessage"] == "The run cannot be cancelled now"
+
+
+def principal(oid: str, name: str = "ops@contoso.example") -> str:
+    claims = [
+        {"typ": "http://schemas.microsoft.com/identity/claims/objectidentifier", "val": oid},
+        {"typ": "name", "val": name},
+    ]
+    return base64.b64encode(json.dumps({"auth_typ": "aad", "claims": claims}).encode()).decode()
+
+
+def test_the_callers_identity_goes_into_the_audit(api: Api) -> None:
+    api.cancel(
+        {"correlationId": CORRELATION_ID, "reason": "r"},
+        {"x-ms-client-principal": principal(OPS_OID)},
+    )
+    [audit] = api.ledger.cancels
+    assert OPS_OID in audit.requested_by
+    assert "ops@contoso.example" in audit.requested_by
+
+
+def test_the_allow_list_refuses_other_callers_with_403() -> None:
+    api = Api(CANCEL_ALLOWED_CALLERS=OPS_OID)
+    try:
+        assert_problem(api.cancel({"correlationId": CORRELATION_ID}), 403)
+        other = principal("11111111-2222-4333-8444-555555555555")
+        assert_problem(
+            api.cancel({"correlationId": CORRELATION_ID}, {"x-ms-client-principal": other}), 403
+        )
+        ok = api.cancel(
+            {"correlationId": CORRELATION_ID}, {"x-ms-client-principal": principal(OPS_OID)}
+        )
+        assert ok.status_code == 200
+    finally:
+        bootstrap.use(None)
+
+
+def get(
+    function: Any,
+    url: str,
+    params: dict[str, str] | None = None,
+    route: dict[str, str] | None = None,
+) -> func.HttpResponse:
+    request = func.HttpRequest("GET", url, body=b"", params=params or {}, route_params=route or {})
+    response: func.HttpResponse = function(request)
+    return response
+
+
+def test_runs_are_listed_filtered_and_paged() -> None:
+    world = World()
+    world.deliver(PRE)
+    for days in range(1, 4):
+        later = RunId.parse(CORRELATION_ID.replace("20261201", f"2026120{1 + days}"))
+        world.ledger.save_run(Run.first_seen(later, START))
+    api = Api()
+    api.ledger.runs = world.ledger.runs
+    try:
+        first = document(get(list_runs, "http://localhost/api/runs", {"top": "3"}))
+        assert [r["runName"][:8] for r in first["runs"]] == ["20261204", "20261203", "20261202"]
+        rest = document(
+            get(
+                list_runs,
+                "http://localhost/api/runs",
+                {"top": "3", "continuationToken": first["continuationToken"]},
+            )
+        )
+        assert [r["runName"] for r in rest["runs"]] == ["20261201030000"]
+        assert rest["continuationToken"] is None
+        pre = document(get(list_runs, "http://localhost/api/runs", {"status": "PreEventReceived"}))
+        assert [r["runName"] for r in pre["runs"]] == ["20261201030000"]
+        window = document(
+            get(
+                list_runs,
+                "http://localhost/api/runs",
+                {"from": "2026-12-02T00:00:00Z", "to": "2026-12-03T00:00:00Z"},
+            )
+        )
+        assert [r["runName"] for r in window["runs"]] == ["20261202030000"]
+        for bad in ({"top": "0"}, {"top": "x"}, {"continuationToken": "!!"}, {"from": "yesterday"}):
+            assert_problem(get(list_runs, "http://localhost/api/runs", bad), 400)
+    finally:
+        bootstrap.use(None)
+
+
+def test_one_run_is_its_report_and_unknown_runs_are_404(api: Api) -> None:
+    world = World()
+    world.deliver(PRE)
+    api.ledger.runs = world.ledger.runs
+    found = get(
+        get_run,
+        "http://localhost/api/runs/weekly-linux/20261201030000",
+        route={"configuration": "weekly-linux", "runName": "20261201030000"},
+    )
+    assert found.status_code == 200
+    report = document(found)
+    assert report["run"]["correlationId"] == CORRELATION_ID
+    assert report["timeline"]["preEventReceivedAt"]
+    assert_problem(
+        get(
+            get_run,
+            "http://localhost/api/runs/weekly-linux/20261208030000",
+            route={"configuration": "weekly-linux", "runName": "20261208030000"},
+        ),
+        404,
+    )
+    assert_problem(
+        get(
+            get_run,
+            "http://localhost/api/runs/weekly-linux/2026",
+            route={"configuration": "weekly-linux", "runName": "2026"},
+        ),
+        400,
+    )
+
+
+def test_the_openapi_document_is_served_and_lists_every_route() -> None:
+    response = get(openapi, "http://localhost/api/openapi.json")
+    spec = document(response)
+    assert spec["openapi"].startswith("3.")
+    assert set(spec["paths"]) == {
+        "/runs/cancel",
+        "/runs",
+        "/runs/{configuration}/{runName}",
+        "/openapi.json",
+    }
