@@ -71,6 +71,9 @@ GATE_COUNTED = (
     MachineAction.PLANNED,
 )
 APP = "app"
+# Throttled or unanswered machines go into a new task this much later, at most this often.
+TRANSIENT_RETRY = timedelta(seconds=10)
+MAX_TRANSIENT_ROUNDS = 60
 
 
 @dataclass
@@ -190,9 +193,38 @@ class Orchestrator:
         started = _parallel(
             self.policy.start_concurrency, lambda m: self._start_one_once(run, m), task.machines
         )
+        self._retry_later(
+            task,
+            run,
+            [row for row, op in started if op is None and row.action is MachineAction.PLANNED],
+        )
         finished = self._wait_all(started)
         for row, result in finished:
             self._record_start(row, result)
+
+    def _retry_later(self, task: Task, run: Run, rows: Sequence[MachineRecord]) -> None:
+        """Machines whose calls were throttled or failed transiently: another task, later."""
+        if not rows:
+            return
+        if task.round >= MAX_TRANSIENT_ROUNDS:
+            for row in rows:
+                self._note(
+                    run.run_id,
+                    NoteLevel.ERROR,
+                    task.kind.value,
+                    f"{row.resource_id}: Azure kept throttling or failing; gave up "
+                    f"after {task.round} rounds",
+                )
+            return
+        machines = tuple(MachineId.parse(r.resource_id) for r in rows)
+        self.queue.send(Task(task.kind, run.run_id, machines, task.round + 1), TRANSIENT_RETRY)
+        log.info(
+            "Run %s: %d machines throttled or unanswered; %s again in %s",
+            run.run_id.text,
+            len(machines),
+            task.kind.value,
+            TRANSIENT_RETRY,
+        )
 
     def _start_one_once(
         self, run: Run, machine: MachineId
@@ -226,6 +258,8 @@ class Orchestrator:
         try:
             facts = self.machines.get_machine(machine)
         except AzureCallFailed as e:
+            if e.is_transient:
+                return row, None  # still Planned: retried in a later task
             return self._save_failure(row, MachineAction.START_FAILED, e), None
         state = facts.power.state
         prior = row.prior_power_state or str(state)
@@ -311,6 +345,11 @@ class Orchestrator:
         try:
             return row, self.machines.begin_start(machine)
         except AzureCallFailed as e:
+            if e.is_transient:
+                # Refused before it began (throttled) or unanswered: back to Planned, later.
+                return self._move(
+                    row, MachineAction.PLANNED, f"{e.service} answered {e.status}: will retry"
+                ), None
             return self._save_failure(row, MachineAction.START_FAILED, e), None
 
     def _already_up(
@@ -574,6 +613,9 @@ class Orchestrator:
         started = _parallel(
             self.policy.start_concurrency, lambda m: self._stop_one(run.run_id, m), task.machines
         )
+        self._retry_later(
+            task, run, [row for row, op in started if op is None and row.action in WATCHED]
+        )
         finished = self._wait_all(started)
         for row, result in finished:
             if result.succeeded:
@@ -606,11 +648,13 @@ class Orchestrator:
         if row is None or not row.action.owned_by_run:
             return row or MachineRecord.planned(run_id, machine.text, self.clock.now()), None
         if self._hand_over(run_id, row):
-            return row, None
+            return self.ledger.find_machine(run_id, machine.text) or row, None
         now = self.clock.now()
         try:
             power = self.machines.get_power(machine)
         except AzureCallFailed as e:
+            if e.is_transient:
+                return row, None  # retried in a later stop task
             return self._save_failure(row, MachineAction.DEALLOCATE_FAILED, e), None
         if power.state not in (
             PowerState.RUNNING,
@@ -634,6 +678,10 @@ class Orchestrator:
         try:
             return row, self.machines.begin_deallocate(machine)
         except AzureCallFailed as e:
+            if e.is_transient:
+                return self._move(
+                    row, MachineAction.STARTED, f"{e.service} answered {e.status}: will retry"
+                ), None
             return self._save_failure(row, MachineAction.DEALLOCATE_FAILED, e), None
 
     def _release(self, run_id: RunId, machine: MachineId) -> None:

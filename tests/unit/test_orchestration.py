@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from shared.domain.errors import AzureCallFailed
 from shared.domain.events import EventKind, parse_event
 from shared.domain.ids import MachineId, RunId
 from shared.domain.machines import PowerState
@@ -384,3 +385,29 @@ def test_the_gate_waits_for_the_window_to_open_when_verify_finishes_early() -> N
     assert world.canceller.cancelled == []
     world.work()
     assert world.canceller.cancelled == [RUN.key]
+
+
+def test_throttled_starts_are_retried_later_not_failed() -> None:
+    world = World()
+    web, api = world.fleet(web=PowerState.DEALLOCATED, api=PowerState.DEALLOCATED)
+    throttled: list[str] = []
+    real_start = world.machines.begin_start
+
+    def throttle_first_calls(machine: MachineId) -> Any:
+        if len(throttled) < 3:
+            throttled.append(machine.key)
+            raise AzureCallFailed("Compute", 429, "TooManyRequests", "write limit")
+        return real_start(machine)
+
+    world.machines.begin_start = throttle_first_calls  # type: ignore[method-assign]
+    world.deliver(PRE)
+    world.work()
+    assert world.row(web).action is MachineAction.STARTED
+    assert world.row(api).action is MachineAction.STARTED
+    assert world.machines.count("start", web) == 1
+    assert world.machines.count("start", api) == 1
+    rounds = [t.round for t in world.queue.sent if t.kind is TaskKind.START]
+    assert max(rounds) >= 1
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert run.gate_outcome == "Passed"
