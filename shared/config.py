@@ -150,12 +150,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "VERIFY_INTERVAL_SECONDS",
         "60",
-        "How often power states are re-read until every started VM runs or T-15 passes (5-600).",
+        "How often power states are re-read until every started VM runs or T-15 passes (1-600).",
     ),
     SettingSpec(
         "ARG_RETRY_SECONDS",
         "30",
-        "Wait between Resource Graph re-reads while it lags behind the platform (5-600).",
+        "Wait between Resource Graph re-reads while it lags behind the platform (1-600).",
     ),
     SettingSpec(
         "WRAP_UP_WAIT_MINUTES",
@@ -171,7 +171,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "OPERATION_WAIT_SECONDS",
         "240",
         "How long a task waits for start/deallocate operations before leaving them to the "
-        "next check (10-540; keep below host.json functionTimeout).",
+        "next check (1-540; keep below host.json functionTimeout).",
     ),
     SettingSpec(
         "SNAPSHOT_BEFORE_START",
@@ -411,11 +411,11 @@ def _policy(reader: _Reader) -> OrchestrationPolicy:
         failure_budget_percent=reader.get("FAILURE_BUDGET_PERCENT", _percent),
         start_batch_size=reader.get("START_BATCH_SIZE", _int_between(1, 500)),
         start_concurrency=reader.get("START_CONCURRENCY", _int_between(1, 64)),
-        verify_interval=reader.get("VERIFY_INTERVAL_SECONDS", _seconds_between(5, 600)),
-        arg_retry=reader.get("ARG_RETRY_SECONDS", _seconds_between(5, 600)),
+        verify_interval=reader.get("VERIFY_INTERVAL_SECONDS", _seconds_between(1, 600)),
+        arg_retry=reader.get("ARG_RETRY_SECONDS", _seconds_between(1, 600)),
         wrap_up_wait=reader.get("WRAP_UP_WAIT_MINUTES", _minutes_between(1, 1440)),
         health_wait=reader.get("HEALTH_WAIT_MINUTES", _minutes_between(0, 240)),
-        operation_wait_seconds=float(reader.get("OPERATION_WAIT_SECONDS", _int_between(10, 540))),
+        operation_wait_seconds=float(reader.get("OPERATION_WAIT_SECONDS", _int_between(1, 540))),
         opt_out_tag=reader.get("OPT_OUT_TAG", OptOutTag.parse),
         snapshot_before_start=reader.get("SNAPSHOT_BEFORE_START", _boolean),
         cancel_safety_margin=timedelta(
