@@ -41,7 +41,8 @@ class Container:
     clock: Clock = field(default_factory=SystemClock)
     client_options: dict[str, Any] = field(default_factory=dict)
     _built: dict[str, Any] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Re-entrant: building one adapter builds the ones it needs (the orchestrator, the ledger).
+    _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def _once(self, name: str, build: Callable[[], T]) -> T:
         if name not in self._built:
@@ -203,10 +204,12 @@ class Container:
         )
 
     def _storage_credential(self) -> TokenCredential | None:
+        storage = self.settings.storage
+        if storage.connection_string:
+            return None
         from shared.adapters.credentials import storage_credential
 
-        storage = self.settings.storage
-        return None if storage.connection_string else storage_credential(storage)
+        return self._once("storage_credential", lambda: storage_credential(storage))
 
     def _build_ledger(self) -> RunLedger:
         from shared.adapters.table_ledger import TableRunLedger, build_table_service

@@ -10,6 +10,7 @@ import logging
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from sandbox.local_host.admin_api import ADMIN_FUNCTIONS_PATH, AdminApi
 from sandbox.local_host.eventgrid_webhook import WEBHOOK_PATH, EventGridWebhook
@@ -95,6 +96,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._serve()
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET  # noqa: N815
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, QUERY, ...) reaches the router too, which answers 404 for a
+        # method no function accepts, as the Functions host does; the stdlib would say 501.
+        if name.startswith("do_") and name[3:].isalpha() and name[3:].isupper():
+            return self._serve
+        raise AttributeError(name)
 
     def _serve(self) -> None:
         try:

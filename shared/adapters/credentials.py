@@ -1,4 +1,5 @@
-"""Credentials (azure-identity), built on first use, one per process and identity.
+"""Credentials (azure-identity). The composition root (shared/bootstrap.py) builds each once
+per process, on first use.
 
 In Azure (the platform sets IDENTITY_ENDPOINT for the app's managed identity) the app uses
 ManagedIdentityCredential with the configured client id. Outside Azure it uses
@@ -8,7 +9,6 @@ the instance metadata endpoint from a developer machine.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import TYPE_CHECKING
 
@@ -27,14 +27,12 @@ def running_with_platform_identity() -> bool:
     return any(os.environ.get(name) for name in PLATFORM_IDENTITY_VARIABLES)
 
 
-@functools.cache
 def _managed_identity(client_id: str | None) -> TokenCredential:
     from azure.identity import ManagedIdentityCredential
 
     return ManagedIdentityCredential(client_id=client_id)
 
 
-@functools.cache
 def _developer(authority_host: str) -> TokenCredential:
     from azure.identity import DefaultAzureCredential
 

@@ -853,9 +853,16 @@ class Orchestrator:
     def _move(
         self, row: MachineRecord, action: MachineAction, detail: str, **changes: Any
     ) -> MachineRecord:
-        """Record `action` on the freshest copy of the machine's row."""
+        """Record `action` on the freshest copy of the machine's row, unless another worker
+        recorded it already (a step seen twice is recorded once)."""
         now = self.clock.now()
-        return self._save_latest(row, lambda r: r.moved_to(action, now, detail, **changes))
+
+        def change(current: MachineRecord) -> MachineRecord:
+            if current.action is action:
+                return current
+            return current.moved_to(action, now, detail, **changes)
+
+        return self._save_latest(row, change)
 
     def _save_failure(
         self, row: MachineRecord, action: MachineAction, error: AzureCallFailed
@@ -883,8 +890,11 @@ class Orchestrator:
         """Apply `change` to the freshest copy of the row (re-read on a version conflict)."""
         current = row
         for _ in range(MAX_CONFLICT_RETRIES):
+            updated = change(current)
+            if updated is current:
+                return current  # nothing to record
             try:
-                return self.ledger.save_machine(change(current))
+                return self.ledger.save_machine(updated)
             except LedgerConflict:
                 fresh = self.ledger.find_machine(row.run_id, row.resource_id)
                 if fresh is None:

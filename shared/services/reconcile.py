@@ -112,12 +112,12 @@ class Reconciler:
     policy: OrchestrationPolicy
     target_subscriptions: tuple[str, ...] = ()
     target_configurations: tuple[ConfigurationId, ...] = ()
-    holder: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def tick(self, past_due: bool = False) -> TickSummary:
         """One reconcile pass; skipped when another tick holds the lease."""
         now = self.clock.now()
-        if not self.ledger.acquire_lease(LEASE, self.holder, now, LEASE_DURATION):
+        holder = uuid.uuid4().hex  # one per tick: two ticks of one instance also exclude
+        if not self.ledger.acquire_lease(LEASE, holder, now, LEASE_DURATION):
             log.info("Reconcile skipped: another tick is running")
             return TickSummary(skipped=True)
         if past_due:
@@ -136,7 +136,7 @@ class Reconciler:
             for run in self.ledger.list_runs():
                 self._redrive(run, now, summary)
         finally:
-            self.ledger.release_lease(LEASE, self.holder)
+            self.ledger.release_lease(LEASE, holder)
         log.info(
             "Reconcile: %d platform runs, %d updated, %d to wrap-up, %d pre events missed,"
             " %d re-driven, %d stuck",
@@ -173,14 +173,9 @@ class Reconciler:
         changed = replace(run, platform_status=status or run.platform_status)
         if status in CANCELLED and run.cancel_source is None:
             changed = replace(changed, cancel_source=cancel_source_of(record.message))
-        if status in UNDER_WAY and run.pre_event_at is None and not run.pre_event_missed:
+        missed = status in UNDER_WAY and run.pre_event_at is None and not run.pre_event_missed
+        if missed:
             changed = replace(changed, pre_event_missed=True)
-            summary.missed_pre_events.append(run.run_id.text)
-            self._note(
-                run.run_id,
-                NoteLevel.WARNING,
-                f"the platform shows the run {status} but no pre event was received",
-            )
         if changed == run and run.version is not None:
             return run
         try:
@@ -188,6 +183,14 @@ class Reconciler:
         except LedgerConflict:
             return None  # an event or task wrote first; the next tick looks again
         summary.updated.append(run.run_id.text)
+        if missed:
+            # Noted only once the flag is stored: a tick that lost the race says nothing.
+            summary.missed_pre_events.append(run.run_id.text)
+            self._note(
+                run.run_id,
+                NoteLevel.WARNING,
+                f"the platform shows the run {status} but no pre event was received",
+            )
         return stored
 
     def _hand_over(self, run: Run, now: datetime, summary: TickSummary) -> None:

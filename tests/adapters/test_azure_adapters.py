@@ -17,6 +17,8 @@ from shared.adapters.credentials import azure_credential, running_with_platform_
 from shared.adapters.log_analytics import LogAnalyticsHeartbeats
 from shared.adapters.maintenance import MaintenanceRuns
 from shared.adapters.resource_graph import ResourceGraphMachines
+from shared.bootstrap import Container
+from shared.config import Settings
 from shared.domain.errors import CancelRefused, ResourceGraphQueryRefused
 from shared.domain.ids import InvalidId, MachineId, RunId
 from shared.domain.machines import OperationOutcome, PowerState
@@ -309,9 +311,19 @@ def test_partial_results_are_used_and_flagged(fake: FakeAzure) -> None:
 
 def test_with_a_platform_identity_the_app_uses_the_managed_identity(fake: FakeAzure) -> None:
     assert running_with_platform_identity()
-    credential = azure_credential(CLIENT_ID, "https://login.microsoftonline.com")
+    container = Container(
+        settings=Settings.from_environ(
+            {
+                "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+                "MANAGED_IDENTITY_CLIENT_ID": CLIENT_ID,
+                "ARM_ENDPOINT": fake.url,
+            }
+        )
+    )
+    credential = container.credential
     assert isinstance(credential, ManagedIdentityCredential)
-    assert azure_credential(CLIENT_ID, "https://login.microsoftonline.com") is credential
+    assert container.credential is credential  # one credential per process
+    assert container.resource_graph is container.resource_graph
     token = credential.get_token(fake.credential_scope)
     assert token.token
 
