@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # checkov pins packages that clash with the app's SDKs, so it gets a venv of its own.
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: test lint typecheck unit infra-check fmt clean
+.PHONY: test lint typecheck unit infra-check fmt clean run serve event
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,17 @@ infra-check: $(CHECKOV_VENV)/.installed
 	bash infra/check.sh
 
 test: lint typecheck unit infra-check
+
+# The whole product on this machine (Azurite, fake Azure, local host): four runs, checked.
+run: $(VENV)/.installed node_modules/.installed
+	$(PY) -m sandbox.demo run
+
+# The same stack, kept up for manual use; `make event KIND=pre RUN=linux` talks to it.
+serve: $(VENV)/.installed node_modules/.installed
+	$(PY) -m sandbox.demo serve
+
+event: $(VENV)/.installed
+	$(PY) -m sandbox.demo event $(KIND) $(RUN)
 
 fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .

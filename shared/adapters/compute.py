@@ -29,6 +29,7 @@ from shared.domain.platform import MachineFacts
 
 log = logging.getLogger(__name__)
 
+WRITE_RETRIES = 30
 ARC_NOTE = "Arc-enabled server: its power is not managed by Azure, so the app cannot start it"
 
 
@@ -72,6 +73,10 @@ class ComputeMachines:
         cls, credential: TokenCredential, arm_endpoint: str, **client_options: Any
     ) -> ComputeMachines:
         """Clients on `arm_endpoint`; options tune retries and polling (polling_interval)."""
+        # ARM's write throttle answers 429 with Retry-After for as long as a fleet takes to
+        # drain the subscription's bucket: keep waiting (as Retry-After says) instead of giving
+        # the machine back to the queue after azure-core's default 10 tries.
+        options = {"retry_total": WRITE_RETRIES, **client_options}
         return cls(
             PerSubscription(
                 lambda **kw: ComputeManagementClient(
@@ -80,7 +85,7 @@ class ComputeMachines:
                     credential_scopes=[f"{arm_endpoint}/.default"],
                     **kw,
                 ),
-                **client_options,
+                **options,
             )
         )
 

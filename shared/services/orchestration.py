@@ -72,8 +72,8 @@ GATE_COUNTED = (
 )
 APP = "app"
 # Throttled or unanswered machines go into a new task this much later, at most this often.
-TRANSIENT_RETRY = timedelta(seconds=10)
-MAX_TRANSIENT_ROUNDS = 60
+TRANSIENT_RETRY = timedelta(seconds=3)
+MAX_TRANSIENT_ROUNDS = 200
 
 
 @dataclass
