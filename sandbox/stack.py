@@ -7,7 +7,6 @@ Used by the end-to-end tests, the fan-out benchmark and `make run` / `make serve
 from __future__ import annotations
 
 import contextlib
-import json
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -210,8 +209,3 @@ def _reset_container() -> None:
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def describe(document: Any) -> str:
-    """Pretty JSON for logs."""
-    return json.dumps(document, indent=2, default=str)

@@ -121,18 +121,13 @@ class ComputeMachines:
 
     def begin_start(self, machine: MachineId | str) -> PowerOperation:
         """Start a VM; an Arc machine is answered NotStartable without a request."""
-        target = _machine(machine)
-        if target.is_arc:
-            return PowerOperation(
-                target, None, OperationResult(OperationOutcome.NOT_STARTABLE, None, ARC_NOTE)
-            )
-        client = self._clients.for_subscription(target.subscription_id)
-        with translated("Compute"):
-            poller = client.virtual_machines.begin_start(target.resource_group, target.name)
-        return PowerOperation(target, poller)
+        return self._begin_power(machine, "begin_start")
 
     def begin_deallocate(self, machine: MachineId | str) -> PowerOperation:
         """Deallocate a VM (stop and release compute); Arc machines are not touched."""
+        return self._begin_power(machine, "begin_deallocate")
+
+    def _begin_power(self, machine: MachineId | str, operation: str) -> PowerOperation:
         target = _machine(machine)
         if target.is_arc:
             return PowerOperation(
@@ -140,7 +135,8 @@ class ComputeMachines:
             )
         client = self._clients.for_subscription(target.subscription_id)
         with translated("Compute"):
-            poller = client.virtual_machines.begin_deallocate(target.resource_group, target.name)
+            begin = getattr(client.virtual_machines, operation)
+            poller: LROPoller[Any] = begin(target.resource_group, target.name)
         return PowerOperation(target, poller)
 
     def begin_snapshot_os_disk(

@@ -28,7 +28,9 @@ class WebhookNotifier:
             status_forcelist=(429, 500, 502, 503, 504),
             respect_retry_after_header=True,
         )
-        self._session.mount("https://", HTTPAdapter(max_retries=retry))
+        adapter = HTTPAdapter(max_retries=retry)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)  # settings allow https only; tests use http
 
     def send(self, summary: Mapping[str, Any]) -> None:
         """Deliver the summary; raise if the webhook never accepts it."""

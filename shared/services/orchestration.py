@@ -70,7 +70,6 @@ GATE_COUNTED = (
     MachineAction.START_FAILED,
     MachineAction.PLANNED,
 )
-APP = "app"
 # Throttled or unanswered machines go into a new task this much later, at most this often.
 TRANSIENT_RETRY = timedelta(seconds=3)
 MAX_TRANSIENT_ROUNDS = 200
@@ -247,6 +246,10 @@ class Orchestrator:
         )
         if row.action not in (MachineAction.PLANNED, MachineAction.STARTING):
             return row, None  # handled by an earlier delivery
+        if row.action is MachineAction.STARTING and self._intent_is_fresh(row):
+            # Another worker wrote "Starting" moments ago and may be calling Azure right now;
+            # verify settles it. Only an intent older than any call can take is a dead worker's.
+            return row, None
         if row.kind is not MachineKind.VIRTUAL_MACHINE:
             return self.ledger.save_machine(
                 row.moved_to(
@@ -385,29 +388,44 @@ class Orchestrator:
         )
 
     def _record_start(self, row: MachineRecord, result: OperationResult) -> None:
+        self._record_result(
+            row,
+            result,
+            MachineAction.STARTED,
+            MachineAction.START_FAILED,
+            PowerState.RUNNING,
+            "start",
+        )
+
+    def _record_result(
+        self,
+        row: MachineRecord,
+        result: OperationResult,
+        done: MachineAction,
+        failed: MachineAction,
+        state: PowerState,
+        verb: str,
+    ) -> bool:
+        """Record how a start or deallocate ended; True when it succeeded."""
         if result.outcome is OperationOutcome.STILL_RUNNING:
-            return  # verify settles it from the power state
+            return False  # verify (or the next stop task) settles it from the power state
         if result.succeeded:
-            self._move(
-                row,
-                MachineAction.STARTED,
-                "start succeeded",
-                last_power_state=PowerState.RUNNING.value,
-            )
-        else:
-            self._move(
-                row,
-                MachineAction.START_FAILED,
-                f"start failed: {result.code}",
-                error_code=result.code,
-                error_message=result.message,
-            )
-            self._note(
-                row.run_id,
-                NoteLevel.ERROR,
-                "start",
-                f"{row.resource_id} did not start: {result.code}: {result.message}",
-            )
+            self._move(row, done, f"{verb} succeeded", last_power_state=state.value)
+            return True
+        self._move(
+            row,
+            failed,
+            f"{verb} failed: {result.code}",
+            error_code=result.code,
+            error_message=result.message,
+        )
+        self._note(
+            row.run_id,
+            NoteLevel.ERROR,
+            verb,
+            f"{row.resource_id}: {verb} failed: {result.code}: {result.message}",
+        )
+        return False
 
     def _snapshot(self, run_id: RunId, machine: MachineId) -> OperationResult:
         name = f"{machine.name}-osdisk-um-{run_id.run_name}"[:80]
@@ -432,6 +450,16 @@ class Orchestrator:
         unsettled += [r for r in updated if r.last_power_state != PowerState.RUNNING]
         now = self.clock.now()
         deadline = machines_running_deadline(run.scheduled_start)
+        orphaned = [
+            MachineId.parse(r.resource_id)
+            for r in updated
+            if r.action is MachineAction.STARTING
+            and not self._intent_is_fresh(r)
+            and r.last_power_state in (PowerState.DEALLOCATED, PowerState.STOPPED)
+        ]
+        if orphaned and now < run.scheduled_start:
+            # Their worker died before its start call reached Azure: start them again.
+            self.queue.send(Task(TaskKind.START, run.run_id, tuple(orphaned), task.round))
         if not unsettled or now >= deadline:
             self.queue.send(Task(TaskKind.GATE, run.run_id))
             return
@@ -618,28 +646,15 @@ class Orchestrator:
         )
         finished = self._wait_all(started)
         for row, result in finished:
-            if result.succeeded:
-                self._move(
-                    row,
-                    MachineAction.DEALLOCATED,
-                    "deallocated",
-                    last_power_state=PowerState.DEALLOCATED.value,
-                )
+            if self._record_result(
+                row,
+                result,
+                MachineAction.DEALLOCATED,
+                MachineAction.DEALLOCATE_FAILED,
+                PowerState.DEALLOCATED,
+                "deallocate",
+            ):
                 self._release(run.run_id, MachineId.parse(row.resource_id))
-            elif result.outcome is not OperationOutcome.STILL_RUNNING:
-                self._move(
-                    row,
-                    MachineAction.DEALLOCATE_FAILED,
-                    f"deallocate failed: {result.code}",
-                    error_code=result.code,
-                    error_message=result.message,
-                )
-                self._note(
-                    run.run_id,
-                    NoteLevel.ERROR,
-                    "stop",
-                    f"{row.resource_id} was not deallocated: {result.code}: {result.message}",
-                )
 
     def _stop_one(
         self, run_id: RunId, machine: MachineId
@@ -647,6 +662,8 @@ class Orchestrator:
         row = self.ledger.find_machine(run_id, machine.text)
         if row is None or not row.action.owned_by_run:
             return row or MachineRecord.planned(run_id, machine.text, self.clock.now()), None
+        if row.action is MachineAction.DEALLOCATING and self._intent_is_fresh(row):
+            return row, None  # another worker is deallocating it; finish waits for it
         if self._hand_over(run_id, row):
             return self.ledger.find_machine(run_id, machine.text) or row, None
         now = self.clock.now()
@@ -710,6 +727,13 @@ class Orchestrator:
         now = self.clock.now()
         started = run.wrap_up_started_at or now
         if busy and now - started < self.policy.wrap_up_wait:
+            orphaned = tuple(
+                MachineId.parse(r.resource_id)
+                for r in busy
+                if r.action is MachineAction.DEALLOCATING and not self._intent_is_fresh(r)
+            )
+            if orphaned:
+                self.queue.send(Task(TaskKind.STOP, run.run_id, orphaned, task.round))
             self.queue.send(task.next_round(), self.policy.arg_retry)
             return
         health = self._health(run, rows, now)
@@ -883,6 +907,12 @@ class Orchestrator:
                 error_message=error.message,
             ),
         )
+
+    def _intent_is_fresh(self, row: MachineRecord) -> bool:
+        """Written so recently that its worker may still be calling Azure (no call, throttle
+        retries included, outlasts OPERATION_WAIT_SECONDS plus a minute)."""
+        lease = timedelta(seconds=self.policy.operation_wait_seconds + 60)
+        return self.clock.now() - row.updated_at < lease
 
     def _save_latest(
         self, row: MachineRecord, change: Callable[[MachineRecord], MachineRecord]

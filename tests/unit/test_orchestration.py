@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.domain.errors import AzureCallFailed
+from shared.domain.errors import AzureCallFailed, NotificationFailed
 from shared.domain.events import EventKind, parse_event
 from shared.domain.ids import MachineId, RunId
 from shared.domain.machines import PowerState
@@ -308,11 +308,61 @@ def test_a_crash_after_the_start_call_does_not_start_twice() -> None:
     with pytest.raises(RuntimeError):
         world.work()
     # The queue hands the failed message out again.
+    # The queue hands the failed message out again at once: the intent is fresh (its worker
+    # might still be calling), so the retry leaves it to verify.
     world.queue.send(Task(TaskKind.START, RUN, (web,)))
     world.work()
     assert world.machines.count("start", web) == 1
     assert world.row(web).action is MachineAction.STARTED
+    assert world.row(web).history[-1][2] == "seen running"
+
+
+def test_a_retry_after_the_intent_lease_checks_the_vm_instead_of_starting_it() -> None:
+    world = World()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    crashed: list[bool] = []
+    real_save = world.ledger.save_machine
+
+    def crash_once_on_started(machine: MachineRecord) -> MachineRecord:
+        if machine.action is MachineAction.STARTED and not crashed:
+            crashed.append(True)
+            raise RuntimeError("worker died after calling Azure")
+        return real_save(machine)
+
+    world.ledger.save_machine = crash_once_on_started  # type: ignore[method-assign]
+    world.deliver(PRE)
+    with pytest.raises(RuntimeError):
+        world.work(until_minutes_before_start=34.9)
+    world.queue._heap.clear()  # verify was lost too
+    world.clock.advance(timedelta(minutes=6))  # past OPERATION_WAIT_SECONDS + 60 s
+    world.queue.send(Task(TaskKind.START, RUN, (web,)))
+    world.work()
+    assert world.machines.count("start", web) == 1
     assert "not started again" in world.row(web).history[-1][2]
+
+
+def test_a_worker_that_died_before_its_start_call_is_made_up_for() -> None:
+    world = World()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    real_start = world.machines.begin_start
+    died: list[bool] = []
+
+    def die_once(machine: MachineId) -> Any:
+        if not died:
+            died.append(True)
+            raise RuntimeError("worker died after writing Starting")
+        return real_start(machine)
+
+    world.machines.begin_start = die_once  # type: ignore[method-assign]
+    world.deliver(PRE)
+    with pytest.raises(RuntimeError):
+        world.work()
+    world.work()  # verify keeps looking; once the intent is stale it starts the VM again
+    assert world.machines.count("start", web) == 1
+    assert world.row(web).action is MachineAction.STARTED
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert run.gate_outcome == "Passed"
 
 
 def test_overlapping_runs_share_a_vm_and_ownership_passes_on() -> None:
@@ -411,3 +461,49 @@ def test_throttled_starts_are_retried_later_not_failed() -> None:
     run = world.ledger.find_run(RUN)
     assert run is not None
     assert run.gate_outcome == "Passed"
+
+
+def test_with_snapshots_on_each_vm_is_snapshotted_before_it_is_started() -> None:
+    world = World(snapshot_before_start=True)
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.work()
+    assert [verb for verb, key in world.machines.calls if key == web.key] == ["snapshot", "start"]
+
+
+def test_a_failing_webhook_never_holds_up_the_run() -> None:
+    world = World()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+
+    class DownWebhook:
+        def send(self, summary: Any) -> None:
+            raise NotificationFailed("webhook answered 503")
+
+    world.orchestrator.notifier = DownWebhook()
+    world.deliver(PRE)
+    world.work()
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    with pytest.raises(NotificationFailed):
+        world.work()  # the notify task fails and would be retried by the queue
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert run.status is RunStatus.COMPLETED
+    assert world.reports.get_report(RUN) is not None
+    assert world.machines.count("deallocate", web) == 1
+
+
+def test_a_poisoned_task_is_noted_in_the_run_and_its_report() -> None:
+    world = World()
+    world.fleet(web=PowerState.RUNNING)
+    world.deliver(PRE)
+    world.work()
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    world.orchestrator.note_poisoned(Task(TaskKind.NOTIFY, RUN), dequeue_count=5)
+    report = world.reports.get_report(RUN)
+    assert report is not None
+    assert report["notes"][-1]["source"] == "poison"
+    assert "failed 5 times" in report["notes"][-1]["message"]
+    assert any(n.source == "poison" for n in world.ledger.notes)
