@@ -138,7 +138,7 @@ class Stack:
         )
         answer.raise_for_status()
 
-    def settle(self, timeout: float = 60.0) -> None:
+    def settle(self, timeout: float = 120.0) -> None:
         """Wait until every queue is empty and nothing runs (delayed tasks included)."""
         if not self.host.wait_idle(timeout):
             raise TimeoutError(f"the stack did not settle within {timeout} s")

@@ -190,7 +190,9 @@ class Orchestrator:
         if run is None or run.status is not RunStatus.PREPARING:
             return
         started = _parallel(
-            self.policy.start_concurrency, lambda m: self._start_one_once(run, m), task.machines
+            self.policy.start_concurrency,
+            lambda m: self._unless_taken(run.run_id, m, lambda: self._start_one(run, m)),
+            task.machines,
         )
         self._retry_later(
             task,
@@ -224,18 +226,6 @@ class Orchestrator:
             task.kind.value,
             TRANSIENT_RETRY,
         )
-
-    def _start_one_once(
-        self, run: Run, machine: MachineId
-    ) -> tuple[MachineRecord, PowerOperationHandle | None]:
-        try:
-            return self._start_one(run, machine)
-        except LedgerConflict:
-            # Another delivery of this batch is on the same machine and wrote first; its row
-            # decides. Nothing was sent to Azure from here.
-            log.info("Run %s: %s is being handled by another worker", run.run_id.text, machine.text)
-            row = self.ledger.find_machine(run.run_id, machine.text)
-            return (row or MachineRecord.planned(run.run_id, machine.text, self.clock.now())), None
 
     def _start_one(
         self, run: Run, machine: MachineId
@@ -345,15 +335,12 @@ class Orchestrator:
                 last_power_state=str(state),
             )
         )
-        try:
-            return row, self.machines.begin_start(machine)
-        except AzureCallFailed as e:
-            if e.is_transient:
-                # Refused before it began (throttled) or unanswered: back to Planned, later.
-                return self._move(
-                    row, MachineAction.PLANNED, f"{e.service} answered {e.status}: will retry"
-                ), None
-            return self._save_failure(row, MachineAction.START_FAILED, e), None
+        return self._call(
+            row,
+            lambda: self.machines.begin_start(machine),
+            MachineAction.PLANNED,
+            MachineAction.START_FAILED,
+        )
 
     def _already_up(
         self,
@@ -639,7 +626,9 @@ class Orchestrator:
         if run is None or run.status is not RunStatus.WRAPPING_UP:
             return
         started = _parallel(
-            self.policy.start_concurrency, lambda m: self._stop_one(run.run_id, m), task.machines
+            self.policy.start_concurrency,
+            lambda m: self._unless_taken(run.run_id, m, lambda: self._stop_one(run.run_id, m)),
+            task.machines,
         )
         self._retry_later(
             task, run, [row for row, op in started if op is None and row.action in WATCHED]
@@ -692,14 +681,12 @@ class Orchestrator:
         row = self.ledger.save_machine(
             row.moved_to(MachineAction.DEALLOCATING, now, "deallocate requested")
         )
-        try:
-            return row, self.machines.begin_deallocate(machine)
-        except AzureCallFailed as e:
-            if e.is_transient:
-                return self._move(
-                    row, MachineAction.STARTED, f"{e.service} answered {e.status}: will retry"
-                ), None
-            return self._save_failure(row, MachineAction.DEALLOCATE_FAILED, e), None
+        return self._call(
+            row,
+            lambda: self.machines.begin_deallocate(machine),
+            MachineAction.STARTED,
+            MachineAction.DEALLOCATE_FAILED,
+        )
 
     def _release(self, run_id: RunId, machine: MachineId) -> None:
         for _ in range(MAX_CONFLICT_RETRIES):
@@ -863,6 +850,38 @@ class Orchestrator:
                 return
             except LedgerConflict:
                 continue
+
+    def _unless_taken(
+        self,
+        run_id: RunId,
+        machine: MachineId,
+        step: Callable[[], tuple[MachineRecord, PowerOperationHandle | None]],
+    ) -> tuple[MachineRecord, PowerOperationHandle | None]:
+        """Run a start or stop step for one machine; if another delivery of the same work wrote
+        the machine's row first (a version conflict), its row decides and nothing was sent."""
+        try:
+            return step()
+        except LedgerConflict:
+            log.info("Run %s: %s is being handled by another worker", run_id.text, machine.text)
+            row = self.ledger.find_machine(run_id, machine.text)
+            return (row or MachineRecord.planned(run_id, machine.text, self.clock.now())), None
+
+    def _call(
+        self,
+        row: MachineRecord,
+        call: Callable[[], PowerOperationHandle],
+        retry_as: MachineAction,
+        failed_as: MachineAction,
+    ) -> tuple[MachineRecord, PowerOperationHandle | None]:
+        """Send a power operation whose intent is recorded; a throttled or unanswered call
+        puts the row back (`retry_as`) for a later task, a refusal records the failure."""
+        try:
+            return row, call()
+        except AzureCallFailed as e:
+            if e.is_transient:
+                detail = f"{e.service} answered {e.status}: will retry"
+                return self._move(row, retry_as, detail), None
+            return self._save_failure(row, failed_as, e), None
 
     def _wait_all(
         self, started: Sequence[tuple[MachineRecord, PowerOperationHandle | None]]

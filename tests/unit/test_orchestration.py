@@ -115,6 +115,22 @@ class World:
         return found
 
 
+def crash_once_when_start_is_recorded(world: World) -> list[bool]:
+    """Our own ledger fails the first "Started" write: the worker dies after Azure was called
+    and before it recorded so. Returns the list that says whether it crashed."""
+    crashed: list[bool] = []
+    real_save = world.ledger.save_machine
+
+    def save(machine: MachineRecord) -> MachineRecord:
+        if machine.action is MachineAction.STARTED and not crashed:
+            crashed.append(True)
+            raise RuntimeError("worker died after calling Azure")
+        return real_save(machine)
+
+    world.ledger.save_machine = save  # type: ignore[method-assign]
+    return crashed
+
+
 def test_stopped_vms_are_started_and_running_ones_left_alone() -> None:
     world = World()
     web, db, app = world.fleet(
@@ -294,16 +310,7 @@ def test_gate_outside_the_window_records_too_late_and_does_not_cancel() -> None:
 def test_a_crash_after_the_start_call_does_not_start_twice() -> None:
     world = World()
     (web,) = world.fleet(web=PowerState.DEALLOCATED)
-    crashed: list[bool] = []
-    real_save = world.ledger.save_machine
-
-    def crash_once_on_started(machine: MachineRecord) -> MachineRecord:
-        if machine.action is MachineAction.STARTED and not crashed:
-            crashed.append(True)
-            raise RuntimeError("worker died after calling Azure")
-        return real_save(machine)
-
-    world.ledger.save_machine = crash_once_on_started  # type: ignore[method-assign]
+    crash_once_when_start_is_recorded(world)
     world.deliver(PRE)
     with pytest.raises(RuntimeError):
         world.work()
@@ -320,16 +327,7 @@ def test_a_crash_after_the_start_call_does_not_start_twice() -> None:
 def test_a_retry_after_the_intent_lease_checks_the_vm_instead_of_starting_it() -> None:
     world = World()
     (web,) = world.fleet(web=PowerState.DEALLOCATED)
-    crashed: list[bool] = []
-    real_save = world.ledger.save_machine
-
-    def crash_once_on_started(machine: MachineRecord) -> MachineRecord:
-        if machine.action is MachineAction.STARTED and not crashed:
-            crashed.append(True)
-            raise RuntimeError("worker died after calling Azure")
-        return real_save(machine)
-
-    world.ledger.save_machine = crash_once_on_started  # type: ignore[method-assign]
+    crash_once_when_start_is_recorded(world)
     world.deliver(PRE)
     with pytest.raises(RuntimeError):
         world.work(until_minutes_before_start=34.9)
