@@ -393,16 +393,19 @@ class Orchestrator:
         state: PowerState,
         verb: str,
     ) -> bool:
-        """Record how a start or deallocate ended; True when it succeeded."""
+        """Record how a start or deallocate ended; True when it succeeded. Only a row still
+        waiting for this answer takes it: a wrap-up that began meanwhile is not undone."""
         if result.outcome is OperationOutcome.STILL_RUNNING:
             return False  # verify (or the next stop task) settles it from the power state
+        waiting = (row.action,)
         if result.succeeded:
-            self._move(row, done, f"{verb} succeeded", last_power_state=state.value)
+            self._move(row, done, f"{verb} succeeded", waiting, last_power_state=state.value)
             return True
         self._move(
             row,
             failed,
             f"{verb} failed: {result.code}",
+            waiting,
             error_code=result.code,
             error_message=result.message,
         )
@@ -894,14 +897,20 @@ class Orchestrator:
         )
 
     def _move(
-        self, row: MachineRecord, action: MachineAction, detail: str, **changes: Any
+        self,
+        row: MachineRecord,
+        action: MachineAction,
+        detail: str,
+        only_from: tuple[MachineAction, ...] = (),
+        **changes: Any,
     ) -> MachineRecord:
         """Record `action` on the freshest copy of the machine's row, unless another worker
-        recorded it already (a step seen twice is recorded once)."""
+        recorded it already (a step seen twice is recorded once) or, with `only_from`, the row
+        has moved on from those actions meanwhile (an answer that came too late to matter)."""
         now = self.clock.now()
 
         def change(current: MachineRecord) -> MachineRecord:
-            if current.action is action:
+            if current.action is action or (only_from and current.action not in only_from):
                 return current
             return current.moved_to(action, now, detail, **changes)
 

@@ -14,7 +14,7 @@ import pytest
 from shared.domain.errors import AzureCallFailed, NotificationFailed
 from shared.domain.events import EventKind, parse_event
 from shared.domain.ids import MachineId, RunId
-from shared.domain.machines import PowerState
+from shared.domain.machines import OperationOutcome, OperationResult, PowerState
 from shared.domain.policy import OptOutTag, OrchestrationPolicy
 from shared.domain.runs import MachineAction, MachineRecord, RunStatus
 from shared.domain.tasks import Task, TaskKind
@@ -505,3 +505,17 @@ def test_a_poisoned_task_is_noted_in_the_run_and_its_report() -> None:
     assert report["notes"][-1]["source"] == "poison"
     assert "failed 5 times" in report["notes"][-1]["message"]
     assert any(n.source == "poison" for n in world.ledger.notes)
+
+
+def test_a_start_answer_that_comes_after_wrap_up_began_does_not_undo_it() -> None:
+    world = World()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.work()
+    starting = world.row(web).moved_to(MachineAction.STARTING, world.clock.now(), "stale copy")
+    # Meanwhile wrap-up deallocated the VM; then the old start answer arrives.
+    world.ledger.save_machine(
+        world.row(web).moved_to(MachineAction.DEALLOCATED, world.clock.now(), "deallocated")
+    )
+    world.orchestrator._record_start(starting, OperationResult(OperationOutcome.SUCCEEDED))
+    assert world.row(web).action is MachineAction.DEALLOCATED
