@@ -5,15 +5,14 @@ One blob per run: `<subscription>/<resource group>/<configuration>/<run name>.js
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
+from shared.adapters.created_once import CreatedOnce
 from shared.config import StorageConnection
 from shared.domain.errors import StorageUnavailable
 from shared.domain.ids import RunId
@@ -50,14 +49,13 @@ class BlobReportStore:
 
     def __init__(self, container: ContainerClient) -> None:
         self._container = container
-        self._ready = False
-        self._lock = threading.Lock()
+        self._created = CreatedOnce(self._container.create_container)
 
     def save_report(self, run_id: RunId, report: Mapping[str, Any]) -> str:
         """Write (or overwrite) the run's report; returns its URL."""
         blob = self._container.get_blob_client(report_blob_name(run_id))
         try:
-            self._ensure_container()
+            self._created.ensure()
             blob.upload_blob(
                 json.dumps(report, indent=2, default=str).encode(),
                 overwrite=True,
@@ -77,12 +75,3 @@ class BlobReportStore:
         except AzureError as e:
             raise StorageUnavailable(f"could not read the report of {run_id.text}: {e}") from e
         return document
-
-    def _ensure_container(self) -> None:
-        if self._ready:
-            return
-        with self._lock:
-            if not self._ready:
-                with contextlib.suppress(ResourceExistsError):
-                    self._container.create_container()
-                self._ready = True

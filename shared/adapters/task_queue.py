@@ -6,15 +6,14 @@ expects. A delay is the message's initial visibility timeout.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import AzureError
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
+from shared.adapters.created_once import CreatedOnce
 from shared.config import StorageConnection
 from shared.domain.errors import StorageUnavailable
 from shared.domain.tasks import Task
@@ -52,25 +51,15 @@ class StorageTaskQueue:
 
     def __init__(self, client: QueueClient) -> None:
         self._client = client
-        self._ready = False
-        self._lock = threading.Lock()
+        self._created = CreatedOnce(self._client.create_queue)
 
     def send(self, task: Task, delay: timedelta = timedelta(0)) -> None:
         """Enqueue `task`, visible after `delay` (at most 7 days)."""
         seconds = math.ceil(min(max(delay, timedelta(0)), MAX_DELAY).total_seconds())
         try:
-            self._ensure_queue()
+            self._created.ensure()
             self._client.send_message(task.to_json(), visibility_timeout=seconds or None)
         except AzureError as e:
             raise StorageUnavailable(
                 f"could not enqueue {task.kind} for {task.run_id.text}: {e}"
             ) from e
-
-    def _ensure_queue(self) -> None:
-        if self._ready:
-            return
-        with self._lock:
-            if not self._ready:
-                with contextlib.suppress(ResourceExistsError):
-                    self._client.create_queue()
-                self._ready = True

@@ -55,7 +55,6 @@ STATUS_WORDS = {
     "skipped": "Skipped",
     "retrynow": "RetryNow",
     "retrylater": "RetryLater",
-    "nouppdatespending": "NoUpdatesPending",
     "noupdatespending": "NoUpdatesPending",
 }
 FINISHED = frozenset(
