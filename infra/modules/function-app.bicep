@@ -119,57 +119,15 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   }
 }
 
-// App Service authentication (Microsoft Entra ID) in front of the operator API: it validates the
-// caller's bearer token, strips any x-ms-client-principal* header a client sent and sets its own,
-// and the app sees WEBSITE_AUTH_ENABLED=True. Only then does the app believe those headers
-// (CANCEL_ALLOWED_CALLERS). Function keys are still required on every HTTP function.
-// The Event Grid webhook is excluded: Event Grid presents the extension's system key, never an
-// Entra token. Queue delivery and the task queue are not HTTP, so authentication never sees them.
-resource authentication 'Microsoft.Web/sites/config@2024-04-01' = if (!empty(authenticationClientId)) {
-  // checkov:skip=CKV_AZURE_13: checkov knows only the V1 authsettings shape (properties.enabled); this is authsettingsV2, on through platform.enabled (tests/infra checks it).
-  // checkov:skip=CKV_AZURE_70: checkov cannot read a conditional sites/config (it fails with KeyError); httpSettings.requireHttps is true here and httpsOnly is set on the site.
-  // checkov:skip=CKV_AZURE_63: a check of the 'web' config (HTTP logging) that checkov applies to every sites/config; this one holds authentication only.
-  // checkov:skip=CKV_AZURE_65: a check of the 'web' config (detailed errors) that checkov applies to every sites/config; this one holds authentication only.
-  // checkov:skip=CKV_AZURE_66: a check of the 'web' config (failed request tracing) that checkov applies to every sites/config; this one holds authentication only.
-  // checkov:skip=CKV_AZURE_80: a check of the 'web' config (.NET version) that checkov applies to every sites/config; the app is Python.
-  // checkov:skip=CKV_AZURE_88: a check of the 'web' config (Azure Files) that checkov applies to every sites/config; Flex Consumption has no Azure Files mount.
-  // checkov:skip=CKV_AZURE_222: public network access is a property of the site (skipped there with the reason); this resource holds authentication only.
-  parent: site
-  name: 'authsettingsV2'
-  properties: {
-    platform: {
-      enabled: true
-    }
-    globalValidation: {
-      requireAuthentication: true
-      unauthenticatedClientAction: 'Return401'
-      excludedPaths: [
-        '/runtime/webhooks/eventgrid'
-      ]
-    }
-    httpSettings: {
-      requireHttps: true
-    }
-    identityProviders: {
-      azureActiveDirectory: {
-        enabled: true
-        registration: {
-          clientId: authenticationClientId
-          openIdIssuer: '${environment().authentication.loginEndpoint}${authenticationTenantId}/v2.0'
-        }
-        validation: {
-          allowedAudiences: [
-            'api://${authenticationClientId}'
-          ]
-        }
-      }
-    }
-    login: {
-      // An API: callers bring their own token; nothing to store.
-      tokenStore: {
-        enabled: false
-      }
-    }
+// App Service authentication (Microsoft Entra ID) in front of the operator API, only when a client
+// id is given (app-authentication.bicep says what it does). A module rather than a conditional
+// resource, so that checkov's parser reads the settings themselves.
+module authentication 'app-authentication.bicep' = if (!empty(authenticationClientId)) {
+  name: '${name}-authentication'
+  params: {
+    siteName: site.name
+    clientId: authenticationClientId
+    tenantId: authenticationTenantId
   }
 }
 

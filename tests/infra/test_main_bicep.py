@@ -27,6 +27,7 @@ FUNCTION_APP = "modules/function-app.bicep"
 STORAGE = "modules/storage.bicep"
 MONITORING = "modules/monitoring.bicep"
 ROLES = "modules/role-definitions.bicep"
+AUTHENTICATION = "modules/app-authentication.bicep"
 
 # Keys of local.settings.sample.json that are deliberately not app settings in Azure, and why.
 NOT_APP_SETTINGS_IN_AZURE = {
@@ -395,16 +396,24 @@ def _assert_grants(relative: str, custom_role_param: str) -> None:
 
 
 def _authentication() -> dict[str, Any]:
-    return resource(FUNCTION_APP, "authentication")
+    return resource(AUTHENTICATION, "authentication")
 
 
 def test_authentication_is_deployed_only_when_a_client_id_is_given() -> None:
     assert param(MAIN, "authenticationClientId")["default"] == ""
-    config = _authentication()["config"]
-    assert render(config["condition"]) == "!empty(authenticationClientId)"
     params = body(module(MAIN, "functionApp"))["params"]
     assert render(params["authenticationClientId"]) == "authenticationClientId"
     assert render(params["authenticationTenantId"]) == "tenant().tenantId"
+    wiring = module(FUNCTION_APP, "authentication")
+    assert render(wiring["config"]["condition"]) == "!empty(authenticationClientId)"
+    assert {k: render(v) for k, v in body(wiring)["params"].items()} == {
+        "siteName": "site.name",
+        "clientId": "authenticationClientId",
+        "tenantId": "authenticationTenantId",
+    }
+    site = resource(AUTHENTICATION, "site")
+    assert site["existing"] is True
+    assert render(body(site)["name"]) == "siteName"
 
 
 def test_authentication_is_entra_id_on_the_app_with_the_api_audience() -> None:
@@ -417,15 +426,12 @@ def test_authentication_is_entra_id_on_the_app_with_the_api_audience() -> None:
     assert properties["httpSettings"]["requireHttps"] is True
     entra = properties["identityProviders"]["azureActiveDirectory"]
     assert entra["enabled"] is True
-    assert render(entra["registration"]["clientId"]) == "authenticationClientId"
-    assert render(entra["registration"]["openIdIssuer"]).endswith("/v2.0")
-    assert "authenticationTenantId" in render(entra["registration"]["openIdIssuer"])
+    assert render(entra["registration"]["clientId"]) == "clientId"
+    assert render(entra["registration"]["openIdIssuer"]).endswith("${tenantId}/v2.0")
     assert "environment().authentication.loginEndpoint" in render(
         entra["registration"]["openIdIssuer"]
     )
-    assert [render(a) for a in entra["validation"]["allowedAudiences"]] == [
-        "api://${authenticationClientId}"
-    ]
+    assert [render(a) for a in entra["validation"]["allowedAudiences"]] == ["api://${clientId}"]
     # No client secret: the API only validates bearer tokens, it never signs anyone in.
     assert "clientSecretSettingName" not in entra["registration"]
     assert properties["login"]["tokenStore"]["enabled"] is False
