@@ -224,7 +224,6 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "False",
         "Set by App Service when its authentication is on (`True`); only then are the "
         "x-ms-client-principal headers trusted. Do not set it yourself in Azure.",
-        "platform",
     ),
     SettingSpec(
         "CANCEL_SAFETY_MARGIN_SECONDS",
@@ -247,7 +246,7 @@ class DisabledFeature:
 
     def describe(self) -> str:
         """One line for the log and for answers: names the setting, never a secret's value."""
-        return f"{self.feature} is off: setting {self.setting} {self.problem}"
+        return f"{self.feature}: off, because setting {self.setting} {self.problem}"
 
 
 @dataclass(frozen=True)

@@ -307,7 +307,7 @@ def test_a_malformed_webhook_or_workspace_turns_off_only_its_feature_and_is_neve
     assert report["health"]["checked"] is False
     assert [power(stack, m) for m in STOPPED] == ["deallocated"] * 3
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any("Run notifications is off: setting NOTIFY_WEBHOOK_URL" in e for e in errors)
+    assert any("Run notifications: off, because setting NOTIFY_WEBHOOK_URL" in e for e in errors)
     assert any("setting LOG_ANALYTICS_WORKSPACE_ID" in e for e in errors)
     assert any("'my-workspace'" in e for e in errors)  # not a secret: shown to help
     _assert_nowhere(
