@@ -262,7 +262,7 @@ def test_times_are_read_as_azure_writes_them(text: str, expected: datetime) -> N
     ],
 )
 def test_times_at_the_ends_of_the_calendar_are_refused_not_crashed_on(value: str) -> None:
-    with pytest.raises(InvalidEvent, match="data.EndDateTime"):
+    with pytest.raises(InvalidEvent, match=r"data\.EndDateTime"):
         parse_time(value, "data.EndDateTime")
     assert "EndDateTime" in refusal(event_grid_event(PRE, EndDateTime=value))
 
