@@ -99,7 +99,10 @@ def _take_in(parse: Callable[[], MaintenanceEvent], channel: str) -> IntakeOutco
         )
         return None
     services = bootstrap.container()
-    outcome = take_in_event(event, services.ledger, services.clock)
+    # Resource Graph is asked (and its client built) only about a post event before its run.
+    early_post = event.kind is EventKind.POST and services.clock.now() < event.run.scheduled_start
+    graph = services.resource_graph if early_post else None
+    outcome = take_in_event(event, services.ledger, services.clock, graph)
     task = follow_up(event, outcome)
     if task is not None:
         services.task_queue.send(task, preparation_delay(task, services.clock.now()))

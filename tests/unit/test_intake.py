@@ -1,11 +1,14 @@
 import dataclasses
+from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
-from shared.domain.errors import LedgerConflict
+from shared.domain.errors import AzureCallFailed, LedgerConflict
 from shared.domain.events import EventKind, parse_event
 from shared.domain.ids import RunId
+from shared.domain.platform import PlatformRun
 from shared.domain.runs import NoteLevel, Run, RunStatus
 from shared.domain.tasks import MAX_TASK_DELAY, Task, TaskKind
 from shared.services.intake import (
@@ -24,6 +27,7 @@ from tests.builders import (
     InMemoryRunLedger,
     event_grid_event,
 )
+from tests.fakes import FakeGraph
 
 ANY = frozenset(EventKind)
 RUN = RunId.parse(CORRELATION_ID)
@@ -199,3 +203,23 @@ def test_a_prepare_task_is_held_until_t_minus_40_in_hops_the_queue_allows(
     now = START - before_start
     assert preparation_delay(Task(TaskKind.PREPARE, RUN), now) == delay
     assert preparation_delay(Task(TaskKind.WRAP_UP, RUN), now) == timedelta(0)
+
+
+def test_an_early_post_event_counts_when_resource_graph_already_shows_the_run_ended() -> None:
+    ledger, clock = InMemoryRunLedger(), FixedClock(START - timedelta(minutes=20))
+    graph = FakeGraph()
+    graph.runs = [PlatformRun(RUN, "Canceled", None, None, "cancelled using cancellation API")]
+    outcome = take_in_event(parse_event(event_grid_event(POST), ANY), ledger, clock, graph)
+    assert not outcome.held
+    assert outcome.run is not None and outcome.run.status is RunStatus.POST_EVENT_RECEIVED
+    assert outcome.run.platform_status == "Cancelled"
+
+
+def test_an_early_post_event_is_held_when_resource_graph_cannot_be_read() -> None:
+    class FailingGraph(FakeGraph):
+        def list_runs(self, configurations: object, subscriptions: object) -> Iterator[Any]:
+            raise AzureCallFailed("Resource Graph", 503, "ServiceUnavailable", "try later")
+
+    ledger, clock = InMemoryRunLedger(), FixedClock(START - timedelta(minutes=20))
+    outcome = take_in_event(parse_event(event_grid_event(POST), ANY), ledger, clock, FailingGraph())
+    assert outcome.held
