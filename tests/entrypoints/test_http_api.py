@@ -370,3 +370,23 @@ def test_the_openapi_document_is_served_and_lists_every_route() -> None:
         "/runs/{configuration}/{runName}",
         "/openapi.json",
     }
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        "%%% not base64 %%%",
+        base64.b64encode(b"[" * 5000).decode(),
+        base64.b64encode(b'{"claims": 5}').decode(),
+        base64.b64encode(b'{"claims": [{"typ": [1], "val": 2}]}').decode(),
+        base64.b64encode(b"\xff\xfe not utf-8").decode(),
+    ],
+)
+def test_a_malformed_principal_is_a_400_when_the_platform_authenticates(encoded: str) -> None:
+    api = Api(CANCEL_ALLOWED_CALLERS=OPS_OID, **AUTH_ON)
+    try:
+        response = api.cancel({"correlationId": CORRELATION_ID}, {"x-ms-client-principal": encoded})
+        assert_problem(response, 400)
+        assert api.canceller.cancelled == []
+    finally:
+        bootstrap.use(None)
