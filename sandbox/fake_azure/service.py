@@ -25,6 +25,7 @@ from .faults import (
     COMPUTE_UPDATE_VM_SUBSCRIPTION_POLICY,
     ErrorRule,
     FaultPlan,
+    ThrottleDecision,
 )
 from .identity import ARM_AUDIENCES, LOG_ANALYTICS_AUDIENCES, TokenError, TokenGrant, TokenStore
 from .kql_syntax import parse_datetime_literal
@@ -463,8 +464,10 @@ class FakeAzureService:
         vm = self.model.find_vm(vm_path)
         region = vm.location.lower() if vm is not None else "unknown"
         subscription_scope = f"{subscription}|{region}"
-        on_subscription = limits.per_subscription.take(subscription_scope)
-        on_vm = (
+        on_subscription: ThrottleDecision | ThrottleView = limits.per_subscription.take(
+            subscription_scope
+        )
+        on_vm: ThrottleDecision | ThrottleView = (
             limits.per_vm.take(vm_path)
             if on_subscription.allowed
             else ThrottleView(limits.per_vm.remaining(vm_path))
