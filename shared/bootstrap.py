@@ -222,6 +222,7 @@ class Container:
                 policy=self.settings.policy,
                 target_subscriptions=self.settings.target_subscription_ids,
                 target_configurations=self.settings.target_configuration_ids,
+                retention=self.settings.run_retention,
             ),
         )
 

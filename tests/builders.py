@@ -232,6 +232,9 @@ class InMemoryRunLedger:
             }.values()
         )
 
+    def ensure_indexed(self) -> int:
+        return 0
+
     def remove_runs_before(self, cutoff: datetime, limit: int) -> list[RunId]:
         old = [r for r in reversed(self._newest_first()) if r.scheduled_start < cutoff][:limit]
         for run in old:

@@ -90,6 +90,7 @@ INDEX_PARTITION = "runindex"
 INDEX_ALL = "all|"
 INDEX_OPEN = "open|"
 INDEX_CONFIGURATION = "configuration|"
+INDEX_DONE = "indexed"
 INDEX_RETRIES = 4
 # Newest first: the largest Unix time a run can have, minus its start.
 INVERTED_BASE = 9_999_999_999
@@ -303,6 +304,24 @@ class TableRunLedger:
         for run in self.list_runs():
             self._index_run(run)
             count += 1
+        return count
+
+    def ensure_indexed(self) -> int:
+        """Index the runs stored before the index existed, once per table (a marker row says
+        it was done); returns how many runs were indexed now."""
+        if self._get(INDEX_PARTITION, INDEX_DONE) is not None:
+            return 0
+        count = self.index_all_runs()
+        with contextlib.suppress(LedgerConflict):
+            self._write(
+                {
+                    "PartitionKey": INDEX_PARTITION,
+                    "RowKey": INDEX_DONE,
+                    "Kind": "runindex",
+                    "Runs": count,
+                },
+                None,
+            )
         return count
 
     def remove_runs_before(self, cutoff: datetime, limit: int) -> list[RunId]:

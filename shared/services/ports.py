@@ -75,6 +75,10 @@ class RunLedger(Protocol):
         """Every configuration the ledger has a run of."""
         ...
 
+    def ensure_indexed(self) -> int:
+        """Index runs stored before the ledger had an index (once); how many were indexed."""
+        ...
+
     def remove_runs_before(self, cutoff: datetime, limit: int) -> list[RunId]:
         """Delete up to `limit` runs scheduled before `cutoff`, with all their rows; returns
         the runs removed. Called again until it returns none, it removes them all."""

@@ -230,3 +230,35 @@ def test_a_page_and_a_single_run_cost_the_same_storage_requests_whatever_the_his
         save(ledger, run_id)
     assert cost_of_reads() == small == (1, 2)
     assert partition_key(runs[0]) != "runindex"
+
+
+def test_a_reconcile_tick_costs_the_same_whatever_the_completed_history(
+    ledger: TableRunLedger, counter: RequestCounter
+) -> None:
+    from shared.domain.policy import OrchestrationPolicy
+    from shared.services.reconcile import Reconciler
+    from tests.builders import FixedClock
+    from tests.fakes import FakeGraph, ScheduledQueue
+
+    clock = FixedClock(FIRST + timedelta(days=20))  # every run here is within the retention
+    reconciler = Reconciler(
+        ledger=ledger,
+        graph=FakeGraph(),
+        queue=ScheduledQueue(clock),
+        clock=clock,
+        policy=OrchestrationPolicy(),
+    )
+
+    def tick_cost() -> int:
+        counter.count = 0
+        reconciler.tick()
+        return counter.count
+
+    under_way = weekly_history(ledger, 2)
+    reconciler.tick()  # the first tick indexes what was stored before the index (none here)
+    small = tick_cost()
+    for n in range(120):
+        run_id = run_of(MONTHLY, FIRST - timedelta(days=10, hours=n))
+        save(ledger, run_id, RunStatus.COMPLETED)
+    assert tick_cost() == small
+    assert {r.run_id for r in ledger.list_open_runs()} == set(under_way)
