@@ -220,7 +220,7 @@ def measure(connection_string: str, size: int) -> dict[str, tuple[float, int]]:
 
     reconciler = Reconciler(
         ledger=ledger,
-        graph=NoPlatformChanges(),
+        graph=NoPlatformChanges(),  # type: ignore[arg-type]
         queue=NoQueue(),
         clock=type("Clock", (), {"now": staticmethod(lambda: NOW)})(),
         policy=OrchestrationPolicy(),
