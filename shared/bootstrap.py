@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shared.config import Settings
 from shared.domain.timeline import Clock, SystemClock
 
 if TYPE_CHECKING:
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
     from shared.adapters.log_analytics import LogAnalyticsHeartbeats
     from shared.adapters.maintenance import MaintenanceRuns
     from shared.adapters.resource_graph import ResourceGraphMachines
+    from shared.config import Settings
     from shared.services.orchestration import Orchestrator
     from shared.services.ports import Notifier, ReportStore, RunLedger, TaskQueue
     from shared.services.reconcile import Reconciler
@@ -262,6 +262,8 @@ def container() -> Container:
     """The process-wide container, built from the environment on first call."""
     global _container
     if _container is None:
+        from shared.config import Settings
+
         with _container_lock:
             if _container is None:
                 settings = Settings.from_environ(os.environ)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
@@ -24,7 +24,9 @@ from shared.domain.events import (
     parse_delivery,
     parse_event,
 )
-from shared.services.intake import IntakeOutcome, follow_up, preparation_delay, take_in_event
+
+if TYPE_CHECKING:
+    from shared.services.intake import IntakeOutcome
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,9 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _take_in(parse: Callable[[], MaintenanceEvent], channel: str) -> IntakeOutcome | None:
+    # Imported on the first event, not when the worker indexes the functions (cold start).
+    from shared.services.intake import follow_up, preparation_delay, take_in_event
+
     try:
         event = parse()
     except InvalidEvent as refusal:
