@@ -51,15 +51,28 @@ def sample(module: str, cwd: Path) -> tuple[float, float]:
 
 
 FIRST_CALL_PROBE = """
-import sys, time
+import json, sys, time
 from datetime import UTC, datetime, timedelta
 from azure.functions import meta
 from azure.functions.eventgrid import EventGridEventInConverter
-from benchmarks.intake import pre_event
+
+SUB = "1b7a0c4e-5d2f-4a8b-9c3d-2e1f0a9b8c7d"
+MC = f"/subscriptions/{SUB}/resourceGroups/ops/providers/Microsoft.Maintenance/" \
+    "maintenanceConfigurations/weekly-linux"
 
 def event(start):
+    run = f"{MC}/providers/microsoft.maintenance/applyupdates/{start:%Y%m%d%H%M%S}"
+    data = {"CorrelationId": run, "MaintenanceConfigurationId": MC,
+            "StartDateTime": start.isoformat(),
+            "EndDateTime": (start + timedelta(hours=3)).isoformat(),
+            "CancellationCutOffDateTime": (start - timedelta(minutes=10)).isoformat(),
+            "ResourceSubscriptionIds": [SUB]}
+    envelope = {"id": run, "topic": MC, "subject": "weekly-linux",
+                "eventType": "Microsoft.Maintenance.PreMaintenanceEvent",
+                "eventTime": (start - timedelta(minutes=35)).isoformat(),
+                "dataVersion": "1.0", "data": data}
     return EventGridEventInConverter.decode(
-        meta.Datum(type="json", value=pre_event(start)), trigger_metadata={}
+        meta.Datum(type="json", value=json.dumps(envelope)), trigger_metadata={}
     )
 
 base = datetime(2026, 12, 1, 3, 0, tzinfo=UTC) + timedelta(days=int(sys.argv[1]))
