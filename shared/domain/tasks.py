@@ -22,6 +22,7 @@ class TaskKind(enum.StrEnum):
     STOP = "stop"
     FINISH = "finish"
     NOTIFY = "notify"
+    CONFIRM_CANCEL = "confirm_cancel"
 
 
 class InvalidTask(ValueError):
