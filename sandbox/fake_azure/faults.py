@@ -268,13 +268,26 @@ class FaultPlan:
         method: str | None = None,
         code: str | None = None,
         message: str | None = None,
+        after_applying: bool = False,
     ) -> ErrorRule:
-        """Add an error rule and return it (its ``fired`` counts how often it answered)."""
+        """Add an error rule and return it (its ``fired`` counts how often it answered).
+        ``after_applying``: serve the request, then answer ``status`` (0: no answer at all)."""
         if probability is not None and not 0.0 <= probability <= 1.0:
             raise ValueError("probability must be within [0, 1]")
+        if status == 0 and not after_applying:
+            raise ValueError("status 0 (no answer) needs after_applying")
         _require_known_endpoint(endpoint)
         rule = ErrorRule(
-            endpoint, status, times, probability, retry_after, path_regex, method, code, message
+            endpoint,
+            status,
+            times,
+            probability,
+            retry_after,
+            path_regex,
+            method,
+            code,
+            message,
+            after_applying=after_applying,
         )
         with self._lock:
             self._errors.append(rule)
