@@ -182,7 +182,9 @@ def _refusal(
     status = run.status.value if run else None
     platform = run.platform_status if run else None
     if run is not None and (
-        run.status is RunStatus.CANCELLED or _word(platform) in CANCELLED_WORDS
+        run.status is RunStatus.CANCELLED
+        or run.cancel_source is not None  # cancelled, and wrap-up may have moved it on since
+        or _word(platform) in CANCELLED_WORDS
     ):
         return CancelAnswer(
             CancelVerdict.ALREADY_CANCELLED,
@@ -408,7 +410,7 @@ def _accept(
     wrap-up and, when Azure only said it accepted, the confirm task."""
     context = request.context
     now = context.clock.now()
-    stored = _mark_cancelled(context.ledger, run_id, request.source, platform, now)
+    stored = _mark_cancelled(context.ledger, run_id, request.source, _spelled(platform), now)
     answer = CancelAnswer(
         CancelVerdict.CANCELLED if confirmed else CancelVerdict.CANCEL_REQUESTED,
         explanation,
@@ -433,25 +435,26 @@ def _accept(
     return answer
 
 
-def confirm_cancel(task: Task, context: CancelContext) -> None:
+def confirm_cancel(task: Task, context: CancelContext) -> list[RunNote]:
     """Read back a run whose cancel Azure only accepted, or whose answer was lost, and record
-    what Azure finally says (the run's platform status and a note)."""
+    what Azure finally says (the run's platform status and a note). Returns the notes added."""
     ledger, run_id = context.ledger, task.run_id
     run = ledger.find_run(run_id)
     if run is None:
-        return
+        return []
     # Accepted: the ledger says cancelled (wrap-up may have moved the run on since).
     accepted = run.status is RunStatus.CANCELLED or run.cancel_source is not None
     if accepted and _word(run.platform_status) in CANCELLED_STATUS_WORDS:
-        return  # already confirmed (the reconciler read it first)
+        return []  # already confirmed (the reconciler read it first)
     if not accepted and run.cancel_requested_at is None:
-        return  # a later request settled it
+        return []  # a later request settled it
     platform, readable = _read_back(context, run_id)
     if _word(platform) in CANCELLED_STATUS_WORDS:
         if accepted:
-            _save_platform_status(ledger, run_id, platform)
-            _add_note(context, run_id, NoteLevel.INFO, f"Azure confirms the cancel: {platform}")
-            return
+            _save_platform_status(ledger, run_id, _spelled(platform))
+            return [
+                _add_note(context, run_id, NoteLevel.INFO, f"Azure confirms the cancel: {platform}")
+            ]
         audit = _last_unconfirmed(ledger, run_id)
         requested_by = audit.requested_by if audit else "app:confirm"
         _accept(
@@ -467,30 +470,33 @@ def confirm_cancel(task: Task, context: CancelContext) -> None:
             confirmed=True,
             explanation=f"the cancel's answer was lost; read back later, the run shows {platform}",
         )
-        return
+        return []
     if readable and not accepted:
         # The cancel whose answer was lost did not land.
         _clear_mark(ledger, run_id, platform)
+        return [
+            _add_note(
+                context,
+                run_id,
+                NoteLevel.ERROR,
+                "the cancel's answer was lost and Azure shows the run "
+                f"{platform or 'without a status'}: it was not cancelled",
+            )
+        ]
+    if task.round + 1 < CONFIRM_ROUNDS:
+        context.queue.send(task.next_round(), context.confirm_after)
+        return []
+    seen = platform if readable else "nothing (the run cannot be read)"
+    return [
         _add_note(
             context,
             run_id,
             NoteLevel.ERROR,
-            f"the cancel's answer was lost and Azure shows the run {platform or 'without a status'}"
-            ": it was not cancelled",
+            f"Azure accepted the cancel but still shows {seen} after {CONFIRM_ROUNDS} reads"
+            if accepted
+            else f"the cancel's answer was lost and Azure's state is still unknown ({seen})",
         )
-        return
-    if task.round + 1 < CONFIRM_ROUNDS:
-        context.queue.send(task.next_round(), context.confirm_after)
-        return
-    seen = platform if readable else "nothing (the run cannot be read)"
-    _add_note(
-        context,
-        run_id,
-        NoteLevel.ERROR,
-        f"Azure accepted the cancel but still shows {seen} after {CONFIRM_ROUNDS} reads"
-        if accepted
-        else f"the cancel's answer was lost and Azure's state is still unknown ({seen})",
-    )
+    ]
 
 
 def _read_back(context: CancelContext, run_id: RunId) -> tuple[str | None, bool]:
@@ -547,7 +553,7 @@ def _save_platform_status(ledger: RunLedger, run_id: RunId, platform: str | None
             continue
 
 
-def _add_note(context: CancelContext, run_id: RunId, level: NoteLevel, message: str) -> None:
+def _add_note(context: CancelContext, run_id: RunId, level: NoteLevel, message: str) -> RunNote:
     log.log(
         logging.ERROR if level is NoteLevel.ERROR else logging.INFO,
         "Run %s [cancel]: %s",
@@ -558,6 +564,7 @@ def _add_note(context: CancelContext, run_id: RunId, level: NoteLevel, message: 
         run_id=run_id, at=context.clock.now(), level=level, source="cancel", message=message
     )
     context.ledger.add_note(note)
+    return note
 
 
 def _mark_cancelled(
@@ -631,6 +638,11 @@ def _audited(
         )
     )
     return answer
+
+
+def _spelled(platform: str | None) -> str | None:
+    """Azure's word as the ledger keeps it: Canceled and Cancelled are one status."""
+    return "Cancelled" if _word(platform) in CANCELLED_STATUS_WORDS else platform
 
 
 def _word(value: str | None) -> str:

@@ -529,8 +529,30 @@ class Orchestrator:
         self._update_run(run.run_id, lambda r: _gate(r, outcome, f"{detail}; {answer.explanation}"))
 
     def confirm_cancel(self, task: Task) -> None:
-        """Read back a run whose cancel Azure only accepted (or whose answer was lost)."""
-        cancellation.confirm_cancel(task, self._cancel_context())
+        """Read back a run whose cancel Azure only accepted (or whose answer was lost); a
+        report already written gets what Azure finally said."""
+        notes = cancellation.confirm_cancel(task, self._cancel_context())
+        run = self.ledger.find_run(task.run_id)
+        if not notes or run is None or run.report_location is None:
+            return
+        report = self.reports.get_report(task.run_id)
+        if report is None:
+            return
+        amended = dict(report)
+        amended["run"] = {**report.get("run", {}), "platformStatus": run.platform_status}
+        amended["notes"] = [
+            *report.get("notes", []),
+            *(
+                {
+                    "at": n.at.isoformat(),
+                    "level": n.level.value,
+                    "source": n.source,
+                    "message": n.message,
+                }
+                for n in notes
+            ),
+        ]
+        self.reports.save_report(task.run_id, amended)
 
     def _cancel_context(self) -> cancellation.CancelContext:
         return cancellation.CancelContext(
