@@ -354,18 +354,21 @@ class TableRunLedger:
         whatever happens here: a failure is logged, and the next write of the run repairs it.
         """
         for _ in range(INDEX_RETRIES):
-            current = self._get(INDEX_PARTITION, _all_key(run))
-            operations = self._index_operations(run, current)
             try:
-                with _unavailable_on_error("index a run"):
-                    self.table.submit_transaction(operations)
-                return
-            except TableTransactionError:
-                fresh = self.find_run(run.run_id)
-                if fresh is None:
+                current = self._get(INDEX_PARTITION, _all_key(run))
+                operations = self._index_operations(run, current)
+                try:
+                    with _unavailable_on_error("index a run"):
+                        self.table.submit_transaction(operations)
                     return
-                run = fresh
+                except TableTransactionError:
+                    fresh = self.find_run(run.run_id)
+                    if fresh is None:
+                        return
+                    run = fresh
             except LedgerUnavailable as e:
+                # Never raised to the caller: its write is done, and a caller that saw an error
+                # would retry a write that already happened.
                 log.error("Run %s saved but not indexed: %s", run.run_id.text, e)
                 return
         log.error("Run %s saved but its index kept changing; indexed next time", run.run_id.text)
