@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from .faults import FaultPlan
-from .model import AzureModel, ModelSettings, PowerState, VmSpec, key
+from .model import (
+    MACHINE_STATUS_FIELD_VARIANTS,
+    MAINTENANCE_RUN_ID_VARIANTS,
+    RUN_STATUS_BEFORE_START_VARIANTS,
+    AzureModel,
+    ModelSettings,
+    PowerState,
+    VmSpec,
+    key,
+)
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 DEMO_SUBSCRIPTION_A = "1b7a0c4e-5d2f-4e8a-9c31-0a6f2b7d9e10"
@@ -46,6 +55,13 @@ _MODEL_SETTINGS = {
     "default_run_minutes",
 }
 _SERVER_SETTINGS = {"token_lifetime_seconds", "lro_retry_after_seconds", "check_audience"}
+# Settings that choose how the fake plays something Azure leaves undocumented (README
+# "Variants"): name -> the words allowed, the default first.
+_VARIANT_SETTINGS = {
+    "run_status_before_start": RUN_STATUS_BEFORE_START_VARIANTS,
+    "machine_status_field": MACHINE_STATUS_FIELD_VARIANTS,
+    "maintenance_run_id": MAINTENANCE_RUN_ID_VARIANTS,
+}
 
 
 class ScenarioError(ValueError):
@@ -83,9 +99,14 @@ class Scenario:
         if unknown:
             raise ScenarioError(f"{source}: unknown scenario keys {sorted(unknown)}")
         settings = data.get("settings") or {}
-        unknown_settings = set(settings) - _MODEL_SETTINGS - _SERVER_SETTINGS
+        unknown_settings = (
+            set(settings) - _MODEL_SETTINGS - _SERVER_SETTINGS - set(_VARIANT_SETTINGS)
+        )
         if unknown_settings:
             raise ScenarioError(f"{source}: unknown settings {sorted(unknown_settings)}")
+        for name, allowed in _VARIANT_SETTINGS.items():
+            if name in settings and settings[name] not in allowed:
+                raise ScenarioError(f"{source}: setting {name} must be one of {list(allowed)}")
         return cls(json.loads(json.dumps(data)), source)
 
     @classmethod
@@ -96,7 +117,9 @@ class Scenario:
     def model_settings(self) -> ModelSettings:
         """Timings for :class:`AzureModel`."""
         settings = self.data.get("settings") or {}
-        return ModelSettings(**{k: float(v) for k, v in settings.items() if k in _MODEL_SETTINGS})
+        timings = {k: float(v) for k, v in settings.items() if k in _MODEL_SETTINGS}
+        variants = {k: str(v) for k, v in settings.items() if k in _VARIANT_SETTINGS}
+        return ModelSettings(**timings, **variants)  # type: ignore[arg-type]
 
     def setting(self, name: str, default: Any) -> Any:
         """A server setting (token lifetime, LRO Retry-After, audience check)."""

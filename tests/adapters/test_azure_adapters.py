@@ -167,10 +167,15 @@ def test_runs_patch_results_and_assignments_are_read(
     )
     runs = {r.run_id: r for r in graph.list_runs([CONFIGURATION], [SUBSCRIPTION])}
     assert runs[run].status == "Succeeded"
-    patches = {p.machine: p for p in graph.list_patch_results(run, [SUBSCRIPTION])}
+    start = fake.model.get_run(run.text).scheduled_start
+    since, until = start - timedelta(minutes=15), start + timedelta(hours=5)
+    patches = {p.machine: p for p in graph.list_patch_results(run, [SUBSCRIPTION], since, until)}
     assert patches[BATCH].status == "Failed"
     assert patches[BATCH].failed == 2
     assert patches[WEB].status == "Succeeded"
+    # The default maintenanceRunId is a bare timestamp, as in the one public sample.
+    assert patches[WEB].maintenance_run_id == start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert patches[WEB].started == patches[WEB].maintenance_run_id
     assignments = list(graph.list_assignments(CONFIGURATION, [SUBSCRIPTION]))
     assert assignments  # the small scenario assigns by tag (a dynamic scope)
 
