@@ -69,7 +69,7 @@ PLATFORM_CANCEL_MESSAGE = "Maintenance cancelled due to internal platform failur
 # undocumented (see README "Variants").
 SCOPE_FROZEN_BEFORE_START = dt.timedelta(minutes=40)
 # Variants the scenario's settings choose between; the first of each is the default.
-RUN_STATUS_BEFORE_START_VARIANTS = ("InProgress", "Pending")
+STATUS_BEFORE_START_VARIANTS = ("InProgress", "Pending")
 MACHINE_STATUS_FIELD_VARIANTS = ("absent", "present")
 MAINTENANCE_RUN_ID_VARIANTS = ("timestamp", "correlation_id", "run_name", "absent")
 
@@ -456,7 +456,7 @@ class ModelSettings:
     auto_heartbeat_seconds: float = 0.0
     # Undocumented behaviour, played as variants (defaults: the most hostile plausible one).
     # Run-level status from T−40 until T: "InProgress" (default) or "Pending".
-    run_status_before_start: str = RUN_STATUS_BEFORE_START_VARIANTS[0]
+    status_before_start: str = STATUS_BEFORE_START_VARIANTS[0]
     # Per-machine applyupdates records: "absent" (default: only correlationId and resourceId
     # are documented) or "present" (the run's status, or the machine's patch result).
     machine_status_field: str = MACHINE_STATUS_FIELD_VARIANTS[0]
@@ -1057,7 +1057,7 @@ class AzureModel:
     def run_status(self, correlation_id: str) -> str:
         """A run's status now."""
         return self.get_run(correlation_id).status(
-            self.now(), self.settings.run_status_before_start
+            self.now(), self.settings.status_before_start
         )
 
     def cancel_run(
@@ -1376,7 +1376,7 @@ class AzureModel:
             if now < run.visible_at:
                 continue
             configuration = self._configurations.get(key(run.configuration_id))
-            status = run.status(now, self.settings.run_status_before_start)
+            status = run.status(now, self.settings.status_before_start)
             run_properties: dict[str, Any] = {
                 "correlationId": run.correlation_id,
                 "maintenanceConfigurationId": run.configuration_id,
@@ -1584,7 +1584,7 @@ class AzureModel:
     def run_document(self, run: MaintenanceRun) -> dict[str, Any]:
         """The JSON the Maintenance RP answers for a run (GET / cancel PUT)."""
         with self._lock:
-            status = run.status(self.now(), self.settings.run_status_before_start)
+            status = run.status(self.now(), self.settings.status_before_start)
             # The RP's ApplyUpdate vocabulary: Succeeded runs read as Completed there.
             rp_status = {"Succeeded": "Completed"}.get(status, status)
             return {

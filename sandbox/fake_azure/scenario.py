@@ -18,7 +18,7 @@ from .faults import FaultPlan
 from .model import (
     MACHINE_STATUS_FIELD_VARIANTS,
     MAINTENANCE_RUN_ID_VARIANTS,
-    RUN_STATUS_BEFORE_START_VARIANTS,
+    STATUS_BEFORE_START_VARIANTS,
     AzureModel,
     ModelSettings,
     PowerState,
@@ -58,7 +58,7 @@ _SERVER_SETTINGS = {"token_lifetime_seconds", "lro_retry_after_seconds", "check_
 # Settings that choose how the fake plays something Azure leaves undocumented (README
 # "Variants"): name -> the words allowed, the default first.
 _VARIANT_SETTINGS = {
-    "run_status_before_start": RUN_STATUS_BEFORE_START_VARIANTS,
+    "status_before_start": STATUS_BEFORE_START_VARIANTS,
     "machine_status_field": MACHINE_STATUS_FIELD_VARIANTS,
     "maintenance_run_id": MAINTENANCE_RUN_ID_VARIANTS,
 }

@@ -235,7 +235,7 @@ def test_get_returns_the_run(
         return None if got.properties is None else got.properties.status
 
     assert status() == "InProgress"  # T−30: by default the run reads InProgress from T−40
-    fake.model.settings.run_status_before_start = "Pending"
+    fake.model.settings.status_before_start = "Pending"
     assert status() == "Pending"
     clock.set(START + dt.timedelta(minutes=1))
     assert status() == "InProgress"
@@ -245,7 +245,7 @@ def test_get_returns_the_run(
 def test_before_t_minus_40_a_run_reads_pending_and_from_t_in_progress(
     fake: FakeAzure, run_id: str, clock: ManualClock, variant: str
 ) -> None:
-    fake.model.settings.run_status_before_start = variant
+    fake.model.settings.status_before_start = variant
     clock.set(START - dt.timedelta(minutes=41))
     assert fake.model.run_status(run_id) == "Pending"
     clock.set(START - dt.timedelta(minutes=40))
