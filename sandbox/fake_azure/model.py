@@ -1056,9 +1056,7 @@ class AzureModel:
 
     def run_status(self, correlation_id: str) -> str:
         """A run's status now."""
-        return self.get_run(correlation_id).status(
-            self.now(), self.settings.status_before_start
-        )
+        return self.get_run(correlation_id).status(self.now(), self.settings.status_before_start)
 
     def cancel_run(
         self, correlation_id: str, *, by: str = "user", message: str | None = None

@@ -182,6 +182,7 @@ class Reconciler:
             run.pre_event_at is None
             and not run.pre_event_missed
             and status not in CANCELLED
+            and run.status is not RunStatus.CANCELLED
             and self._window_closed(run, now)
         )
         if missed:

@@ -11,7 +11,7 @@ from typing import Any
 from shared.domain.ids import ConfigurationId, RunId
 from shared.domain.machines import PowerState
 from shared.domain.platform import PlatformRun
-from shared.domain.runs import MachineAction, RunStatus
+from shared.domain.runs import MachineAction, Run, RunStatus
 from shared.domain.tasks import TaskKind
 from shared.services.reconcile import (
     LEASE,
@@ -142,6 +142,16 @@ def test_a_cancelled_run_without_a_pre_event_is_not_reported_missed() -> None:
     world.graph.runs = [platform("Cancelled", "Maintenance cancelled due to platform failure")]
     summary = reconciler(world, target_configurations=(RUN.configuration,)).tick()
     assert summary.missed_pre_events == []
+
+
+def test_a_run_the_app_cancelled_before_its_pre_event_is_not_reported_missed() -> None:
+    world = World()
+    world.ledger.save_run(
+        dataclasses.replace(Run.first_seen(RUN, world.clock.now()), status=RunStatus.CANCELLED)
+    )
+    world.clock.current = START - timedelta(minutes=5)
+    world.graph.runs = [platform("InProgress")]  # Resource Graph has not caught up yet
+    assert reconciler(world).tick().missed_pre_events == []
 
 
 def test_runs_of_configurations_the_app_does_not_manage_are_never_recorded() -> None:
