@@ -69,7 +69,6 @@ PLATFORM_CANCEL_MESSAGE = "Maintenance cancelled due to internal platform failur
 # undocumented (see README "Variants").
 SCOPE_FROZEN_BEFORE_START = dt.timedelta(minutes=40)
 # Variants the scenario's settings choose between; the first of each is the default.
-STATUS_BEFORE_START_VARIANTS = ("InProgress", "Pending")
 MACHINE_STATUS_FIELD_VARIANTS = ("absent", "present")
 MAINTENANCE_RUN_ID_VARIANTS = ("timestamp", "correlation_id", "run_name", "absent")
 
@@ -455,8 +454,8 @@ class ModelSettings:
     # first one an interval after it started running (the agent has to boot).
     auto_heartbeat_seconds: float = 0.0
     # Undocumented behaviour, played as variants (defaults: the most hostile plausible one).
-    # Run-level status from T−40 until T: "InProgress" (default) or "Pending".
-    status_before_start: str = STATUS_BEFORE_START_VARIANTS[0]
+    # Run-level status from T−40 until T: "InProgress" (default), "Pending", or any word.
+    status_before_start: str = "InProgress"
     # Per-machine applyupdates records: "absent" (default: only correlationId and resourceId
     # are documented) or "present" (the run's status, or the machine's patch result).
     machine_status_field: str = MACHINE_STATUS_FIELD_VARIANTS[0]

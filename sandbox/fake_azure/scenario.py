@@ -18,7 +18,6 @@ from .faults import FaultPlan
 from .model import (
     MACHINE_STATUS_FIELD_VARIANTS,
     MAINTENANCE_RUN_ID_VARIANTS,
-    STATUS_BEFORE_START_VARIANTS,
     AzureModel,
     ModelSettings,
     PowerState,
@@ -54,11 +53,12 @@ _MODEL_SETTINGS = {
     "cancellation_cutoff_minutes",
     "default_run_minutes",
 }
+# Words, not timings: kept as strings.
+_MODEL_WORD_SETTINGS = {"status_before_start", "machine_status_field", "maintenance_run_id"}
 _SERVER_SETTINGS = {"token_lifetime_seconds", "lro_retry_after_seconds", "check_audience"}
-# Settings that choose how the fake plays something Azure leaves undocumented (README
-# "Variants"): name -> the words allowed, the default first.
+# Word settings with a closed set of variants (README "Variants"): name -> the words allowed,
+# the default first. The run status before T takes any word.
 _VARIANT_SETTINGS = {
-    "status_before_start": STATUS_BEFORE_START_VARIANTS,
     "machine_status_field": MACHINE_STATUS_FIELD_VARIANTS,
     "maintenance_run_id": MAINTENANCE_RUN_ID_VARIANTS,
 }
@@ -99,9 +99,7 @@ class Scenario:
         if unknown:
             raise ScenarioError(f"{source}: unknown scenario keys {sorted(unknown)}")
         settings = data.get("settings") or {}
-        unknown_settings = (
-            set(settings) - _MODEL_SETTINGS - _SERVER_SETTINGS - set(_VARIANT_SETTINGS)
-        )
+        unknown_settings = set(settings) - _MODEL_SETTINGS - _MODEL_WORD_SETTINGS - _SERVER_SETTINGS
         if unknown_settings:
             raise ScenarioError(f"{source}: unknown settings {sorted(unknown_settings)}")
         for name, allowed in _VARIANT_SETTINGS.items():
@@ -117,9 +115,9 @@ class Scenario:
     def model_settings(self) -> ModelSettings:
         """Timings for :class:`AzureModel`."""
         settings = self.data.get("settings") or {}
-        timings = {k: float(v) for k, v in settings.items() if k in _MODEL_SETTINGS}
-        variants = {k: str(v) for k, v in settings.items() if k in _VARIANT_SETTINGS}
-        return ModelSettings(**timings, **variants)  # type: ignore[arg-type]
+        values: dict[str, Any] = {k: float(v) for k, v in settings.items() if k in _MODEL_SETTINGS}
+        values.update({k: str(v) for k, v in settings.items() if k in _MODEL_WORD_SETTINGS})
+        return ModelSettings(**values)
 
     def setting(self, name: str, default: Any) -> Any:
         """A server setting (token lifetime, LRO Retry-After, audience check)."""
