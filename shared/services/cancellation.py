@@ -99,8 +99,10 @@ def cancel_run(
     for _ in range(MAX_ATTEMPTS):
         now = clock.now()
         run = ledger.find_run(run_id)
+        # T from the run's events (StartDateTime); the run name only when none was seen.
+        start = run.scheduled_start if run else run_id.scheduled_start
         window = CancelWindow.for_run(
-            run_id.scheduled_start, run.cancellation_cutoff if run else None, context.safety_margin
+            start, run.cancellation_cutoff if run else None, context.safety_margin
         )
         refusal = _refusal(run_id, run, window, now)
         if refusal is not None:

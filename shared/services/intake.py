@@ -1,16 +1,20 @@
-"""Use case: take in a maintenance event and record it in the run ledger exactly once."""
+"""Use case: take in a maintenance event and record it in the run ledger exactly once, or
+refuse it loudly (ERROR line, a refused-event record, the webhook) when it cannot be used."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime
 
 from shared.domain.errors import DuplicateEvent, LedgerConflict
 from shared.domain.events import EventKind, MaintenanceEvent
-from shared.domain.runs import EventRecord, Run, RunStatus
+from shared.domain.ids import ConfigurationId
+from shared.domain.runs import EventRecord, NoteLevel, RefusedEvent, Run, RunNote, RunStatus
 from shared.domain.tasks import Task, TaskKind
 from shared.domain.timeline import Clock
-from shared.services.ports import RunLedger
+from shared.services.ports import Notifier, RunLedger
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ def take_in_event(event: MaintenanceEvent, ledger: RunLedger, clock: Clock) -> I
             event.run.text,
             stored.status.value,
         )
+        _note_oddities(event, ledger, now)
         return IntakeOutcome(run=stored, duplicate=False)
     raise LedgerConflict(f"run {event.run.text} kept changing over {MAX_ATTEMPTS} attempts")
 
@@ -71,3 +76,106 @@ def follow_up(event: MaintenanceEvent, outcome: IntakeOutcome) -> Task | None:
     if event.kind is EventKind.POST and run.status is RunStatus.POST_EVENT_RECEIVED:
         return Task(TaskKind.WRAP_UP, run.run_id)
     return None
+
+
+def _note_oddities(event: MaintenanceEvent, ledger: RunLedger, now: datetime) -> None:
+    """What the event held that Azure's documents do not promise: a line in the run's notes
+    (and so its report), so an operator sees what the app tolerated."""
+    for oddity in event.oddities:
+        log.warning("Run %s: %s event: %s", event.run.text, event.kind.short, oddity)
+        ledger.add_note(
+            RunNote(event.run, now, NoteLevel.WARNING, f"{event.kind.short} event", oddity)
+        )
+
+
+def unmanaged_reason(
+    event: MaintenanceEvent, managed: Collection[ConfigurationId] | None
+) -> str | None:
+    """Why the app must not act on `event`'s configuration, or None when it may.
+
+    With TARGET_CONFIGURATION_IDS set, only those configurations are ours.
+    """
+    if managed is None or event.configuration in managed:
+        return None
+    return (
+        f"maintenance configuration {event.configuration.text} is not one the app manages "
+        "(TARGET_CONFIGURATION_IDS)"
+    )
+
+
+# What of a refused payload is kept: enough to recognise it, never the whole body.
+MAX_EXCERPT = 1000
+MAX_REFUSED_ID = 512  # as long as an event id may be (events.MAX_EVENT_ID_LENGTH)
+
+
+def sanitised(text: str, limit: int) -> str:
+    """Untrusted text made printable (escapes for the rest) and cut to `limit` characters."""
+    printable = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text[: limit * 2])
+    return printable if len(printable) <= limit else printable[: limit - 3] + "..."
+
+
+def refuse_event(
+    *,
+    channel: str,
+    reason: str,
+    event_id: str | None,
+    payload: str,
+    ledger: RunLedger,
+    clock: Clock,
+    notifier: Notifier | None,
+) -> RefusedEvent:
+    """Refuse a delivery loudly: an ERROR line, a record the operator can list, the webhook.
+
+    Never raises for the event itself (Event Grid would only retry it); a storage failure does
+    raise, so the delivery comes again and the refusal is not lost.
+    """
+    safe_id = None if event_id is None else sanitised(event_id, MAX_REFUSED_ID)
+    log.error(
+        "Refused maintenance event %s from %s: %s",
+        safe_id if safe_id is not None else "(no id)",
+        channel,
+        sanitised(reason, 500),
+    )
+    stored = ledger.add_refused_event(
+        RefusedEvent(
+            refused_at=clock.now(),
+            channel=channel,
+            reason=sanitised(reason, 2000),
+            event_id=safe_id,
+            excerpt=sanitised(payload, MAX_EXCERPT),
+        )
+    )
+    if notifier is not None:
+        try:
+            notifier.send(refusal_message(stored))
+        except Exception as e:  # the record is kept; a webhook outage must not retry the event
+            log.error(
+                "Could not notify about refused event %s: %s (record %s is kept)",
+                safe_id if safe_id is not None else "(no id)",
+                type(e).__name__,
+                stored.record_id,
+            )
+    return stored
+
+
+def refusal_message(refusal: RefusedEvent) -> dict[str, object]:
+    """The webhook message for a refused event."""
+    return {
+        "text": (
+            f"Refused a maintenance event from {refusal.channel}: {refusal.reason} "
+            f"(event id {refusal.event_id or '(none)'}). GET /api/events/refused lists them."
+        ),
+        "refusedEvent": refusal_document(refusal),
+    }
+
+
+def refusal_document(refusal: RefusedEvent) -> dict[str, object]:
+    """A refused event as the HTTP API and the webhook show it."""
+    return {
+        "id": refusal.record_id,
+        "refusedAt": refusal.refused_at.isoformat(),
+        "channel": refusal.channel,
+        "reason": refusal.reason,
+        "eventId": refusal.event_id,
+        "excerpt": refusal.excerpt,
+    }
