@@ -321,10 +321,11 @@ def _subscription_ids(value: object, oddities: list[str]) -> tuple[str, ...]:
             items = decoded
         else:
             items = [part for part in _SUBSCRIPTION_SEPARATORS.split(text) if part]
-        oddities.append(
-            "ResourceSubscriptionIds came as a string, not an array; read "
-            f"{len(items)} subscription id(s) from it"
-        )
+        if items:  # an empty string is noted as empty by the caller
+            oddities.append(
+                "ResourceSubscriptionIds came as a string, not an array; read "
+                f"{len(items)} subscription id(s) from it"
+            )
     else:
         raise InvalidId("ResourceSubscriptionIds is neither an array nor a string")
     if len(items) > MAX_SUBSCRIPTIONS:
