@@ -255,4 +255,3 @@ def _reset_container() -> None:
     from shared import bootstrap
 
     bootstrap.use(None)
-
