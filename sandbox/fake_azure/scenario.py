@@ -98,9 +98,9 @@ class Scenario:
     def model_settings(self) -> ModelSettings:
         """Timings for :class:`AzureModel`."""
         settings = self.data.get("settings") or {}
-        numbers = {k: float(v) for k, v in settings.items() if k in _MODEL_SETTINGS}
-        words = {k: str(v) for k, v in settings.items() if k in _MODEL_WORD_SETTINGS}
-        return ModelSettings(**numbers, **words)
+        chosen: dict[str, Any] = {k: float(v) for k, v in settings.items() if k in _MODEL_SETTINGS}
+        chosen.update({k: str(v) for k, v in settings.items() if k in _MODEL_WORD_SETTINGS})
+        return ModelSettings(**chosen)
 
     def setting(self, name: str, default: Any) -> Any:
         """A server setting (token lifetime, LRO Retry-After, audience check)."""
