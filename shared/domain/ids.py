@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from shared.domain.timeline import within_calendar
+
 GUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 # `\w` is Unicode-aware: letters and digits of any script, and '_' (ARM's Char.IsLetterOrDigit).
 # Resource group names: letters, digits, '_', '-', '.', '(' and ')'; at most 90; no trailing '.'.
@@ -72,9 +74,12 @@ def parse_run_name(value: object) -> datetime:
     if not re.fullmatch(RUN_NAME_PATTERN, text):
         raise InvalidId(f"run name is not yyyyMMddHHmmss: {describe_for_log(text)}")
     try:
-        return datetime.strptime(text, RUN_NAME_FORMAT).replace(tzinfo=UTC)
+        start = datetime.strptime(text, RUN_NAME_FORMAT).replace(tzinfo=UTC)
     except ValueError as e:
         raise InvalidId(f"run name is not a real date and time: {describe_for_log(text)}") from e
+    if not within_calendar(start):
+        raise InvalidId(f"run name is too close to the end of the calendar: {text}")
+    return start
 
 
 def run_name_for(scheduled_start: datetime) -> str:

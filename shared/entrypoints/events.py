@@ -30,6 +30,7 @@ from shared.domain.events import (
 from shared.services.intake import (
     IntakeOutcome,
     follow_up,
+    preparation_delay,
     refuse_event,
     take_in_event,
     unmanaged_reason,
@@ -131,17 +132,25 @@ def _take_in(
     if unmanaged is not None:
         _refuse(channel, unmanaged, event.event_id, payload())
         return None
-    outcome = take_in_event(event, services.ledger, services.clock)
+    # Resource Graph is asked (and its client built) only about a post event before its run.
+    early_post = event.kind is EventKind.POST and services.clock.now() < event.start
+    graph = services.resource_graph if early_post else None
+    outcome = take_in_event(event, services.ledger, services.clock, graph)
     task = follow_up(event, outcome)
     if task is not None:
-        services.task_queue.send(task)
+        start = outcome.run.scheduled_start if outcome.run else event.start
+        services.task_queue.send(task, preparation_delay(task, services.clock.now(), start))
     log.info(
         "Took in %s event %s for run %s from %s: %s",
         event.kind.short,
         describe_for_log(event.event_id),
         event.run.text,
         channel,
-        "duplicate, nothing changed" if outcome.duplicate else "recorded",
+        "duplicate, nothing changed"
+        if outcome.duplicate
+        else "held: it came before the run's start"
+        if outcome.held
+        else "recorded",
     )
     return outcome
 

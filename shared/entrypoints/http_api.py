@@ -26,6 +26,7 @@ from shared.domain.errors import (
 )
 from shared.domain.events import InvalidEvent, parse_time
 from shared.domain.ids import InvalidId, RunId, describe_for_log, parse_run_name
+from shared.domain.json_input import UnreadableJson, load_json
 from shared.services import cancellation, run_queries
 from shared.services.intake import refusal_document
 
@@ -187,12 +188,10 @@ def _cancel_answer(result: cancellation.CancelAnswer) -> func.HttpResponse:
 
 def _json_body(req: func.HttpRequest) -> dict[str, Any]:
     raw = req.get_body() or b""
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest(f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest("the body is not JSON") from e
+        body = load_json(raw, max_bytes=MAX_BODY_BYTES)
+    except UnreadableJson as e:
+        raise BadRequest(f"the body is not JSON this API reads: {e}") from e
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
@@ -204,7 +203,7 @@ def _caller(req: func.HttpRequest, allowed: frozenset[str] | None) -> str:
     encoded = req.headers.get("x-ms-client-principal")
     if encoded:
         try:
-            principal = json.loads(base64.b64decode(encoded))
+            principal = load_json(base64.b64decode(encoded), max_bytes=MAX_BODY_BYTES)
             claims = {c.get("typ"): c.get("val") for c in principal.get("claims", [])}
         except (ValueError, binascii.Error, AttributeError, TypeError) as e:
             raise BadRequest("x-ms-client-principal is not a principal document") from e
