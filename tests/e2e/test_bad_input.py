@@ -165,7 +165,8 @@ OTHER_CONFIGURATION = (
 )
 
 # (case name, change to a valid event of the function's kind, words of the refusal's reason).
-# The host decodes each of these; the app must refuse it: 200, one ERROR line, nothing recorded.
+# The host decodes each of these; the app must refuse it: 200, one ERROR line, no run (only a
+# refused-event record).
 APP_REFUSES: list[tuple[str, Change, str]] = [
     ("no data", envelope_set(data=None), "no data object"),
     ("data is a string", envelope_set(data="CorrelationId"), "no data object"),
