@@ -53,10 +53,14 @@ class PowerOperation:
         try:
             self._poller.result(timeout=timeout)
         except HttpResponseError as e:
-            _, code, message = service_words(e)
+            status, code, message = service_words(e)
+            if status is not None and (status == 429 or status >= 500):
+                # The poll was refused, not the operation: it may well have succeeded.
+                return OperationResult(OperationOutcome.UNKNOWN, code, message)
             return OperationResult(OperationOutcome.FAILED, code, message)
         except AzureError as e:
-            return OperationResult(OperationOutcome.FAILED, type(e).__name__, str(e))
+            # No answer at all (dropped connection, timeout): the operation's end is unknown.
+            return OperationResult(OperationOutcome.UNKNOWN, type(e).__name__, str(e))
         if not self._poller.done():
             return OperationResult(OperationOutcome.STILL_RUNNING)
         return OperationResult(OperationOutcome.SUCCEEDED)

@@ -52,6 +52,10 @@ class MachineKind(enum.StrEnum):
         return cls.OTHER
 
 
+# The history detail of a failed start found not running at wrap-up: the run no longer owns it.
+NOTHING_TO_STOP = "found not running at wrap-up: nothing to stop"
+
+
 class MachineAction(enum.StrEnum):
     """What the app did, or is doing, to one machine of a run."""
 
@@ -222,6 +226,20 @@ class MachineRecord:
             updated_at=at,
             history=((at.isoformat(), MachineAction.PLANNED.value, "listed by ARG"),),
         )
+
+    @property
+    def owned_by_run(self) -> bool:
+        """Wrap-up must stop this machine: the app started it, or sent a start for it whose
+        answer was a failure (a start Azure reported failed may still have brought it up)."""
+        if self.action.owned_by_run:
+            return True
+        settled = bool(self.history) and self.history[-1][2] == NOTHING_TO_STOP
+        return self.action is MachineAction.START_FAILED and self.start_was_sent and not settled
+
+    @property
+    def start_was_sent(self) -> bool:
+        """The app recorded a start intent for this machine (its history holds "Starting")."""
+        return any(entry[1] == MachineAction.STARTING.value for entry in self.history)
 
     def moved_to(
         self, action: MachineAction, at: datetime, detail: str = "", **changes: Any

@@ -29,6 +29,7 @@ from shared.domain.ids import InvalidId, MachineId, RunId
 from shared.domain.machines import OperationOutcome, OperationResult, PowerState
 from shared.domain.policy import GateCount, GateOutcome, OrchestrationPolicy
 from shared.domain.runs import (
+    NOTHING_TO_STOP,
     MachineAction,
     MachineClaim,
     MachineKind,
@@ -70,8 +71,14 @@ GATE_COUNTED = (
     MachineAction.START_FAILED,
     MachineAction.PLANNED,
 )
+# The history detail of a start or deallocate whose answer was lost (a 5xx, a dropped
+# connection, a timeout, an unreadable operation status): the call is over, but whether Azure
+# applied it is unknown, so the VM's power state decides and no worker is waiting on it.
+ANSWER_LOST = "answer lost"
 # Throttled or unanswered machines go into a new task this much later, at most this often.
 TRANSIENT_RETRY = timedelta(seconds=3)
+# A stop task queued by wrap-up is normally picked up within this; finish sends another after.
+STOP_PICKUP_WAIT = timedelta(seconds=60)
 MAX_TRANSIENT_ROUNDS = 200
 
 
@@ -194,11 +201,17 @@ class Orchestrator:
             lambda m: self._unless_taken(run.run_id, m, lambda: self._start_one(run, m)),
             task.machines,
         )
-        self._retry_later(
-            task,
-            run,
-            [row for row, op in started if op is None and row.action is MachineAction.PLANNED],
-        )
+        retry = [
+            row
+            for row, op in started
+            if op is None
+            and (
+                row.action is MachineAction.PLANNED
+                or (row.action is MachineAction.STARTING and _answer_lost(row))
+            )
+        ]
+        if retry and self._still_starting(run.run_id):
+            self._retry_later(task, run, retry)
         finished = self._wait_all(started)
         for row, result in finished:
             self._record_start(row, result)
@@ -256,16 +269,15 @@ class Orchestrator:
             return self._save_failure(row, MachineAction.START_FAILED, e), None
         state = facts.power.state
         prior = row.prior_power_state or str(state)
-        if row.action is MachineAction.STARTING and state in (
-            PowerState.RUNNING,
-            PowerState.STARTING,
-        ):
-            # A retry after a crash: the start call went out before; do not send it again.
+        if row.start_was_sent and state in (PowerState.RUNNING, PowerState.STARTING):
+            # A start went out before (a crash, or an answer that was lost): the VM is up
+            # because of it, so it is the run's. Never sent again, never "LeftAlone".
             return self.ledger.save_machine(
                 row.moved_to(
                     MachineAction.STARTED,
                     now,
                     f"found {state} on retry; not started again",
+                    owner_run=run.run_id.text,
                     last_power_state=str(state),
                 )
             ), None
@@ -335,12 +347,30 @@ class Orchestrator:
                 last_power_state=str(state),
             )
         )
+        # Read after the intent is stored: a wrap-up that began before this read lists this
+        # row as Starting (and stops the VM); one that began later is seen here.
+        if not self._still_starting(run.run_id):
+            return self._save_latest(
+                row,
+                lambda r: (
+                    r.moved_to(
+                        MachineAction.PLANNED, self.clock.now(), "the run stopped starting machines"
+                    )
+                    if r.action is MachineAction.STARTING
+                    else r
+                ),
+            ), None
         return self._call(
             row,
             lambda: self.machines.begin_start(machine),
             MachineAction.PLANNED,
             MachineAction.START_FAILED,
         )
+
+    def _still_starting(self, run_id: RunId) -> bool:
+        """The run still wants its machines started (no cancel, no wrap-up yet)."""
+        current = self.ledger.find_run(run_id)
+        return current is not None and current.status is RunStatus.PREPARING
 
     def _already_up(
         self,
@@ -398,10 +428,15 @@ class Orchestrator:
         if result.outcome is OperationOutcome.STILL_RUNNING:
             return False  # verify (or the next stop task) settles it from the power state
         waiting = (row.action,)
+        if result.outcome is OperationOutcome.UNKNOWN:
+            # The operation may have worked: its power state decides (verify, or finish's
+            # next stop task), as for a call whose answer was lost.
+            self._mark_answer_lost(row, f"{verb} status unreadable ({result.code})")
+            return False
         if result.succeeded:
             self._move(row, done, f"{verb} succeeded", waiting, last_power_state=state.value)
             return True
-        self._move(
+        recorded = self._move(
             row,
             failed,
             f"{verb} failed: {result.code}",
@@ -409,6 +444,8 @@ class Orchestrator:
             error_code=result.code,
             error_message=result.message,
         )
+        if recorded.action is not failed:
+            return False  # the row moved on meanwhile (a wrap-up preempted the start)
         self._note(
             row.run_id,
             NoteLevel.ERROR,
@@ -434,10 +471,16 @@ class Orchestrator:
         if run is None or run.status is not RunStatus.PREPARING:
             return
         rows = list(self.ledger.list_machines(run.run_id))
-        watched = [r for r in rows if r.action in WATCHED]
+        # A start Azure reported failed is read again too: it may have come up after all.
+        watched = [r for r in rows if r.action in WATCHED or r.owned_by_run]
         updated = _parallel(self.policy.start_concurrency, self._refresh, watched)
         unsettled = [r for r in rows if r.action is MachineAction.PLANNED]
-        unsettled += [r for r in updated if r.last_power_state != PowerState.RUNNING]
+        unsettled += [
+            r
+            for r in updated
+            if r.last_power_state != PowerState.RUNNING
+            and r.action is not MachineAction.START_FAILED
+        ]
         now = self.clock.now()
         deadline = machines_running_deadline(run.scheduled_start)
         orphaned = [
@@ -472,6 +515,20 @@ class Orchestrator:
         now = self.clock.now()
         if row.action is MachineAction.STARTING and power.state is PowerState.RUNNING:
             return self._move(row, MachineAction.STARTED, "seen running", last_power_state=state)
+        if row.action is MachineAction.START_FAILED and power.state is PowerState.RUNNING:
+            self._note(
+                row.run_id,
+                NoteLevel.INFO,
+                "start",
+                f"{row.resource_id}: running after all, although its start was reported failed",
+            )
+            return self._move(
+                row,
+                MachineAction.STARTED,
+                "seen running after a failed start answer",
+                (MachineAction.START_FAILED,),
+                last_power_state=state,
+            )
         if row.last_power_state == state:
             return row
         return self._save_latest(row, lambda r: replace(r, last_power_state=state, updated_at=now))
@@ -545,7 +602,7 @@ class Orchestrator:
             return
         if run.cancel_source is None and not self._machines_finished(run, task):
             return
-        owned = [r for r in self.ledger.list_machines(run.run_id) if r.action.owned_by_run]
+        owned = [r for r in self.ledger.list_machines(run.run_id) if r.owned_by_run]
         to_stop = [
             MachineId.parse(r.resource_id) for r in owned if not self._hand_over(run.run_id, r)
         ]
@@ -652,7 +709,7 @@ class Orchestrator:
         self, run_id: RunId, machine: MachineId
     ) -> tuple[MachineRecord, PowerOperationHandle | None]:
         row = self.ledger.find_machine(run_id, machine.text)
-        if row is None or not row.action.owned_by_run:
+        if row is None or not row.owned_by_run:
             return row or MachineRecord.planned(run_id, machine.text, self.clock.now()), None
         if row.action is MachineAction.DEALLOCATING and self._intent_is_fresh(row):
             return row, None  # another worker is deallocating it; finish waits for it
@@ -665,6 +722,49 @@ class Orchestrator:
             if e.is_transient:
                 return row, None  # retried in a later stop task
             return self._save_failure(row, MachineAction.DEALLOCATE_FAILED, e), None
+        if row.action is MachineAction.STARTING and power.state in (
+            PowerState.DEALLOCATED,
+            PowerState.STOPPED,
+        ):
+            if self._intent_is_fresh(row):
+                # Its start call may still be on its way to Azure: look again shortly.
+                return row, None
+            self._release(run_id, machine)
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.ALREADY_STOPPED,
+                    now,
+                    f"found {power.state}: the app's start never took effect",
+                    last_power_state=str(power.state),
+                )
+            ), None
+        if row.action is MachineAction.START_FAILED and power.state not in (
+            PowerState.RUNNING,
+            PowerState.STARTING,
+        ):
+            # Its start failed and it did not come up: it stays "StartFailed" in the report.
+            self._release(run_id, machine)
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.START_FAILED,
+                    now,
+                    NOTHING_TO_STOP,
+                    last_power_state=str(power.state),
+                )
+            ), None
+        if row.action is MachineAction.DEALLOCATING and power.state is PowerState.DEALLOCATING:
+            return row, None  # the app's deallocate is under way; finish looks again
+        if row.action is MachineAction.DEALLOCATING and power.state is PowerState.DEALLOCATED:
+            # A deallocate sent before (its worker died, or its answer was lost) did it.
+            self._release(run_id, machine)
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.DEALLOCATED,
+                    now,
+                    "found deallocated after the app's deallocate",
+                    last_power_state=str(power.state),
+                )
+            ), None
         if power.state not in (
             PowerState.RUNNING,
             PowerState.STARTING,
@@ -708,24 +808,22 @@ class Orchestrator:
         if run is None or run.status is not RunStatus.WRAPPING_UP:
             return
         rows = list(self.ledger.list_machines(run.run_id))
+        # Not from wrap-up's list: a start that landed after it (or a lost answer) shows here.
         busy = [
-            r
-            for r in rows
-            if r.action
-            in (MachineAction.STARTED, MachineAction.STARTING, MachineAction.DEALLOCATING)
+            r for r in rows if r.owned_by_run and r.action is not MachineAction.DEALLOCATE_FAILED
         ]
         now = self.clock.now()
         started = run.wrap_up_started_at or now
         if busy and now - started < self.policy.wrap_up_wait:
-            orphaned = tuple(
-                MachineId.parse(r.resource_id)
-                for r in busy
-                if r.action is MachineAction.DEALLOCATING and not self._intent_is_fresh(r)
+            again = tuple(
+                MachineId.parse(r.resource_id) for r in busy if self._needs_stop_task(r, started)
             )
-            if orphaned:
-                self.queue.send(Task(TaskKind.STOP, run.run_id, orphaned, task.round))
+            for batch in _chunks(again, self.policy.start_batch_size):
+                self.queue.send(Task(TaskKind.STOP, run.run_id, tuple(batch), task.round))
             self.queue.send(task.next_round(), self.policy.arg_retry)
             return
+        if self._note_left_running(run, rows):
+            rows = list(self.ledger.list_machines(run.run_id))
         health = self._health(run, rows, now)
         if health is None:
             self.queue.send(task.next_round(), self.policy.arg_retry)
@@ -740,6 +838,49 @@ class Orchestrator:
         self._update_run(run.run_id, lambda r: replace(r, report_location=location))
         self.queue.send(Task(TaskKind.NOTIFY, run.run_id))
         log.info("Run %s completed; report at %s", run.run_id.text, location)
+
+    def _needs_stop_task(self, row: MachineRecord, wrap_up_started: datetime) -> bool:
+        """An owned machine no stop task is known to be handling: started (or its answer
+        lost) after wrap-up listed the machines, waiting longer than a stop task takes to be
+        picked up, or a deallocate whose worker is gone."""
+        if row.action is MachineAction.DEALLOCATING:
+            return not self._intent_is_fresh(row)
+        if _answer_lost(row) or row.updated_at >= wrap_up_started:
+            return True
+        return self.clock.now() - row.updated_at >= STOP_PICKUP_WAIT
+
+    def _note_left_running(self, run: Run, rows: Sequence[MachineRecord]) -> bool:
+        """Wrap-up is over: name every VM the run owns that may still run, loudly. A failed
+        deallocate is read again first (it may have worked). True if a row changed."""
+        changed = False
+        left = []
+        for row in (r for r in rows if r.owned_by_run):
+            if row.action is MachineAction.DEALLOCATE_FAILED:
+                try:
+                    state = self.machines.get_power(MachineId.parse(row.resource_id)).state
+                except AzureCallFailed:
+                    state = None
+                if state is PowerState.DEALLOCATED:
+                    self._move(
+                        row,
+                        MachineAction.DEALLOCATED,
+                        "found deallocated after a failed deallocate answer",
+                        (MachineAction.DEALLOCATE_FAILED,),
+                        last_power_state=str(state),
+                    )
+                    changed = True
+                    continue
+            left.append(row.resource_id)
+        if not left:
+            return changed
+        self._note(
+            run.run_id,
+            NoteLevel.ERROR,
+            "wrap-up",
+            f"{len(left)} VMs the app started may still be running after "
+            f"{self.policy.wrap_up_wait} of wrap-up; stop them by hand: " + ", ".join(left),
+        )
+        return changed
 
     def _health(
         self, run: Run, rows: Sequence[MachineRecord], now: datetime
@@ -881,10 +1022,29 @@ class Orchestrator:
         try:
             return row, call()
         except AzureCallFailed as e:
-            if e.is_transient:
+            if e.status == 429:
+                # Throttled: ARM refused the call before acting on it.
                 detail = f"{e.service} answered {e.status}: will retry"
                 return self._move(row, retry_as, detail), None
+            if e.is_transient:
+                # A 5xx or no answer after the call went out: Azure may have applied it. The
+                # intent stays (the VM stays the run's); its power state decides on retry.
+                return self._mark_answer_lost(
+                    row, f"{e.service} answered {e.status or 'nothing'} {e.code or ''}".rstrip()
+                ), None
             return self._save_failure(row, failed_as, e), None
+
+    def _mark_answer_lost(self, row: MachineRecord, why: str) -> MachineRecord:
+        """Keep the row's intent (Starting/Deallocating), noting that no worker waits on it."""
+        waiting = row.action
+        return self._save_latest(
+            row,
+            lambda r: (
+                r.moved_to(waiting, self.clock.now(), f"{ANSWER_LOST}: {why}")
+                if r.action is waiting
+                else r
+            ),
+        )
 
     def _wait_all(
         self, started: Sequence[tuple[MachineRecord, PowerOperationHandle | None]]
@@ -939,6 +1099,8 @@ class Orchestrator:
     def _intent_is_fresh(self, row: MachineRecord) -> bool:
         """Written so recently that its worker may still be calling Azure (no call, throttle
         retries included, outlasts OPERATION_WAIT_SECONDS plus a minute)."""
+        if _answer_lost(row):
+            return False
         lease = timedelta(seconds=self.policy.operation_wait_seconds + 60)
         return self.clock.now() - row.updated_at < lease
 
@@ -989,6 +1151,11 @@ class Orchestrator:
         self.ledger.add_note(
             RunNote(run_id=run_id, at=self.clock.now(), level=level, source=source, message=message)
         )
+
+
+def _answer_lost(row: MachineRecord) -> bool:
+    """The row's last step is a call whose answer was lost (no worker is waiting on it)."""
+    return bool(row.history) and row.history[-1][2].startswith(ANSWER_LOST)
 
 
 def _to_preparing(run: Run) -> Run:
