@@ -111,6 +111,9 @@ class Run:
     wrap_up_requested_at: datetime | None = None
     redriven_at: datetime | None = None
     stuck_reported: bool = False
+    # The watch loop's last round, "<step>:<round>:<ISO time>" (verify, gate, finish): a
+    # duplicate or stale delivery of a round finds it and leaves, so one loop runs.
+    watch_round: str | None = None
     version: str | None = None
 
     @property

@@ -18,10 +18,12 @@ Invariants (ARCHITECTURE.md), whatever the order or number of deliveries:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from types import TracebackType
 from typing import Any, TypeVar
 
 from shared.domain.errors import AzureCallFailed, LedgerConflict
@@ -77,8 +79,8 @@ GATE_COUNTED = (
 ANSWER_LOST = "answer lost"
 # Throttled or unanswered machines go into a new task this much later, at most this often.
 TRANSIENT_RETRY = timedelta(seconds=3)
-# A stop task queued by wrap-up is normally picked up within this; finish sends another after.
-STOP_PICKUP_WAIT = timedelta(seconds=60)
+# The watch loops, in the order a run goes through them (see Orchestrator._take_round).
+WATCH_STEPS = ("verify", "gate", "finish")
 MAX_TRANSIENT_ROUNDS = 200
 
 
@@ -177,9 +179,10 @@ class Orchestrator:
             for r in self.ledger.list_machines(run.run_id)
             if r.action in (MachineAction.PLANNED, MachineAction.STARTING)
         ]
+        # Verify first: it is also the fan-out's watchdog, should this host die while sending.
+        self.queue.send(Task(TaskKind.VERIFY, run.run_id), self.policy.verify_interval)
         for batch in _chunks(to_start, self.policy.start_batch_size):
             self.queue.send(Task(TaskKind.START, run.run_id, tuple(batch)))
-        self.queue.send(Task(TaskKind.VERIFY, run.run_id), self.policy.verify_interval)
         log.info(
             "Run %s: %d machines listed (%d new), %d to look at in %d start tasks",
             run.run_id.text,
@@ -196,9 +199,13 @@ class Orchestrator:
         run = self._run(task)
         if run is None or run.status is not RunStatus.PREPARING:
             return
+        with self._renewing() as renewer:
+            self._start_batch(task, run, renewer)
+
+    def _start_batch(self, task: Task, run: Run, renewer: _IntentRenewer) -> None:
         started = _parallel(
             self.policy.start_concurrency,
-            lambda m: self._unless_taken(run.run_id, m, lambda: self._start_one(run, m)),
+            lambda m: self._unless_taken(run.run_id, m, lambda: self._start_one(run, m, renewer)),
             task.machines,
         )
         retry = [
@@ -241,7 +248,7 @@ class Orchestrator:
         )
 
     def _start_one(
-        self, run: Run, machine: MachineId
+        self, run: Run, machine: MachineId, renewer: _IntentRenewer
     ) -> tuple[MachineRecord, PowerOperationHandle | None]:
         now = self.clock.now()
         row = self.ledger.find_machine(run.run_id, machine.text) or self.ledger.save_machine(
@@ -347,6 +354,7 @@ class Orchestrator:
                 last_power_state=str(state),
             )
         )
+        renewer.hold(row)
         # Read after the intent is stored: a wrap-up that began before this read lists this
         # row as Starting (and stops the VM); one that began later is seen here.
         if not self._still_starting(run.run_id):
@@ -470,7 +478,18 @@ class Orchestrator:
         run = self._run(task)
         if run is None or run.status is not RunStatus.PREPARING:
             return
+        if not self._take_round(run.run_id, "verify", task.round):
+            log.info("Run %s: verify round %d ran already", run.run_id.text, task.round)
+            return
+        now = self.clock.now()
+        deadline = machines_running_deadline(run.scheduled_start)
+        delay = min(self.policy.verify_interval, max(deadline - now, timedelta(seconds=1)))
+        if now < deadline:
+            # Sent before the work: if this host dies mid-round, the loop still goes on (a
+            # message in flight on a dead host stays invisible for minutes).
+            self.queue.send(task.next_round(), delay)
         rows = list(self.ledger.list_machines(run.run_id))
+        self._restart_stalled_fan_out(run, rows, task.round)
         # A start Azure reported failed is read again too: it may have come up after all.
         watched = [r for r in rows if r.action in WATCHED or r.owned_by_run]
         updated = _parallel(self.policy.start_concurrency, self._refresh, watched)
@@ -482,7 +501,6 @@ class Orchestrator:
             and r.action is not MachineAction.START_FAILED
         ]
         now = self.clock.now()
-        deadline = machines_running_deadline(run.scheduled_start)
         orphaned = [
             MachineId.parse(r.resource_id)
             for r in updated
@@ -494,16 +512,39 @@ class Orchestrator:
             # Their worker died before its start call reached Azure: start them again.
             self.queue.send(Task(TaskKind.START, run.run_id, tuple(orphaned), task.round))
         if not unsettled or now >= deadline:
-            self.queue.send(Task(TaskKind.GATE, run.run_id))
+            # Once: the verify rounds already queued end when they see the gate's turn.
+            if self._take_round(run.run_id, "gate", 0):
+                self.queue.send(Task(TaskKind.GATE, run.run_id))
             return
-        delay = min(self.policy.verify_interval, max(deadline - now, timedelta(seconds=1)))
         log.info(
             "Run %s: %d machines not running yet; checking again in %s",
             run.run_id.text,
             len(unsettled),
             delay,
         )
-        self.queue.send(task.next_round(), delay)
+
+    def _restart_stalled_fan_out(
+        self, run: Run, rows: Sequence[MachineRecord], round_: int
+    ) -> None:
+        """Machines not looked at yet while nothing in the run has moved for a task lease
+        (no step, no renewal): their start tasks died with a host. Send them again; a start
+        task that is merely late finds their rows taken and does nothing twice."""
+        planned = [r for r in rows if r.action is MachineAction.PLANNED]
+        now = self.clock.now()
+        if not planned or now >= run.scheduled_start:
+            return
+        quiet_for = now - max(r.updated_at for r in rows)
+        if quiet_for < self.policy.task_lease:
+            return
+        log.warning(
+            "Run %s: the fan-out has not moved for %s; %d machines get new start tasks",
+            run.run_id.text,
+            quiet_for,
+            len(planned),
+        )
+        machines = [MachineId.parse(r.resource_id) for r in planned]
+        for batch in _chunks(machines, self.policy.start_batch_size):
+            self.queue.send(Task(TaskKind.START, run.run_id, tuple(batch), round_))
 
     def _refresh(self, row: MachineRecord) -> MachineRecord:
         try:
@@ -512,7 +553,6 @@ class Orchestrator:
             log.warning("Power state of %s unreadable: %s", row.resource_id, e)
             return row
         state = str(power.state)
-        now = self.clock.now()
         if row.action is MachineAction.STARTING and power.state is PowerState.RUNNING:
             return self._move(row, MachineAction.STARTED, "seen running", last_power_state=state)
         if row.action is MachineAction.START_FAILED and power.state is PowerState.RUNNING:
@@ -531,7 +571,8 @@ class Orchestrator:
             )
         if row.last_power_state == state:
             return row
-        return self._save_latest(row, lambda r: replace(r, last_power_state=state, updated_at=now))
+        # updated_at is left alone: it dates the app's own steps and their leases.
+        return self._save_latest(row, lambda r: replace(r, last_power_state=state))
 
     def gate(self, task: Task) -> None:
         """Decide: good enough, or cancel (inside the window), or report it is too late."""
@@ -685,9 +726,15 @@ class Orchestrator:
         run = self._run(task)
         if run is None or run.status is not RunStatus.WRAPPING_UP:
             return
+        with self._renewing() as renewer:
+            self._stop_batch(task, run, renewer)
+
+    def _stop_batch(self, task: Task, run: Run, renewer: _IntentRenewer) -> None:
         started = _parallel(
             self.policy.start_concurrency,
-            lambda m: self._unless_taken(run.run_id, m, lambda: self._stop_one(run.run_id, m)),
+            lambda m: self._unless_taken(
+                run.run_id, m, lambda: self._stop_one(run.run_id, m, renewer)
+            ),
             task.machines,
         )
         self._retry_later(
@@ -706,7 +753,7 @@ class Orchestrator:
                 self._release(run.run_id, MachineId.parse(row.resource_id))
 
     def _stop_one(
-        self, run_id: RunId, machine: MachineId
+        self, run_id: RunId, machine: MachineId, renewer: _IntentRenewer
     ) -> tuple[MachineRecord, PowerOperationHandle | None]:
         row = self.ledger.find_machine(run_id, machine.text)
         if row is None or not row.owned_by_run:
@@ -784,6 +831,7 @@ class Orchestrator:
         row = self.ledger.save_machine(
             row.moved_to(MachineAction.DEALLOCATING, now, "deallocate requested")
         )
+        renewer.hold(row)
         return self._call(
             row,
             lambda: self.machines.begin_deallocate(machine),
@@ -807,6 +855,11 @@ class Orchestrator:
         run = self._run(task)
         if run is None or run.status is not RunStatus.WRAPPING_UP:
             return
+        if not self._take_round(run.run_id, "finish", task.round):
+            log.info("Run %s: finish round %d ran already", run.run_id.text, task.round)
+            return
+        # Sent before the work, as verify does: a host dying mid-round does not end the loop.
+        self.queue.send(task.next_round(), self.policy.arg_retry)
         rows = list(self.ledger.list_machines(run.run_id))
         # Not from wrap-up's list: a start that landed after it (or a lost answer) shows here.
         busy = [
@@ -820,14 +873,12 @@ class Orchestrator:
             )
             for batch in _chunks(again, self.policy.start_batch_size):
                 self.queue.send(Task(TaskKind.STOP, run.run_id, tuple(batch), task.round))
-            self.queue.send(task.next_round(), self.policy.arg_retry)
             return
         if self._note_left_running(run, rows):
             rows = list(self.ledger.list_machines(run.run_id))
         health = self._health(run, rows, now)
         if health is None:
-            self.queue.send(task.next_round(), self.policy.arg_retry)
-            return
+            return  # the next round asks again
         patches = list(self.graph.list_patch_results(run.run_id, run.subscription_ids))
         final = self._update_run(
             run.run_id,
@@ -847,7 +898,7 @@ class Orchestrator:
             return not self._intent_is_fresh(row)
         if _answer_lost(row) or row.updated_at >= wrap_up_started:
             return True
-        return self.clock.now() - row.updated_at >= STOP_PICKUP_WAIT
+        return self.clock.now() - row.updated_at >= self.policy.task_lease
 
     def _note_left_running(self, run: Run, rows: Sequence[MachineRecord]) -> bool:
         """Wrap-up is over: name every VM the run owns that may still run, loudly. A failed
@@ -1101,8 +1152,43 @@ class Orchestrator:
         retries included, outlasts OPERATION_WAIT_SECONDS plus a minute)."""
         if _answer_lost(row):
             return False
-        lease = timedelta(seconds=self.policy.operation_wait_seconds + 60)
-        return self.clock.now() - row.updated_at < lease
+        return self.clock.now() - row.updated_at < self.policy.task_lease
+
+    def _renewing(self) -> _IntentRenewer:
+        return _IntentRenewer(self._renew, self.policy.task_lease.total_seconds() / 3)
+
+    def _renew(self, held: MachineRecord) -> None:
+        """Refresh the lease of an intent this worker still holds (nothing else changes)."""
+        row = self.ledger.find_machine(held.run_id, held.resource_id)
+        if row is None:
+            return
+
+        def touch(current: MachineRecord) -> MachineRecord:
+            if current.action is not held.action or _answer_lost(current):
+                return current  # settled meanwhile: nothing of ours to keep alive
+            return replace(current, updated_at=self.clock.now())
+
+        self._save_latest(row, touch)
+
+    def _take_round(self, run_id: RunId, step: str, round_: int) -> bool:
+        """Make this delivery the watch loop's round `round_` of `step`; False when a later
+        round (or step) already ran, or this round did: a duplicate leaves at once. A loop
+        silent for three intervals and a lease is dead, and any round takes it over."""
+        now = self.clock.now()
+        silent_for = 3 * max(self.policy.verify_interval, self.policy.arg_retry)
+        silent_for += self.policy.task_lease
+        taken: list[bool] = []
+
+        def claim(run: Run) -> Run:
+            taken.clear()
+            if not _round_is_new(run.watch_round, step, round_, now - silent_for):
+                taken.append(False)
+                return run
+            taken.append(True)
+            return replace(run, watch_round=f"{step}:{round_}:{now.isoformat()}")
+
+        self._update_run(run_id, claim)
+        return bool(taken and taken[0])
 
     def _save_latest(
         self, row: MachineRecord, change: Callable[[MachineRecord], MachineRecord]
@@ -1151,6 +1237,68 @@ class Orchestrator:
         self.ledger.add_note(
             RunNote(run_id=run_id, at=self.clock.now(), level=level, source=source, message=message)
         )
+
+
+class _IntentRenewer:
+    """Keeps the Starting/Deallocating intents a task holds fresh while it works, so a lapsed
+    intent means a dead worker (TASK_LEASE_SECONDS) rather than a slow one."""
+
+    def __init__(self, renew: Callable[[MachineRecord], None], every_seconds: float) -> None:
+        self._renew = renew
+        self._every = max(every_seconds, 0.5)
+        self._held: dict[str, MachineRecord] = {}
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="intent-renewer", daemon=True)
+
+    def hold(self, row: MachineRecord) -> None:
+        """Renew this row's intent until the task ends."""
+        with self._lock:
+            self._held[row.resource_id.lower()] = row
+
+    def __enter__(self) -> _IntentRenewer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._done.set()
+        self._thread.join(timeout=self._every + 5)
+
+    def _loop(self) -> None:
+        while not self._done.wait(self._every):
+            with self._lock:
+                rows = list(self._held.values())
+            for row in rows:
+                if self._done.is_set():
+                    return
+                try:
+                    self._renew(row)
+                except Exception as e:  # a missed renewal only shortens the lease
+                    log.warning("Could not renew the intent on %s: %s", row.resource_id, e)
+
+
+def _round_is_new(current: str | None, step: str, round_: int, dead_before: datetime) -> bool:
+    """Whether round `round_` of `step` comes after the recorded `current` round."""
+    if not current:
+        return True
+    try:
+        recorded_step, recorded_round, at = current.split(":", 2)
+        recorded_at = datetime.fromisoformat(at)
+        recorded_order = WATCH_STEPS.index(recorded_step)
+        recorded = int(recorded_round)
+    except ValueError:
+        return True
+    if recorded_at < dead_before:
+        return True
+    order = WATCH_STEPS.index(step)
+    if order != recorded_order:
+        return order > recorded_order
+    return round_ > recorded
 
 
 def _answer_lost(row: MachineRecord) -> bool:

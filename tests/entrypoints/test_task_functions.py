@@ -53,7 +53,7 @@ def test_a_task_message_runs_its_step(world: World) -> None:
     run = world.ledger.find_run(RUN)
     assert run is not None
     assert run.status is RunStatus.PREPARING
-    assert [t.kind for t in world.queue.sent[sent_before:]] == [TaskKind.START, TaskKind.VERIFY]
+    assert [t.kind for t in world.queue.sent[sent_before:]] == [TaskKind.VERIFY, TaskKind.START]
 
 
 @pytest.mark.parametrize(
