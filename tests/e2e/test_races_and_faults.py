@@ -8,16 +8,22 @@ states, or from the run report the operator API serves.
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import requests
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.queue import QueueClient
 
+from sandbox.fake_azure import FakeAzure
 from sandbox.fake_azure.model import MaintenanceRun
-from sandbox.stack import POST, PRE, Stack, running_stack
+from sandbox.stack import POST, PRE, HostProcess, Stack, app_environment, running_stack
 from tests.fake_azure import SUBSCRIPTION, small_scenario, vm_id
 
 STOPPED = [vm_id(SUBSCRIPTION, "rg-fleet", f"fleet-{i:02d}") for i in range(24)]
@@ -183,3 +189,98 @@ def test_a_fifth_of_compute_calls_throttled_or_failing_still_keeps_the_promise(
     assert stack.fake.requests_matching("POST", "", status=502)  # the faults did fire
     assert_promise_kept(stack, stack.run_report(run))
     assert len(applied(stack, "start")) == len(STOPPED)
+
+
+@pytest.fixture
+def killable(azurite_connection_string: str) -> Iterator[Stack]:
+    """The stack with the local host in its own process, which a test may SIGKILL. Messages a
+    killed host had fetched stay invisible for its whole lease (functionTimeout, 10 minutes,
+    as the Functions host's fetch lease): only the app's own leases bring the work back."""
+    fake = FakeAzure.start(fleet_scenario())
+    fake.faults.set_write_throttle(capacity=4, refill_per_second=4)
+    env = app_environment(
+        fake,
+        azurite_connection_string,
+        "ledger" + uuid.uuid4().hex[:12],
+        {"TASK_LEASE_SECONDS": str(TEST_LEASE_SECONDS)},
+    )
+    host = HostProcess(env)
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        host.start()
+        yield Stack(
+            fake=fake,
+            host=host,
+            storage_connection_string=azurite_connection_string,
+            ledger_table=env["LEDGER_TABLE_NAME"],
+            session=session,
+        )
+    finally:
+        host.stop()
+        session.close()
+        fake.stop()
+        # The killed host's messages would stay leased for minutes and hold up the next
+        # tests sharing this Azurite: clear them (Clear Messages takes leased ones too).
+        for name in ("maintenance-tasks", "maintenance-tasks-poison"):
+            queue = QueueClient.from_connection_string(azurite_connection_string, name)
+            with contextlib.suppress(ResourceNotFoundError):
+                queue.clear_messages()
+
+
+TEST_LEASE_SECONDS = 6
+
+
+def kill_and_restart(stack: Stack) -> float:
+    assert isinstance(stack.host, HostProcess)
+    stack.host.kill()
+    killed_at = time.monotonic()
+    stack.host.start()
+    return killed_at
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.2)
+
+
+def test_a_host_killed_mid_start_resumes_within_a_lease_and_starts_nothing_twice(
+    killable: Stack,
+) -> None:
+    stack = killable
+    run = stack.schedule("weekly", FLEET, timedelta(minutes=32))
+    deliver_ok(stack, PRE, run)
+    wait_for_starts(stack, len(STOPPED) // 3)
+    killed_at = kill_and_restart(stack)
+    wait_until(lambda: all(power(stack, m) == "running" for m in STOPPED), timeout=90)
+    # Well inside the 10-minute message lease: the fan-out came back on the app's lease.
+    assert time.monotonic() - killed_at < 10 * TEST_LEASE_SECONDS
+    # The dead host's messages stay in the queue for minutes: wait for the run, not the queue.
+    wait_until(lambda: stack.run_report(run)["gate"]["outcome"] == "Passed", timeout=60)
+    machines = machines_by_name(stack.run_report(run))
+    assert {machines[m.rsplit("/", 1)[-1]]["action"] for m in STOPPED} == {"Started"}
+    assert max(applied(stack, "start").values()) == 1
+    stack.fake.model.complete_run(run.correlation_id, status="Succeeded", results_lag=0)
+    deliver_ok(stack, POST, run)
+    wait_until(lambda: stack.run_report(run)["run"]["status"] == "Completed", timeout=120)
+    assert_promise_kept(stack, stack.run_report(run))
+
+
+def test_a_host_killed_mid_stop_still_deallocates_everything_once_and_says_so(
+    killable: Stack,
+) -> None:
+    stack = killable
+    run = stack.schedule("weekly", FLEET, timedelta(minutes=32))
+    deliver_ok(stack, PRE, run)
+    stack.settle(timeout=120)
+    stack.fake.model.complete_run(run.correlation_id, status="Succeeded", results_lag=0)
+    deliver_ok(stack, POST, run)
+    wait_until(lambda: sum(applied(stack, "deallocate").values()) >= len(STOPPED) // 3, 60)
+    killed_at = kill_and_restart(stack)
+    wait_until(lambda: all(power(stack, m) == "deallocated" for m in STOPPED), timeout=90)
+    assert time.monotonic() - killed_at < 10 * TEST_LEASE_SECONDS
+    wait_until(lambda: stack.run_report(run)["run"]["status"] == "Completed", timeout=120)
+    # Each VM the app deallocated reads "Deallocated", crash or not.
+    assert_promise_kept(stack, stack.run_report(run))
