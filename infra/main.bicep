@@ -97,8 +97,11 @@ param notifyWebhookUrl string = ''
 @description('NCRONTAB schedule of the reconcile timer (RECONCILE_SCHEDULE).')
 param reconcileSchedule string = '0 */5 * * * *'
 
-@description('Entra object ids allowed to cancel runs through the API (CANCEL_ALLOWED_CALLERS); empty: any holder of a function key.')
+@description('Entra object ids allowed to cancel runs through the API (CANCEL_ALLOWED_CALLERS); empty: any holder of a function key. Needs authenticationClientId: without App Service authentication every cancel is refused.')
 param cancelAllowedCallers array = []
+
+@description('Client id of a Microsoft Entra app registration (exposing api://<client id>) for App Service authentication of the operator API; operators then send a bearer token for it as well as the function key. Empty: authentication off.')
+param authenticationClientId string = ''
 
 @description('Log Analytics query endpoint of this cloud (LOG_ANALYTICS_ENDPOINT): https://api.loganalytics.io (public), https://api.loganalytics.us (US Government), https://api.loganalytics.azure.cn (China).')
 param logAnalyticsEndpoint string = 'https://api.loganalytics.io'
@@ -252,6 +255,8 @@ module functionApp 'modules/function-app.bicep' = {
     storageBlobEndpoint: storage.outputs.blobEndpoint
     deploymentContainerName: deploymentContainerName
     appSettings: union(appSettings, platformSettings)
+    authenticationClientId: authenticationClientId
+    authenticationTenantId: tenant().tenantId
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
   }

@@ -7,6 +7,7 @@ first used. Tests install their own Container with `use()`.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from shared.services.reconcile import Reconciler
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -228,7 +231,10 @@ def container() -> Container:
     if _container is None:
         with _container_lock:
             if _container is None:
-                _container = Container(settings=Settings.from_environ(os.environ))
+                settings = Settings.from_environ(os.environ)
+                for disabled in settings.disabled_features:
+                    log.error("%s; fix the setting and restart the app", disabled.describe())
+                _container = Container(settings=settings)
     return _container
 
 

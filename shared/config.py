@@ -7,6 +7,7 @@ README's table and local.settings.sample.json in step.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,6 +35,8 @@ class SettingSpec:
     default: str | None
     description: str
     read_by: str = "app"
+    # A secret's value is never echoed: errors name the setting only.
+    secret: bool = False
 
 
 STORAGE = "AzureWebJobsStorage"
@@ -50,6 +53,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Storage connection string for the host and the run ledger. Locally "
         "`UseDevelopmentStorage=true` or an Azurite connection string. In Azure leave it "
         "unset and use the identity-based settings below.",
+        secret=True,
     ),
     SettingSpec(
         f"{STORAGE}__accountName",
@@ -110,7 +114,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "LOG_ANALYTICS_WORKSPACE_ID",
         None,
-        "Workspace (customer) id for the post-run heartbeat check. Unset: no check.",
+        "Workspace (customer) id for the post-run heartbeat check. Unset: no check. "
+        "Malformed: no check, with an ERROR; everything else keeps working.",
     ),
     SettingSpec(
         "MAINTENANCE_API_VERSION",
@@ -189,7 +194,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "NOTIFY_WEBHOOK_URL",
         None,
         "Teams/Slack-style incoming webhook for run reports (https). Unset: no notification. "
-        "It holds a secret: in Azure use a Key Vault reference.",
+        "It holds a secret: in Azure use a Key Vault reference. Malformed: notifications are "
+        "off (an ERROR names the setting, never its value); everything else keeps working.",
+        secret=True,
     ),
     SettingSpec(
         "RECONCILE_SCHEDULE",
@@ -213,8 +220,16 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "CANCEL_ALLOWED_CALLERS",
         None,
-        "Comma-separated Entra object ids allowed to cancel runs (from App Service "
-        "authentication's x-ms-client-principal). Unset: anyone holding a function key.",
+        "Comma-separated Entra object ids allowed to cancel runs. Needs App Service "
+        "authentication (WEBSITE_AUTH_ENABLED): without it every cancel is refused (403). "
+        "Unset: anyone holding a function key. Malformed: every cancel is refused, with an "
+        "ERROR; events and tasks keep working.",
+    ),
+    SettingSpec(
+        "WEBSITE_AUTH_ENABLED",
+        "False",
+        "Set by App Service when its authentication is on (`True`); only then are the "
+        "x-ms-client-principal headers trusted. Do not set it yourself in Azure.",
     ),
     SettingSpec(
         "CANCEL_SAFETY_MARGIN_SECONDS",
@@ -224,6 +239,20 @@ SETTINGS: tuple[SettingSpec, ...] = (
     ),
 )
 SETTING_NAMES = frozenset(spec.name for spec in SETTINGS)
+SECRET_SETTINGS = frozenset(spec.name for spec in SETTINGS if spec.secret)
+
+
+@dataclass(frozen=True)
+class DisabledFeature:
+    """An optional feature turned off because its setting is malformed."""
+
+    setting: str
+    feature: str
+    problem: str
+
+    def describe(self) -> str:
+        """One line for the log and for answers: names the setting, never a secret's value."""
+        return f"{self.feature}: off, because setting {self.setting} {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -256,11 +285,19 @@ class Settings:
     target_subscription_ids: tuple[str, ...]
     target_configuration_ids: tuple[ConfigurationId, ...]
     cancel_allowed_callers: frozenset[str] | None
+    # App Service authentication is on (the platform sets WEBSITE_AUTH_ENABLED=True).
+    platform_authentication: bool = False
+    disabled_features: tuple[DisabledFeature, ...] = ()
+
+    def disabled(self, setting: str) -> DisabledFeature | None:
+        """The feature a malformed `setting` turned off, if any."""
+        return next((d for d in self.disabled_features if d.setting == setting), None)
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> Settings:
         """Read and validate settings; raise ConfigError naming the first bad one."""
         reader = _Reader(env)
+        workspace_id = _heartbeat_workspace(reader)
         return cls(
             storage=_storage(reader),
             ledger_table=reader.get("LEDGER_TABLE_NAME", _table_name),
@@ -270,28 +307,57 @@ class Settings:
             managed_identity_client_id=reader.optional("MANAGED_IDENTITY_CLIENT_ID", _guid),
             arm_endpoint=reader.get("ARM_ENDPOINT", _https_url),
             authority_host=reader.get("AZURE_AUTHORITY_HOST", _https_url),
-            log_analytics_endpoint=reader.get("LOG_ANALYTICS_ENDPOINT", _https_url),
-            log_analytics_workspace_id=reader.optional("LOG_ANALYTICS_WORKSPACE_ID", _guid),
+            log_analytics_endpoint=reader.feature(
+                "LOG_ANALYTICS_ENDPOINT", _https_url, "The heartbeat check"
+            )
+            or _default("LOG_ANALYTICS_ENDPOINT"),
+            log_analytics_workspace_id=workspace_id,
             maintenance_api_version=reader.get("MAINTENANCE_API_VERSION", _maintenance_version),
             report_container=reader.get("REPORT_CONTAINER", _container_name),
-            notify_webhook_url=reader.optional("NOTIFY_WEBHOOK_URL", _webhook_url),
-            policy=_policy(reader),
+            notify_webhook_url=reader.feature(
+                "NOTIFY_WEBHOOK_URL", _webhook_url, "Run notifications"
+            ),
+            policy=_policy(reader, workspace_id),
             target_subscription_ids=reader.optional("TARGET_SUBSCRIPTION_IDS", _list_of(_guid))
             or (),
             target_configuration_ids=reader.optional(
                 "TARGET_CONFIGURATION_IDS", _list_of(_configuration)
             )
             or (),
-            cancel_allowed_callers=reader.optional(
-                "CANCEL_ALLOWED_CALLERS", lambda v: frozenset(_list_of(_guid)(v))
-            ),
+            cancel_allowed_callers=_allowed_callers(reader),
+            # Only the platform's own word turns authentication on; anything else is off.
+            platform_authentication=reader.get("WEBSITE_AUTH_ENABLED", str.lower) == "true",
+            disabled_features=tuple(reader.disabled),
         )
+
+
+def _default(name: str) -> str:
+    value = next(spec.default for spec in SETTINGS if spec.name == name)
+    assert value is not None
+    return value
+
+
+def _heartbeat_workspace(reader: _Reader) -> str | None:
+    workspace = reader.feature("LOG_ANALYTICS_WORKSPACE_ID", _guid, "The heartbeat check")
+    # A malformed endpoint turns the check off too: there is nowhere valid to ask.
+    endpoint_ok = reader.feature("LOG_ANALYTICS_ENDPOINT", _https_url, "The heartbeat check")
+    return workspace if endpoint_ok is not None else None
+
+
+def _allowed_callers(reader: _Reader) -> frozenset[str] | None:
+    name = "CANCEL_ALLOWED_CALLERS"
+    if reader.raw(name) is None:
+        return None
+    callers = reader.feature(name, lambda v: frozenset(_list_of(_guid)(v)), "Cancelling runs")
+    # Fail closed: a malformed allow-list allows nobody, and keeps events and tasks running.
+    return frozenset() if callers is None else callers
 
 
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
         self._defaults = {spec.name: spec.default for spec in SETTINGS}
+        self.disabled: list[DisabledFeature] = []
 
     def raw(self, name: str) -> str | None:
         value = self._env.get(name)
@@ -306,10 +372,33 @@ class _Reader:
         try:
             return parse(value)
         except ValueError as e:
-            raise ConfigError(name, f"{e} (got {value!r})") from e
+            # `from None`: the parser's own error may quote the value.
+            raise ConfigError(name, f"{e} ({_shown(name, value)})") from None
 
     def optional(self, name: str, parse: Callable[[str], T]) -> T | None:
         return None if self.raw(name) is None else self.get(name, parse)
+
+    def feature(self, name: str, parse: Callable[[str], T], feature: str) -> T | None:
+        """An optional feature's setting: malformed turns the feature off, never the app."""
+        try:
+            return self.optional(name, parse)
+        except ConfigError as e:
+            problem = str(e).removeprefix(f"Setting {name}: ")
+            if not any(d.setting == name for d in self.disabled):
+                self.disabled.append(DisabledFeature(name, feature, problem))
+            return None
+
+
+def _shown(name: str, value: str) -> str:
+    """How an error shows a bad value: never a secret's, never a URL's query or user info."""
+    if name in SECRET_SETTINGS:
+        return "value not shown: it holds a secret"
+    visible = value.split("?", 1)[0].split("#", 1)[0]
+    if "@" in visible:
+        scheme, _, rest = visible.rpartition("://")
+        visible = f"{scheme}://" * bool(scheme) + rest.rsplit("@", 1)[-1]
+    suffix = " (query not shown)" if visible != value else ""
+    return f"got {visible!r}{suffix}"
 
 
 _ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
@@ -380,7 +469,12 @@ def _container_name(value: str) -> str:
 
 
 def _webhook_url(value: str) -> str:
-    if not re.fullmatch(r"https://[^\s]+", value):
+    try:
+        parts = urllib.parse.urlsplit(value)
+        scheme, host = parts.scheme, parts.hostname
+    except ValueError:  # e.g. a malformed port or IPv6 literal
+        scheme, host = "", None
+    if scheme != "https" or not host or re.search(r"\s", value):
         raise ValueError("must be an https:// URL")
     return value
 
@@ -412,7 +506,7 @@ def _percent(value: str) -> float:
     return number
 
 
-def _policy(reader: _Reader) -> OrchestrationPolicy:
+def _policy(reader: _Reader, workspace_id: str | None) -> OrchestrationPolicy:
     return OrchestrationPolicy(
         failure_budget_percent=reader.get("FAILURE_BUDGET_PERCENT", _percent),
         start_batch_size=reader.get("START_BATCH_SIZE", _int_between(1, 500)),
@@ -428,7 +522,7 @@ def _policy(reader: _Reader) -> OrchestrationPolicy:
         cancel_safety_margin=timedelta(
             seconds=reader.get("CANCEL_SAFETY_MARGIN_SECONDS", _int_between(0, 600))
         ),
-        log_analytics_workspace_id=reader.optional("LOG_ANALYTICS_WORKSPACE_ID", _guid),
+        log_analytics_workspace_id=workspace_id,
     )
 
 

@@ -32,6 +32,12 @@ param appSettings object
 @maxValue(1000)
 param maximumInstanceCount int
 
+@description('Client id of the Microsoft Entra app registration whose tokens App Service authentication accepts for the operator API. Empty: authentication stays off.')
+param authenticationClientId string
+
+@description('Tenant whose Microsoft Entra tokens are accepted.')
+param authenticationTenantId string
+
 @description('Memory of each instance.')
 @allowed([
   512
@@ -110,6 +116,18 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         instanceMemoryMB: instanceMemoryMB
       }
     }
+  }
+}
+
+// App Service authentication (Microsoft Entra ID) in front of the operator API, only when a client
+// id is given (app-authentication.bicep says what it does). A module rather than a conditional
+// resource, so that checkov's parser reads the settings themselves.
+module authentication 'app-authentication.bicep' = if (!empty(authenticationClientId)) {
+  name: '${name}-authentication'
+  params: {
+    siteName: site.name
+    clientId: authenticationClientId
+    tenantId: authenticationTenantId
   }
 }
 

@@ -34,9 +34,14 @@ resource configuration 'Microsoft.Maintenance/maintenanceConfigurations@2023-04-
   name: maintenanceConfigurationName
 }
 
+// Topic names allow letters, digits and hyphens only, so '_' and '.' become '-'; configurations
+// whose names differ only there ('a_b', 'a-b', 'a.b') would then share a topic name. A short hash
+// of the configuration's id keeps each name unique (3-128 characters).
+var topicNameHash = take(uniqueString(configuration.id), 8)
+var topicNameStem = take(replace(replace(maintenanceConfigurationName, '_', '-'), '.', '-'), 110)
+
 resource topic 'Microsoft.EventGrid/systemTopics@2025-02-15' = {
-  // Topic names allow letters, digits and hyphens only.
-  name: take('${replace(replace(maintenanceConfigurationName, '_', '-'), '.', '-')}-events', 128)
+  name: '${topicNameStem}-${topicNameHash}-events'
   location: configuration.location
   tags: tags
   identity: {

@@ -20,17 +20,24 @@ param maintenanceAssignableScopes array
 @description('Add the actions needed to snapshot OS and data disks before patching.')
 param enableSnapshots bool
 
+// Start and deallocate are long-running: the SDK polls Compute's operation status URL
+// (.../providers/Microsoft.Compute/locations/{region}/operations/{id}), which needs its own read
+// action; without it the polls fail unless something broader (Reader) is assigned at the scope.
 var vmPowerActions = [
   'Microsoft.Compute/virtualMachines/read'
   'Microsoft.Compute/virtualMachines/instanceView/read'
   'Microsoft.Compute/virtualMachines/start/action'
   'Microsoft.Compute/virtualMachines/deallocate/action'
+  'Microsoft.Compute/locations/operations/read'
 ]
 
+// A snapshot is a disk resource: its creation is polled through .../locations/{region}/
+// diskOperations/{id}, the disk operation status read.
 var snapshotActions = [
   'Microsoft.Compute/disks/read'
   'Microsoft.Compute/snapshots/read'
   'Microsoft.Compute/snapshots/write'
+  'Microsoft.Compute/locations/diskOperations/read'
 ]
 
 var maintenanceRunActions = [

@@ -8,7 +8,6 @@ and run the function in the background.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import uuid
@@ -18,7 +17,7 @@ from typing import Any
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
-from sandbox.local_host.eventgrid_webhook import decode_event
+from sandbox.local_host.eventgrid_webhook import UndecodableEvent, decode_event, decode_json
 from sandbox.local_host.http_messages import HostRequest, HostResponse
 from sandbox.local_host.invocation import FunctionInvocationError, FunctionInvoker
 from sandbox.local_host.keys import HostKeys
@@ -93,12 +92,15 @@ class AdminApi:
             )
         if function.trigger_type is TriggerType.EVENT_GRID:
             try:
-                envelope = json.loads(text)
-            except json.JSONDecodeError:
+                envelope = decode_json(text)
+            except ValueError:
                 envelope = None
             if not isinstance(envelope, dict):
                 raise InvalidInput("input must be one event as a JSON object, in a string")
-            return decode_event(envelope)
+            try:
+                return decode_event(envelope)
+            except UndecodableEvent as problem:
+                raise InvalidInput(str(problem)) from None
         raise InvalidInput(f"{function.name} is HTTP-triggered: call its route instead")
 
 
@@ -106,8 +108,8 @@ def _input_of(body: bytes) -> str:
     if not body.strip():
         return ""
     try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        document = decode_json(body)
+    except ValueError:
         raise InvalidInput('the body must be JSON like {"input": ""}') from None
     value = document.get("input", "") if isinstance(document, dict) else None
     if not isinstance(value, str):

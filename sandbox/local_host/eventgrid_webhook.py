@@ -3,7 +3,8 @@
 Answers the subscription handshakes (Event Grid schema: `aeg-event-type: SubscriptionValidation`;
 CloudEvents 1.0: an OPTIONS request with `WebHook-Request-Origin`) and delivers notifications:
 each event is decoded by azure-functions' own converter, exactly as the Python worker does, and
-the function is invoked once per event. Any failure answers 500, so Event Grid retries.
+the function is invoked once per event. A body or an event the host cannot decode answers 400
+before any function runs; a function's failure answers 500, so Event Grid retries.
 """
 
 from __future__ import annotations
@@ -32,10 +33,36 @@ REQUEST_ORIGIN_HEADER = "WebHook-Request-Origin"
 ALLOWED_ORIGIN_HEADER = "WebHook-Allowed-Origin"
 
 
+class UndecodableEvent(ValueError):
+    """An event the worker's converter cannot turn into its binding value."""
+
+
+def decode_json(body: bytes | str) -> Any:
+    """A request body as JSON; ValueError for what the host cannot parse (not UTF-8, not JSON,
+    nested deeper than the parser goes)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("The body is nested too deeply.") from None
+
+
 def decode_event(envelope: dict[str, Any]) -> Any:
     """The binding value for one event: func.EventGridEvent or func.CloudEvent."""
-    datum = meta.Datum(type="json", value=json.dumps(envelope))
-    return EventGridEventInConverter.decode(datum, trigger_metadata={})
+    try:
+        datum = meta.Datum(type="json", value=json.dumps(envelope))
+        return EventGridEventInConverter.decode(datum, trigger_metadata={})
+    except (ValueError, TypeError, RecursionError, OverflowError) as problem:
+        # The worker fails such an event before the function runs (a time it cannot parse,
+        # a field of the wrong type); the host refuses it as a bad request.
+        raise UndecodableEvent(
+            f"Event {describe_value(envelope.get('id'))} cannot be decoded: {problem}"
+        ) from None
+
+
+def describe_value(value: object, limit: int = 80) -> str:
+    """A short, one-line rendering of an untrusted value for messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class EventGridWebhook:
@@ -62,8 +89,8 @@ class EventGridWebhook:
         if request.method != "POST":
             return HostResponse(405, (("Allow", "POST, OPTIONS"),))
         try:
-            body = json.loads(request.body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = decode_json(request.body)
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             return HostResponse.text(400, "The body is not JSON.")
         # The host accepts a batch (array) or, for CloudEvents in structured mode, one event.
         events = [body] if isinstance(body, dict) else body
@@ -79,13 +106,17 @@ class EventGridWebhook:
         return HostResponse.text(400, f"Unknown {EVENT_TYPE_HEADER} {event_type!r}.")
 
     def _deliver(self, function: IndexedFunction, events: list[dict[str, Any]]) -> HostResponse:
+        try:
+            decoded = [(envelope.get("id"), decode_event(envelope)) for envelope in events]
+        except UndecodableEvent as problem:
+            return HostResponse.text(400, str(problem))
         failed = 0
         # Every event of the batch is tried, so one bad event does not hide the others' logs;
         # Event Grid redelivers the whole batch on any failure, as with the real host.
-        for envelope in events:
-            reason = f"EventGrid trigger fired for event {envelope.get('id')!r}"
+        for event_id, event in decoded:
+            reason = f"EventGrid trigger fired for event {describe_value(event_id)}"
             try:
-                self._invoker.invoke(function, decode_event(envelope), reason)
+                self._invoker.invoke(function, event, reason)
             except FunctionInvocationError:
                 failed += 1
         if failed:

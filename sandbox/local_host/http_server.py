@@ -7,6 +7,7 @@ for Event Grid, `/admin/functions/{name}` for the admin API.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,7 @@ from sandbox.local_host.http_triggers import HttpTriggers
 from sandbox.local_host.invocation import InvocationTracker
 
 log = logging.getLogger(__name__)
+_QUERY = re.compile(r"\?[^\s\"]*")
 
 LOOPBACK = "127.0.0.1"
 # The Functions host's own limit on request bodies.
@@ -167,4 +169,5 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(response.body)
 
     def log_message(self, format: str, *args: object) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        # The request line carries the query string, and with it any `?code=` key.
+        log.debug("%s %s", self.address_string(), _QUERY.sub("", format % args))

@@ -21,6 +21,13 @@ from shared.domain.ids import (
     describe_for_log,
     parse_subscription_id,
 )
+from shared.domain.json_input import (
+    MAX_JSON_DEPTH,
+    UnreadableJson,
+    load_json,
+    value_nesting_depth,
+)
+from shared.domain.timeline import within_calendar
 
 # Real events are about 1-2 KB; anything far larger is not a maintenance event.
 MAX_EVENT_BYTES = 64 * 1024
@@ -102,20 +109,21 @@ def parse_time(value: object, what: str) -> datetime:
     zone = "+00:00" if zone.upper() == "Z" else zone
     try:
         parsed = datetime.fromisoformat(f"{match['date']}T{match['time']}.{fraction}{zone}")
-    except ValueError as e:
+        in_utc = parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as e:
+        # OverflowError: the offset moves the time out of the calendar (0001-01-01T00:00+14:00).
         raise InvalidEvent(f"{what} is not a real time: {describe_for_log(value)}") from e
-    return parsed.astimezone(UTC)
+    if not within_calendar(in_utc):
+        raise InvalidEvent(f"{what} is outside years 2..9998: {describe_for_log(value)}")
+    return in_utc
 
 
 def parse_delivery(body: bytes | str, expected: frozenset[EventKind]) -> MaintenanceEvent:
     """Parse a raw delivery (an event object, or an array holding exactly one event)."""
-    if len(body) > MAX_EVENT_BYTES:
-        raise InvalidEvent(f"payload of {len(body)} bytes exceeds {MAX_EVENT_BYTES} bytes")
     try:
-        text = body.decode("utf-8") if isinstance(body, bytes) else body
-        document = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise InvalidEvent("payload is not JSON") from e
+        document = load_json(body, max_bytes=MAX_EVENT_BYTES)
+    except UnreadableJson as e:
+        raise InvalidEvent(f"payload is not JSON the app reads: {e}") from e
     if isinstance(document, list):
         if len(document) != 1:
             raise InvalidEvent(f"expected one event in the array, got {len(document)}")
@@ -127,6 +135,12 @@ def parse_delivery(body: bytes | str, expected: frozenset[EventKind]) -> Mainten
 
 def parse_event(envelope: Mapping[str, Any], expected: frozenset[EventKind]) -> MaintenanceEvent:
     """Validate one event envelope (Event Grid schema or CloudEvents 1.0)."""
+    event_id = envelope.get("id")
+    if value_nesting_depth(envelope) > MAX_JSON_DEPTH:
+        raise InvalidEvent(
+            f"event nests deeper than {MAX_JSON_DEPTH} levels",
+            event_id if isinstance(event_id, str) else None,
+        )
     size = len(json.dumps(envelope, default=str))
     if size > MAX_EVENT_BYTES:
         raise InvalidEvent(f"event of {size} bytes exceeds {MAX_EVENT_BYTES} bytes")

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from shared.domain.timeline import within_calendar
+
 GUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 # Resource group names: letters, digits, '_', '-', '.', '(' and ')'; at most 90; no trailing '.'.
 RESOURCE_GROUP_PATTERN = r"[A-Za-z0-9_.()-]{0,89}[A-Za-z0-9_()-]"
@@ -67,9 +69,12 @@ def parse_run_name(value: object) -> datetime:
     if not re.fullmatch(RUN_NAME_PATTERN, text):
         raise InvalidId(f"run name is not yyyyMMddHHmmss: {describe_for_log(text)}")
     try:
-        return datetime.strptime(text, RUN_NAME_FORMAT).replace(tzinfo=UTC)
+        start = datetime.strptime(text, RUN_NAME_FORMAT).replace(tzinfo=UTC)
     except ValueError as e:
         raise InvalidId(f"run name is not a real date and time: {describe_for_log(text)}") from e
+    if not within_calendar(start):
+        raise InvalidId(f"run name is too close to the end of the calendar: {text}")
+    return start
 
 
 def run_name_for(scheduled_start: datetime) -> str:

@@ -5,10 +5,19 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 from shared.domain.ids import InvalidId, MachineId, RunId
+from shared.domain.json_input import UnreadableJson, load_json
 
 MAX_TASK_BYTES = 48 * 1024  # a Storage queue message holds 64 KiB, base64 takes a third
+# The longest a task is put off in one message: a Storage queue hides a message at most 7 days,
+# and by default keeps it only 7 days, so a day is left for the message to be seen. A longer
+# wait is done in hops (the step re-enqueues itself) and the reconciler re-drives a lost hop.
+MAX_TASK_DELAY = timedelta(days=6)
+# Far more rounds than any wait loop takes (they end at deadlines); bounds what a message claims.
+MAX_ROUND = 1_000_000
 
 
 class TaskKind(enum.StrEnum):
@@ -55,14 +64,24 @@ class Task:
     def from_json(cls, body: bytes | str) -> Task:
         """Parse and validate a queue message body."""
         try:
-            document = json.loads(body)
-            kind = TaskKind(document["kind"])
-            run_id = RunId.parse(document["run"])
-            machines = tuple(MachineId.parse(m) for m in document.get("machines", []))
-            round_ = int(document.get("round", 0))
-        except (ValueError, KeyError, TypeError, InvalidId) as e:
+            document: Any = load_json(body, max_bytes=MAX_TASK_BYTES)
+        except UnreadableJson as e:
             raise InvalidTask(f"not a task: {e}") from e
-        return cls(kind=kind, run_id=run_id, machines=machines, round=round_)
+        if not isinstance(document, dict):
+            raise InvalidTask("not a task: the message is not a JSON object")
+        machines = document.get("machines", [])
+        round_ = document.get("round", 0)
+        if not isinstance(machines, list):
+            raise InvalidTask("not a task: machines is not an array")
+        if not isinstance(round_, int) or isinstance(round_, bool) or not 0 <= round_ <= MAX_ROUND:
+            raise InvalidTask(f"not a task: round is not a whole number 0..{MAX_ROUND}")
+        try:
+            kind = TaskKind(str(document.get("kind")))
+            run_id = RunId.parse(document.get("run"))
+            parsed = tuple(MachineId.parse(m) for m in machines)
+        except (ValueError, InvalidId) as e:
+            raise InvalidTask(f"not a task: {e}") from e
+        return cls(kind=kind, run_id=run_id, machines=parsed, round=round_)
 
     def next_round(self) -> Task:
         """The same step again, later (verify and wait loops count their rounds)."""

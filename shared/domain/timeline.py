@@ -16,6 +16,10 @@ CANCEL_WINDOW_OPENS_BEFORE_START = timedelta(minutes=40)
 CANCEL_WINDOW_CLOSES_BEFORE_START = timedelta(minutes=10)
 MACHINES_RUNNING_BEFORE_START = timedelta(minutes=15)
 DEFAULT_CANCEL_SAFETY_MARGIN = timedelta(seconds=60)
+# The times the app accepts from outside: a year of room at each end of the calendar, so that
+# the arithmetic around a run (windows, waits, look-backs) never leaves it (OverflowError).
+EARLIEST_TIME = datetime(2, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
 class Clock(Protocol):
@@ -88,10 +92,25 @@ class CancelWindow:
         return self.position(now) is WindowPosition.OPEN
 
 
+def preparation_due(scheduled_start: datetime) -> datetime:
+    """When a run's preparation may begin: T−40, the earliest a real pre event comes and the
+    moment the run's scope is frozen. A pre event that came before waits until then."""
+    _require_aware(scheduled_start, "scheduled start")
+    return scheduled_start - CANCEL_WINDOW_OPENS_BEFORE_START
+
+
 def machines_running_deadline(scheduled_start: datetime) -> datetime:
     """The moment by which machines must run to be patched (T−15)."""
     _require_aware(scheduled_start, "scheduled start")
     return scheduled_start - MACHINES_RUNNING_BEFORE_START
+
+
+def within_calendar(value: datetime) -> bool:
+    """True when `value` (timezone-aware) lies between EARLIEST_TIME and LATEST_TIME."""
+    try:
+        return EARLIEST_TIME <= value <= LATEST_TIME
+    except OverflowError:
+        return False
 
 
 def _require_aware(value: datetime, what: str) -> None:

@@ -24,7 +24,7 @@ from shared.domain.events import (
     parse_delivery,
     parse_event,
 )
-from shared.services.intake import IntakeOutcome, follow_up, take_in_event
+from shared.services.intake import IntakeOutcome, follow_up, preparation_delay, take_in_event
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _take_in(parse: Callable[[], MaintenanceEvent], channel: str) -> IntakeOutco
     try:
         event = parse()
     except InvalidEvent as refusal:
-        log.warning(
+        log.error(
             "Refused maintenance event from %s: %s (event id %s)",
             channel,
             refusal.reason,
@@ -99,16 +99,23 @@ def _take_in(parse: Callable[[], MaintenanceEvent], channel: str) -> IntakeOutco
         )
         return None
     services = bootstrap.container()
-    outcome = take_in_event(event, services.ledger, services.clock)
+    # Resource Graph is asked (and its client built) only about a post event before its run.
+    early_post = event.kind is EventKind.POST and services.clock.now() < event.run.scheduled_start
+    graph = services.resource_graph if early_post else None
+    outcome = take_in_event(event, services.ledger, services.clock, graph)
     task = follow_up(event, outcome)
     if task is not None:
-        services.task_queue.send(task)
+        services.task_queue.send(task, preparation_delay(task, services.clock.now()))
     log.info(
         "Took in %s event %s for run %s from %s: %s",
         event.kind.short,
         describe_for_log(event.event_id),
         event.run.text,
         channel,
-        "duplicate, nothing changed" if outcome.duplicate else "recorded",
+        "duplicate, nothing changed"
+        if outcome.duplicate
+        else "held: it came before the run's start"
+        if outcome.held
+        else "recorded",
     )
     return outcome

@@ -16,7 +16,7 @@ from typing import Any
 import azure.functions as func
 
 from shared import bootstrap
-from shared.config import ConfigError
+from shared.config import ConfigError, Settings
 from shared.domain.errors import (
     AzureCallFailed,
     LedgerConflict,
@@ -25,6 +25,7 @@ from shared.domain.errors import (
 )
 from shared.domain.events import InvalidEvent, parse_time
 from shared.domain.ids import InvalidId, RunId, describe_for_log, parse_run_name
+from shared.domain.json_input import UnreadableJson, load_json
 from shared.services import cancellation, run_queries
 
 log = logging.getLogger(__name__)
@@ -88,14 +89,21 @@ def _guarded(
         for kind, status, title in ERRORS:
             if isinstance(error, kind):
                 if status >= 500:
-                    log.error("%s %s failed: %s", request.method, request.url, error)
+                    log.error(
+                        "%s %s failed: %s", request.method, _without_query(request.url), error
+                    )
                 return problem(status, title, str(error))
-        log.exception("%s %s failed unexpectedly", request.method, request.url)
+        log.exception("%s %s failed unexpectedly", request.method, _without_query(request.url))
         return problem(
             HTTPStatus.INTERNAL_SERVER_ERROR,
             "Unexpected error",
             "the request failed; the function logs have the details",
         )
+
+
+def _without_query(url: str) -> str:
+    """A request URL fit for a log line: the query may carry a key (`?code=`)."""
+    return url.split("?", 1)[0].split("#", 1)[0]
 
 
 # POST /api/runs/cancel ------------------------------------------------------------------
@@ -121,7 +129,7 @@ def _cancel(req: func.HttpRequest) -> func.HttpResponse:
     if not isinstance(dry_run, bool):
         raise BadRequest("dryRun must be true or false")
     services = bootstrap.container()
-    caller = _caller(req, services.settings.cancel_allowed_callers)
+    caller = _caller(req, services.settings)
     run_queries.resolve_for_cancel(run_id, services.ledger, services.resource_graph, services.clock)
     context = cancellation.CancelContext(
         ledger=services.ledger,
@@ -184,36 +192,61 @@ def _cancel_answer(result: cancellation.CancelAnswer) -> func.HttpResponse:
 
 def _json_body(req: func.HttpRequest) -> dict[str, Any]:
     raw = req.get_body() or b""
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest(f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest("the body is not JSON") from e
+        body = load_json(raw, max_bytes=MAX_BODY_BYTES)
+    except UnreadableJson as e:
+        raise BadRequest(f"the body is not JSON this API reads: {e}") from e
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
 
 
-def _caller(req: func.HttpRequest, allowed: frozenset[str] | None) -> str:
-    """Who is asking: App Service authentication's principal, if it is on."""
+def _caller(req: func.HttpRequest, settings: Settings) -> str:
+    """Who is asking. The x-ms-client-principal* headers are believed only when the platform
+    says App Service authentication is on: then it has stripped any a client sent and set its
+    own. Otherwise anyone can write them, so with an allow-list set every cancel is refused."""
+    allowed = settings.cancel_allowed_callers
+    broken = settings.disabled("CANCEL_ALLOWED_CALLERS")
+    if broken is not None:
+        raise Forbidden(f"{broken.describe()}: every cancel is refused")
+    if not settings.platform_authentication:
+        if allowed is not None:
+            raise Forbidden(
+                "CANCEL_ALLOWED_CALLERS is set but App Service authentication is off "
+                "(WEBSITE_AUTH_ENABLED is not True), so the caller cannot be identified and "
+                "every cancel is refused; turn on App Service authentication (see the README)"
+            )
+        return "function key (App Service authentication off)"
+    oid, name = _platform_principal(req)
+    if allowed is not None and (oid is None or oid.lower() not in allowed):
+        if oid is None:
+            raise Forbidden(
+                "the request carries no signed-in caller; send a Microsoft Entra ID bearer "
+                "token for the app as well as the function key"
+            )
+        raise Forbidden("the caller's object id is not in CANCEL_ALLOWED_CALLERS")
+    if oid is None:
+        return "function key (no signed-in caller)"
+    return describe_for_log(f"{name or 'unknown'} ({oid})").strip("'\"")
+
+
+def _platform_principal(req: func.HttpRequest) -> tuple[str | None, str | None]:
+    """(object id, name) from the headers App Service authentication set."""
     oid, name = None, None
     encoded = req.headers.get("x-ms-client-principal")
     if encoded:
         try:
-            principal = json.loads(base64.b64decode(encoded))
+            principal = load_json(
+                base64.b64decode(encoded, validate=True), max_bytes=MAX_BODY_BYTES
+            )
             claims = {c.get("typ"): c.get("val") for c in principal.get("claims", [])}
         except (ValueError, binascii.Error, AttributeError, TypeError) as e:
             raise BadRequest("x-ms-client-principal is not a principal document") from e
-        oid = next((claims[c] for c in OID_CLAIMS if claims.get(c)), None)
-        name = next((claims[c] for c in NAME_CLAIMS if claims.get(c)), None)
+        oid = next((str(claims[c]) for c in OID_CLAIMS if claims.get(c)), None)
+        name = next((str(claims[c]) for c in NAME_CLAIMS if claims.get(c)), None)
     oid = oid or req.headers.get("x-ms-client-principal-id")
     name = name or req.headers.get("x-ms-client-principal-name")
-    if allowed is not None and (oid is None or str(oid).lower() not in allowed):
-        raise Forbidden("the caller's object id is not in CANCEL_ALLOWED_CALLERS")
-    if oid is None:
-        return "function key (no App Service authentication principal)"
-    return describe_for_log(f"{name or 'unknown'} ({oid})").strip("'\"")
+    return oid, name
 
 
 # GET /api/runs and GET /api/runs/{configuration}/{runName} --------------------------------

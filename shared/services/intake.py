@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
-from shared.domain.errors import DuplicateEvent, LedgerConflict
+from shared.domain.errors import AzureCallFailed, DuplicateEvent, LedgerConflict
 from shared.domain.events import EventKind, MaintenanceEvent
-from shared.domain.runs import EventRecord, Run, RunStatus
-from shared.domain.tasks import Task, TaskKind
-from shared.domain.timeline import Clock
-from shared.services.ports import RunLedger
+from shared.domain.ids import RunId, describe_for_log
+from shared.domain.runs import EventRecord, NoteLevel, Run, RunNote, RunStatus
+from shared.domain.tasks import MAX_TASK_DELAY, Task, TaskKind
+from shared.domain.timeline import Clock, preparation_due
+from shared.services.ports import RunLedger, RunMachinesSource
+from shared.services.reconcile import CANCELLED, FINISHED, normalise_status
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +28,41 @@ class IntakeOutcome:
 
     run: Run | None
     duplicate: bool
+    # A post event before its run's start, kept as a note: it does not move the run.
+    held: bool = False
 
 
-def take_in_event(event: MaintenanceEvent, ledger: RunLedger, clock: Clock) -> IntakeOutcome:
-    """Record `event` and fold it into its run. A redelivered event changes nothing."""
+def take_in_event(
+    event: MaintenanceEvent,
+    ledger: RunLedger,
+    clock: Clock,
+    graph: RunMachinesSource | None = None,
+) -> IntakeOutcome:
+    """Record `event` and fold it into its run. A redelivered event changes nothing.
+
+    A post event before its run's start is recorded as a note and held, unless the ledger or
+    Resource Graph (`graph`, asked only then) shows the run cancelled or ended (see
+    `is_early_post_event`); a pre event before T−40 is recorded and noted, and its preparation
+    waits for T−40 (`preparation_delay`).
+    """
+    seen_status = None
+    if (
+        graph is not None
+        and event.kind is EventKind.POST
+        and clock.now() < event.run.scheduled_start
+    ):
+        seen_status = _platform_status(graph, event.run)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         now = clock.now()
         current = ledger.find_run(event.run)
+        if is_early_post_event(event, current, now, seen_status):
+            held = _hold_early_post_event(event, current, ledger, now)
+            if held is None:
+                continue
+            return IntakeOutcome(run=held, duplicate=False, held=True)
         updated = (current or Run.first_seen(event.run, now)).after_event(event, now)
+        if seen_status is not None:
+            updated = replace(updated, platform_status=seen_status)
         try:
             stored = ledger.record_event(EventRecord.of(event, now), updated)
         except DuplicateEvent:
@@ -52,8 +82,87 @@ def take_in_event(event: MaintenanceEvent, ledger: RunLedger, clock: Clock) -> I
             event.run.text,
             stored.status.value,
         )
+        due = preparation_due(event.run.scheduled_start)
+        if event.kind is EventKind.PRE and now < due:
+            _note(
+                ledger,
+                event,
+                now,
+                NoteLevel.INFO,
+                f"pre event received at {now.isoformat()}, before T-40; the run's preparation "
+                f"is scheduled for {due.isoformat()} and nothing is asked of Azure until then",
+            )
         return IntakeOutcome(run=stored, duplicate=False)
     raise LedgerConflict(f"run {event.run.text} kept changing over {MAX_ATTEMPTS} attempts")
+
+
+def is_early_post_event(
+    event: MaintenanceEvent, run: Run | None, now: datetime, seen_status: str | None = None
+) -> bool:
+    """A post event before its run's scheduled start, for a run that is neither cancelled nor
+    seen ended in Resource Graph (`seen_status` now, or the ledger's last reading): no real run
+    has ended yet, so it must not end this one (its wrap-up would then ignore the real pre
+    event)."""
+    if event.kind is not EventKind.POST or now >= event.run.scheduled_start:
+        return False
+    if run is not None and not run.is_active:
+        return False  # cancelled, or wrap-up already under way: nothing left to protect
+    for status in (seen_status, None if run is None else run.platform_status):
+        if normalise_status(status) in CANCELLED | FINISHED:
+            return False
+    return True
+
+
+def _platform_status(graph: RunMachinesSource, run_id: RunId) -> str | None:
+    """The run's status in Resource Graph (normalised), or None if it has no record or the
+    query failed (the run is then held, and the reconcile timer looks again)."""
+    configuration = run_id.configuration
+    try:
+        for record in graph.list_runs([configuration], [configuration.subscription_id]):
+            if record.run_id == run_id:
+                return normalise_status(record.status)
+    except AzureCallFailed as e:
+        log.warning(
+            "Run %s: Resource Graph could not be read for an early post event: %s", run_id.text, e
+        )
+    return None
+
+
+def _hold_early_post_event(
+    event: MaintenanceEvent, current: Run | None, ledger: RunLedger, now: datetime
+) -> Run | None:
+    """Keep the early post event as a note on its run (created if new); None on a write race."""
+    run = current
+    if run is None:
+        try:
+            run = ledger.save_run(Run.first_seen(event.run, now))
+        except LedgerConflict:
+            return None
+    message = (
+        f"post event {describe_for_log(event.event_id)} (status {describe_for_log(event.status)})"
+        f" received at {now.isoformat()}, before the run's start "
+        f"{event.run.scheduled_start.isoformat()}: recorded and held; the run is wrapped up "
+        "after a post event that comes after its start, or once Resource Graph shows it ended"
+    )
+    log.warning("Run %s: %s", event.run.text, message)
+    _note(ledger, event, now, NoteLevel.WARNING, message)
+    return run
+
+
+def preparation_delay(task: Task, now: datetime) -> timedelta:
+    """How long to hold a task before it is worth running: a prepare task waits for T−40
+    (in one hop of at most MAX_TASK_DELAY); everything else goes at once."""
+    if task.kind is not TaskKind.PREPARE:
+        return timedelta(0)
+    wait = preparation_due(task.run_id.scheduled_start) - now
+    return max(timedelta(0), min(wait, MAX_TASK_DELAY))
+
+
+def _note(
+    ledger: RunLedger, event: MaintenanceEvent, now: datetime, level: NoteLevel, message: str
+) -> None:
+    note = RunNote(run_id=event.run, at=now, level=level, source="intake", message=message)
+    ledger.add_note(note)
 
 
 def follow_up(event: MaintenanceEvent, outcome: IntakeOutcome) -> Task | None:

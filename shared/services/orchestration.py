@@ -41,8 +41,8 @@ from shared.domain.runs import (
     RunNote,
     RunStatus,
 )
-from shared.domain.tasks import Task, TaskKind
-from shared.domain.timeline import Clock, machines_running_deadline
+from shared.domain.tasks import MAX_TASK_DELAY, Task, TaskKind
+from shared.domain.timeline import Clock, machines_running_deadline, preparation_due
 from shared.services import cancellation
 from shared.services.ports import (
     Heartbeats,
@@ -125,6 +125,20 @@ class Orchestrator:
         if run is None or run.status not in (RunStatus.PRE_EVENT_RECEIVED, RunStatus.PREPARING):
             return
         now = self.clock.now()
+        due = preparation_due(run.scheduled_start)
+        if now < due:
+            # A pre event far ahead of its run: nothing is asked of Azure before T−40 (the scope
+            # is not frozen before then); the step comes back at T−40, in hops of at most
+            # MAX_TASK_DELAY.
+            wait = min(due - now, MAX_TASK_DELAY)
+            self.queue.send(task, wait)
+            log.info(
+                "Run %s: preparation is due at %s; put off by %s",
+                run.run_id.text,
+                due.isoformat(),
+                wait,
+            )
+            return
         deadline = machines_running_deadline(run.scheduled_start)
         if now >= run.scheduled_start:
             self._note(

@@ -28,7 +28,7 @@ from shared.domain.platform import PlatformRun
 from shared.domain.policy import OrchestrationPolicy
 from shared.domain.runs import NoteLevel, Run, RunNote, RunStatus
 from shared.domain.tasks import Task, TaskKind
-from shared.domain.timeline import Clock
+from shared.domain.timeline import Clock, preparation_due
 from shared.services.cancellation import CancelSource
 from shared.services.ports import RunLedger, RunMachinesSource, TaskQueue
 
@@ -252,7 +252,9 @@ class Reconciler:
 
     def _stuck_task(self, run: Run, now: datetime) -> Task | None:
         start = run.scheduled_start
-        if run.status is RunStatus.PRE_EVENT_RECEIVED and now - run.updated_at > STUCK_AFTER:
+        # A pre event far ahead waits for T−40 on purpose: not stuck before then.
+        waiting_since = max(run.updated_at, preparation_due(start))
+        if run.status is RunStatus.PRE_EVENT_RECEIVED and now - waiting_since > STUCK_AFTER:
             return Task(TaskKind.PREPARE, run.run_id)
         if run.status is RunStatus.PREPARING and now > start:
             return Task(TaskKind.GATE, run.run_id)

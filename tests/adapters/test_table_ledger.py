@@ -122,8 +122,9 @@ def test_two_writers_on_one_version_only_one_wins(ledger: TableRunLedger) -> Non
 def test_concurrent_intake_of_pre_and_post_keeps_both(
     azurite_connection_string: str, table_name: str
 ) -> None:
-    # Two "instances", each with its own client, take in the pre and post event at once.
-    clock = FixedClock()
+    # Two "instances", each with its own client, take in the pre and post event at once (after
+    # the run's start: a post event before it would only be noted).
+    clock = FixedClock(START + timedelta(hours=2))
     events = [parse_event(event_grid_event(k), ANY) for k in (PRE, POST)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(2)

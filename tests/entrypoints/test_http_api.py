@@ -14,6 +14,7 @@ import pytest
 
 from shared import bootstrap
 from shared.config import Settings
+from shared.domain.errors import LedgerUnavailable
 from shared.domain.ids import RunId
 from shared.domain.platform import PlatformRun
 from shared.domain.runs import Run
@@ -161,20 +162,52 @@ def principal(oid: str, name: str = "ops@contoso.example") -> str:
     return base64.b64encode(json.dumps({"auth_typ": "aad", "claims": claims}).encode()).decode()
 
 
-def test_the_callers_identity_goes_into_the_audit(api: Api) -> None:
+AUTH_ON = {"WEBSITE_AUTH_ENABLED": "True"}
+
+
+def forged_headers(oid: str) -> list[dict[str, str]]:
+    """Every way a client could claim to be `oid` when nothing in front checks it."""
+    return [
+        {"x-ms-client-principal-id": oid},
+        {"x-ms-client-principal-id": oid, "x-ms-client-principal-name": "ops@contoso.example"},
+        {"x-ms-client-principal-id": oid, "x-ms-client-principal-idp": "aad"},
+        {"x-ms-client-principal": principal(oid)},
+        {"x-ms-client-principal": principal(oid), "x-ms-client-principal-id": oid},
+        {"x-ms-client-principal": "not base64 at all!"},
+        {"x-ms-client-principal": base64.b64encode(b"[" * 5000).decode()},
+        {"X-MS-CLIENT-PRINCIPAL-ID": oid.upper()},
+    ]
+
+
+def test_the_callers_identity_goes_into_the_audit_when_the_platform_authenticates() -> None:
+    api = Api(**AUTH_ON)
+    try:
+        api.cancel(
+            {"correlationId": CORRELATION_ID, "reason": "r"},
+            {"x-ms-client-principal": principal(OPS_OID)},
+        )
+        [audit] = api.ledger.cancels
+        assert OPS_OID in audit.requested_by
+        assert "ops@contoso.example" in audit.requested_by
+    finally:
+        bootstrap.use(None)
+
+
+def test_principal_headers_are_ignored_for_the_audit_when_authentication_is_off(api: Api) -> None:
     api.cancel(
         {"correlationId": CORRELATION_ID, "reason": "r"},
-        {"x-ms-client-principal": principal(OPS_OID)},
+        {"x-ms-client-principal": principal(OPS_OID), "x-ms-client-principal-id": OPS_OID},
     )
     [audit] = api.ledger.cancels
-    assert OPS_OID in audit.requested_by
-    assert "ops@contoso.example" in audit.requested_by
+    assert OPS_OID not in audit.requested_by
+    assert audit.requested_by == "function key (App Service authentication off)"
 
 
 def test_the_allow_list_refuses_other_callers_with_403() -> None:
-    api = Api(CANCEL_ALLOWED_CALLERS=OPS_OID)
+    api = Api(CANCEL_ALLOWED_CALLERS=OPS_OID, **AUTH_ON)
     try:
-        assert_problem(api.cancel({"correlationId": CORRELATION_ID}), 403)
+        body = assert_problem(api.cancel({"correlationId": CORRELATION_ID}), 403)
+        assert "no signed-in caller" in body["detail"]
         other = principal("11111111-2222-4333-8444-555555555555")
         assert_problem(
             api.cancel({"correlationId": CORRELATION_ID}, {"x-ms-client-principal": other}), 403
@@ -183,6 +216,68 @@ def test_the_allow_list_refuses_other_callers_with_403() -> None:
             {"correlationId": CORRELATION_ID}, {"x-ms-client-principal": principal(OPS_OID)}
         )
         assert ok.status_code == 200
+    finally:
+        bootstrap.use(None)
+
+
+@pytest.mark.parametrize("auth_setting", [None, "False", "false", "0", "yes", "Enabled"])
+def test_every_forged_principal_header_is_refused_when_the_platform_does_not_authenticate(
+    auth_setting: str | None,
+) -> None:
+    settings = {"CANCEL_ALLOWED_CALLERS": OPS_OID}
+    if auth_setting is not None:
+        settings["WEBSITE_AUTH_ENABLED"] = auth_setting
+    api = Api(**settings)
+    try:
+        for headers in forged_headers(OPS_OID):
+            body = assert_problem(api.cancel({"correlationId": CORRELATION_ID}, headers), 403)
+            assert "App Service authentication is off" in body["detail"], headers
+            assert "WEBSITE_AUTH_ENABLED" in body["detail"]
+        assert api.canceller.cancelled == []
+        assert api.ledger.cancels == []
+    finally:
+        bootstrap.use(None)
+
+
+def test_a_malformed_allow_list_refuses_every_cancel_and_says_which_setting() -> None:
+    api = Api(CANCEL_ALLOWED_CALLERS="not-a-guid", **AUTH_ON)
+    try:
+        body = assert_problem(
+            api.cancel(
+                {"correlationId": CORRELATION_ID}, {"x-ms-client-principal": principal(OPS_OID)}
+            ),
+            403,
+        )
+        assert "CANCEL_ALLOWED_CALLERS" in body["detail"]
+        assert api.canceller.cancelled == []
+    finally:
+        bootstrap.use(None)
+
+
+@pytest.mark.parametrize("failure", [RuntimeError, LedgerUnavailable])
+def test_a_5xx_is_logged_without_the_query_string_and_its_key(
+    caplog: pytest.LogCaptureFixture, failure: type[Exception]
+) -> None:
+    Api()
+    try:
+        request = func.HttpRequest(
+            "GET",
+            "http://localhost/api/runs?code=SECRET-FUNCTION-KEY&top=5",
+            body=b"",
+            params={"top": "5", "code": "SECRET-FUNCTION-KEY"},
+        )
+
+        class Broken:
+            def __getattr__(self, name: str) -> Any:
+                raise failure("the ledger fell over")
+
+        bootstrap.container().provide("ledger", Broken())
+        with caplog.at_level("DEBUG"):
+            response = list_runs(request)
+        assert response.status_code >= 500
+        assert "/api/runs" in caplog.text
+        assert "SECRET-FUNCTION-KEY" not in caplog.text
+        assert "SECRET-FUNCTION-KEY" not in response.get_body().decode()
     finally:
         bootstrap.use(None)
 
@@ -275,3 +370,23 @@ def test_the_openapi_document_is_served_and_lists_every_route() -> None:
         "/runs/{configuration}/{runName}",
         "/openapi.json",
     }
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        "%%% not base64 %%%",
+        base64.b64encode(b"[" * 5000).decode(),
+        base64.b64encode(b'{"claims": 5}').decode(),
+        base64.b64encode(b'{"claims": [{"typ": [1], "val": 2}]}').decode(),
+        base64.b64encode(b"\xff\xfe not utf-8").decode(),
+    ],
+)
+def test_a_malformed_principal_is_a_400_when_the_platform_authenticates(encoded: str) -> None:
+    api = Api(CANCEL_ALLOWED_CALLERS=OPS_OID, **AUTH_ON)
+    try:
+        response = api.cancel({"correlationId": CORRELATION_ID}, {"x-ms-client-principal": encoded})
+        assert_problem(response, 400)
+        assert api.canceller.cancelled == []
+    finally:
+        bootstrap.use(None)

@@ -22,6 +22,7 @@ EXPECTED_FILES = {
     "main.bicep",
     "event-subscriptions.bicep",
     "modules/function-app.bicep",
+    "modules/app-authentication.bicep",
     "modules/storage.bicep",
     "modules/monitoring.bicep",
     "modules/role-definitions.bicep",

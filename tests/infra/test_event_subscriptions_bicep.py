@@ -201,3 +201,18 @@ def _union_args() -> tuple[dict[str, Any], dict[str, Any]]:
     assert properties["type"] == "union"
     delivery, common = properties["parameters"].values()
     return delivery, common
+
+
+def test_topic_names_stay_unique_when_configuration_names_differ_only_in_dropped_characters() -> (
+    None
+):
+    # 'a_b', 'a.b' and 'a-b' all become 'a-b': the configuration id's hash tells them apart.
+    assert render(body(resource(TOPIC, "topic"))["name"]) == (
+        "${topicNameStem}-${topicNameHash}-events"
+    )
+    assert render(variable(TOPIC, "topicNameHash")) == "take(unique_string(configuration.id), 8)"
+    assert render(variable(TOPIC, "topicNameStem")) == (
+        "take(replace(replace(maintenanceConfigurationName, _, -), ., -), 110)"
+    )
+    # The longest name fits the 128 characters Event Grid allows.
+    assert 110 + len("-") + 8 + len("-events") <= 128

@@ -5,6 +5,7 @@ least-privilege roles at the scopes given as parameters."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.infra.bicep import (
     REPO,
@@ -26,10 +27,12 @@ FUNCTION_APP = "modules/function-app.bicep"
 STORAGE = "modules/storage.bicep"
 MONITORING = "modules/monitoring.bicep"
 ROLES = "modules/role-definitions.bicep"
+AUTHENTICATION = "modules/app-authentication.bicep"
 
 # Keys of local.settings.sample.json that are deliberately not app settings in Azure, and why.
 NOT_APP_SETTINGS_IN_AZURE = {
     "FUNCTIONS_WORKER_RUNTIME": "Flex Consumption sets the runtime in functionAppConfig",
+    "WEBSITE_AUTH_ENABLED": "App Service sets it itself when its authentication is on",
     "AzureWebJobsStorage": "replaced by the identity-based AzureWebJobsStorage__* settings",
 }
 # App settings only the platform reads, so they are not in the sample file.
@@ -266,16 +269,21 @@ def test_application_insights_disables_local_auth_and_is_backed_by_log_analytics
 
 
 def test_vm_role_holds_only_read_start_and_deallocate_plus_snapshots_when_enabled() -> None:
+    # The operation reads are what the SDK's pollers call: Compute's operation status for
+    # start/deallocate, the disk operation status for a snapshot's creation. Without them the
+    # role works only where Reader is assigned at the same scope.
     assert set(variable(ROLES, "vmPowerActions")) == {
         "Microsoft.Compute/virtualMachines/read",
         "Microsoft.Compute/virtualMachines/instanceView/read",
         "Microsoft.Compute/virtualMachines/start/action",
         "Microsoft.Compute/virtualMachines/deallocate/action",
+        "Microsoft.Compute/locations/operations/read",
     }
     assert set(variable(ROLES, "snapshotActions")) == {
         "Microsoft.Compute/disks/read",
         "Microsoft.Compute/snapshots/read",
         "Microsoft.Compute/snapshots/write",
+        "Microsoft.Compute/locations/diskOperations/read",
     }
     (permission,) = body(resource(ROLES, "vmPowerOperator"))["properties"]["permissions"]
     assert render(permission["actions"]) == (
@@ -382,3 +390,61 @@ def _assert_grants(relative: str, custom_role_param: str) -> None:
     assert render(props["roleDefinitionId"]) == (
         f"subscription_resource_id(Microsoft.Authorization/roleDefinitions, {loop_item(access)})"
     )
+
+
+# --- App Service authentication (issue 12 §1) ---------------------------------------------
+
+
+def _authentication() -> dict[str, Any]:
+    return resource(AUTHENTICATION, "authentication")
+
+
+def test_authentication_is_deployed_only_when_a_client_id_is_given() -> None:
+    assert param(MAIN, "authenticationClientId")["default"] == ""
+    params = body(module(MAIN, "functionApp"))["params"]
+    assert render(params["authenticationClientId"]) == "authenticationClientId"
+    assert render(params["authenticationTenantId"]) == "tenant().tenantId"
+    wiring = module(FUNCTION_APP, "authentication")
+    assert render(wiring["config"]["condition"]) == "!empty(authenticationClientId)"
+    assert {k: render(v) for k, v in body(wiring)["params"].items()} == {
+        "siteName": "site.name",
+        "clientId": "authenticationClientId",
+        "tenantId": "authenticationTenantId",
+    }
+    site = resource(AUTHENTICATION, "site")
+    assert site["existing"] is True
+    assert render(body(site)["name"]) == "siteName"
+
+
+def test_authentication_is_entra_id_on_the_app_with_the_api_audience() -> None:
+    auth = body(_authentication())
+    assert _authentication()["type"] == "Microsoft.Web/sites/config"
+    assert render(auth["parent"]) == "site"
+    assert auth["name"] == "authsettingsV2"
+    properties = auth["properties"]
+    assert properties["platform"]["enabled"] is True
+    assert properties["httpSettings"]["requireHttps"] is True
+    entra = properties["identityProviders"]["azureActiveDirectory"]
+    assert entra["enabled"] is True
+    assert render(entra["registration"]["clientId"]) == "clientId"
+    assert render(entra["registration"]["openIdIssuer"]).endswith("${tenantId}/v2.0")
+    assert "environment().authentication.loginEndpoint" in render(
+        entra["registration"]["openIdIssuer"]
+    )
+    assert [render(a) for a in entra["validation"]["allowedAudiences"]] == ["api://${clientId}"]
+    # No client secret: the API only validates bearer tokens, it never signs anyone in.
+    assert "clientSecretSettingName" not in entra["registration"]
+    assert properties["login"]["tokenStore"]["enabled"] is False
+
+
+def test_authentication_guards_the_api_and_leaves_the_event_grid_webhook_open() -> None:
+    validation = body(_authentication())["properties"]["globalValidation"]
+    assert validation["requireAuthentication"] is True
+    assert validation["unauthenticatedClientAction"] == "Return401"
+    # Event Grid presents the extension's system key, never an Entra token.
+    assert validation["excludedPaths"] == ["/runtime/webhooks/eventgrid"]
+
+
+def test_the_app_never_sets_the_platforms_authentication_flag_itself() -> None:
+    assert "WEBSITE_AUTH_ENABLED" not in _main_settings()
+    assert "WEBSITE_AUTH_ENABLED" not in variable(MAIN, "platformSettings")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import azure.functions as func
@@ -116,6 +117,31 @@ def test_unknown_function_is_404_and_bad_bodies_are_400(
     assert post(host, [grid_event(), 7]).status == 400
     assert post(host, [grid_event()], headers={"aeg-event-type": "Surprise"}).status == 400
     assert recorder.calls("on_grid_event") == []
+
+
+def test_what_the_host_cannot_decode_is_400_and_no_event_of_the_batch_runs(
+    host: LocalHost, recorder: InvocationRecorder
+) -> None:
+    nested = b"[" * 1000 + b"]" * 1000  # deeper than json.loads goes (RecursionError)
+    assert post(host, None, raw=nested).status == 400
+    assert post(host, None, raw=b"\xff\xfe[]").status == 400
+    for event_time in ("yesterday", "0001-01-01T00:00:00+14:00", 1733000000):
+        bad = grid_event("bad")
+        bad["eventTime"] = event_time
+        answer = post(host, [grid_event("ok"), bad])
+        assert (answer.status, b"'bad' cannot be decoded" in answer.body) == (400, True)
+    assert recorder.calls("on_grid_event") == []
+
+
+def test_the_admin_api_answers_400_for_input_it_cannot_decode(host: LocalHost) -> None:
+    url = f"{host.url}/admin/functions/on_grid_event"
+    headers = {"x-functions-key": host.master_key}
+    nested = "[" * 1000 + "]" * 1000
+    assert send("POST", url, headers=headers, body=nested.encode()).status == 400
+    assert send("POST", url, headers=headers, json_body={"input": nested}).status == 400
+    undecodable = {"id": "x", "eventTime": "0001-01-01T00:00:00+14:00", "data": {}}
+    answer = send("POST", url, headers=headers, json_body={"input": json.dumps(undecodable)})
+    assert answer.status == 400
 
 
 def test_cloudevents_options_handshake_allows_the_requesting_origin(host: LocalHost) -> None:

@@ -250,3 +250,30 @@ def test_a_one_megabyte_payload_is_refused_before_parsing() -> None:
 )
 def test_times_are_read_as_azure_writes_them(text: str, expected: datetime) -> None:
     assert parse_time(text, "t") == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0001-01-01T00:00:00+14:00",  # moving it to UTC leaves the calendar
+        "9999-12-31T23:59:59-14:00",
+        "0001-01-01T00:00:00Z",  # inside the calendar, but no room for the run's arithmetic
+        "9999-12-31T23:59:59Z",
+    ],
+)
+def test_times_at_the_ends_of_the_calendar_are_refused_not_crashed_on(value: str) -> None:
+    with pytest.raises(InvalidEvent, match=r"data\.EndDateTime"):
+        parse_time(value, "data.EndDateTime")
+    assert "EndDateTime" in refusal(event_grid_event(PRE, EndDateTime=value))
+
+
+def test_data_nested_a_thousand_deep_is_refused_in_either_path() -> None:
+    deep: object = "x"
+    for _ in range(1000):
+        deep = {"k": deep}
+    envelope = event_grid_event(PRE, Extra=deep)
+    nested_1000 = "[" * 1000 + "]" * 1000
+    assert "nests deeper" in refusal(envelope)
+    text = json.dumps(event_grid_event(PRE, Extra="DEEP")).replace('"DEEP"', nested_1000)
+    with pytest.raises(InvalidEvent, match="levels"):
+        parse_delivery(text, frozenset(EventKind))

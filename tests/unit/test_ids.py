@@ -27,7 +27,16 @@ def test_run_name_for_converts_other_zones_to_utc() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["2026120103000", "202612010300000", "20261301030000", "20261201250000", "2026120103000a", ""],
+    [
+        "2026120103000",
+        "202612010300000",
+        "20261301030000",
+        "20261201250000",
+        "2026120103000a",
+        "",
+        "00010101000000",  # T−40 would leave the calendar
+        "99991231235959",
+    ],
 )
 def test_run_names_that_are_not_real_times_are_refused(name: str) -> None:
     with pytest.raises(InvalidId):

@@ -1,12 +1,23 @@
+import dataclasses
+from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
-from shared.domain.errors import LedgerConflict
+from shared.domain.errors import AzureCallFailed, LedgerConflict
 from shared.domain.events import EventKind, parse_event
 from shared.domain.ids import RunId
-from shared.domain.runs import RunStatus
-from shared.services.intake import MAX_ATTEMPTS, take_in_event
+from shared.domain.platform import PlatformRun
+from shared.domain.runs import NoteLevel, Run, RunStatus
+from shared.domain.tasks import MAX_TASK_DELAY, Task, TaskKind
+from shared.services.intake import (
+    MAX_ATTEMPTS,
+    follow_up,
+    is_early_post_event,
+    preparation_delay,
+    take_in_event,
+)
 from tests.builders import (
     CORRELATION_ID,
     POST,
@@ -16,6 +27,7 @@ from tests.builders import (
     InMemoryRunLedger,
     event_grid_event,
 )
+from tests.fakes import FakeGraph
 
 ANY = frozenset(EventKind)
 RUN = RunId.parse(CORRELATION_ID)
@@ -61,7 +73,7 @@ def test_pre_and_post_share_an_id_but_are_both_recorded() -> None:
 
 
 def test_post_before_pre_keeps_the_run_post_and_records_both() -> None:
-    ledger, clock = InMemoryRunLedger(), FixedClock()
+    ledger, clock = InMemoryRunLedger(), FixedClock(START + timedelta(hours=1))
     take_in_event(parse_event(event_grid_event(POST), ANY), ledger, clock)
     clock.advance(timedelta(minutes=1))
     take_in_event(parse_event(event_grid_event(PRE), ANY), ledger, clock)
@@ -75,6 +87,7 @@ def test_post_before_pre_keeps_the_run_post_and_records_both() -> None:
 def test_a_concurrent_change_is_re_read_and_folded_in() -> None:
     ledger, clock = InMemoryRunLedger(), FixedClock()
     take_in_event(parse_event(event_grid_event(PRE), ANY), ledger, clock)
+    clock.advance(timedelta(hours=2))
     post = parse_event(event_grid_event(POST), ANY)
 
     def someone_else_writes_once() -> None:
@@ -92,7 +105,7 @@ def test_a_concurrent_change_is_re_read_and_folded_in() -> None:
 
 
 def test_endless_conflicts_give_up_with_a_conflict_error() -> None:
-    ledger, clock = InMemoryRunLedger(), FixedClock()
+    ledger, clock = InMemoryRunLedger(), FixedClock(START + timedelta(hours=2))
     take_in_event(parse_event(event_grid_event(PRE), ANY), ledger, clock)
     calls = []
 
@@ -106,3 +119,107 @@ def test_endless_conflicts_give_up_with_a_conflict_error() -> None:
     with pytest.raises(LedgerConflict):
         take_in_event(parse_event(event_grid_event(POST), ANY), ledger, clock)
     assert len(calls) == MAX_ATTEMPTS
+
+
+def test_a_post_event_before_the_start_is_noted_and_held_without_moving_the_run() -> None:
+    ledger, clock = InMemoryRunLedger(), FixedClock(START - timedelta(minutes=35))
+    outcome = take_in_event(parse_event(event_grid_event(POST), ANY), ledger, clock)
+    assert outcome.held and not outcome.duplicate
+    run = ledger.find_run(RUN)
+    assert run is not None
+    assert (run.status, run.post_event_at) == (RunStatus.SCHEDULED, None)
+    assert list(ledger.list_events(RUN)) == []  # the real post event is not a duplicate later
+    [note] = ledger.list_notes(RUN)
+    assert note.level is NoteLevel.WARNING and "before the run's start" in note.message
+    assert follow_up(parse_event(event_grid_event(POST), ANY), outcome) is None
+    # The real pre event then prepares the run as usual.
+    clock.advance(timedelta(minutes=3))
+    pre = parse_event(event_grid_event(PRE), ANY)
+    after_pre = take_in_event(pre, ledger, clock)
+    assert after_pre.run is not None and after_pre.run.status is RunStatus.PRE_EVENT_RECEIVED
+    assert follow_up(pre, after_pre) == Task(TaskKind.PREPARE, RUN)
+
+
+def test_an_early_post_event_does_not_hold_a_prepared_run_back_from_its_real_post() -> None:
+    ledger, clock = InMemoryRunLedger(), FixedClock(START - timedelta(minutes=35))
+    take_in_event(parse_event(event_grid_event(PRE), ANY), ledger, clock)
+    take_in_event(parse_event(event_grid_event(POST), ANY), ledger, clock)
+    run = ledger.find_run(RUN)
+    assert run is not None and run.status is RunStatus.PRE_EVENT_RECEIVED
+    clock.advance(timedelta(hours=3))
+    real = take_in_event(parse_event(event_grid_event(POST), ANY), ledger, clock)
+    assert not real.duplicate and not real.held
+    assert real.run is not None and real.run.status is RunStatus.POST_EVENT_RECEIVED
+
+
+@pytest.mark.parametrize(
+    ("platform_status", "status", "early"),
+    [
+        (None, RunStatus.SCHEDULED, True),
+        ("InProgress", RunStatus.PREPARED, True),
+        ("Succeeded", RunStatus.PREPARED, False),  # Resource Graph shows the run ended
+        ("Failed", RunStatus.PREPARING, False),
+        ("Canceled", RunStatus.PRE_EVENT_RECEIVED, False),  # cancelled outside the app
+        (None, RunStatus.CANCELLED, False),  # cancelled by the app
+        (None, RunStatus.WRAPPING_UP, False),
+    ],
+)
+def test_a_post_event_before_the_start_is_early_unless_the_run_was_cancelled_or_ended(
+    platform_status: str | None, status: RunStatus, early: bool
+) -> None:
+    now = START - timedelta(minutes=20)
+    post = parse_event(event_grid_event(POST), ANY)
+    run = dataclasses.replace(
+        Run.first_seen(RUN, now), status=status, platform_status=platform_status
+    )
+    assert is_early_post_event(post, run, now) is early
+    assert is_early_post_event(post, None, now)
+    assert not is_early_post_event(post, run, START)  # from T on, a post event is real
+
+
+def test_a_pre_event_before_t_minus_40_is_recorded_and_noted_with_the_preparation_time() -> None:
+    ledger, clock = InMemoryRunLedger(), FixedClock(START - timedelta(days=400))
+    pre = parse_event(event_grid_event(PRE), ANY)
+    outcome = take_in_event(pre, ledger, clock)
+    assert outcome.run is not None and outcome.run.status is RunStatus.PRE_EVENT_RECEIVED
+    assert len(list(ledger.list_events(RUN))) == 1
+    [note] = ledger.list_notes(RUN)
+    assert (START - timedelta(minutes=40)).isoformat() in note.message
+
+
+@pytest.mark.parametrize(
+    ("before_start", "delay"),
+    [
+        (timedelta(minutes=30), timedelta(0)),
+        (timedelta(minutes=40), timedelta(0)),
+        (timedelta(minutes=41), timedelta(minutes=1)),
+        (timedelta(days=3), timedelta(days=3) - timedelta(minutes=40)),
+        (timedelta(days=400), MAX_TASK_DELAY),  # the queue hides a message 7 days at most
+    ],
+)
+def test_a_prepare_task_is_held_until_t_minus_40_in_hops_the_queue_allows(
+    before_start: timedelta, delay: timedelta
+) -> None:
+    now = START - before_start
+    assert preparation_delay(Task(TaskKind.PREPARE, RUN), now) == delay
+    assert preparation_delay(Task(TaskKind.WRAP_UP, RUN), now) == timedelta(0)
+
+
+def test_an_early_post_event_counts_when_resource_graph_already_shows_the_run_ended() -> None:
+    ledger, clock = InMemoryRunLedger(), FixedClock(START - timedelta(minutes=20))
+    graph = FakeGraph()
+    graph.runs = [PlatformRun(RUN, "Canceled", None, None, "cancelled using cancellation API")]
+    outcome = take_in_event(parse_event(event_grid_event(POST), ANY), ledger, clock, graph)
+    assert not outcome.held
+    assert outcome.run is not None and outcome.run.status is RunStatus.POST_EVENT_RECEIVED
+    assert outcome.run.platform_status == "Cancelled"
+
+
+def test_an_early_post_event_is_held_when_resource_graph_cannot_be_read() -> None:
+    class FailingGraph(FakeGraph):
+        def list_runs(self, configurations: object, subscriptions: object) -> Iterator[Any]:
+            raise AzureCallFailed("Resource Graph", 503, "ServiceUnavailable", "try later")
+
+    ledger, clock = InMemoryRunLedger(), FixedClock(START - timedelta(minutes=20))
+    outcome = take_in_event(parse_event(event_grid_event(POST), ANY), ledger, clock, FailingGraph())
+    assert outcome.held

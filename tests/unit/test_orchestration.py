@@ -6,7 +6,7 @@ decisions at their boundaries quickly.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -196,9 +196,10 @@ def test_ten_deliveries_of_pre_and_post_act_once() -> None:
     assert world.machines.calls.count(("deallocate", web.key)) == 1
 
 
-def test_post_before_pre_starts_nothing_and_completes_the_run() -> None:
+def test_post_before_pre_after_the_start_starts_nothing_and_completes_the_run() -> None:
     world = World()
     world.fleet(web=PowerState.DEALLOCATED)
+    world.clock.current = START + timedelta(hours=1)
     world.deliver(POST)
     world.work()
     world.deliver(PRE)
@@ -207,6 +208,47 @@ def test_post_before_pre_starts_nothing_and_completes_the_run() -> None:
     run = world.ledger.find_run(RUN)
     assert run is not None
     assert run.status is RunStatus.COMPLETED
+
+
+def test_a_post_event_before_the_start_is_held_and_the_real_pre_event_still_starts_vms() -> None:
+    world = World()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(POST)  # at T−35, for a run Resource Graph does not show ended
+    assert world.work() == []
+    world.deliver(PRE)
+    world.work(until_minutes_before_start=14)
+    assert world.machines.count("start", web) == 1
+    run = world.ledger.find_run(RUN)
+    assert run is not None and run.status is RunStatus.PREPARED
+    # The real post event, after the run, wraps it up: the VM the app started is stopped.
+    world.clock.current = START + timedelta(hours=2)
+    world.deliver(POST)
+    world.work()
+    assert world.machines.count("deallocate", web) == 1
+    run = world.ledger.find_run(RUN)
+    assert run is not None and run.status is RunStatus.COMPLETED
+
+
+def test_a_pre_event_far_ahead_asks_azure_nothing_until_t_minus_40() -> None:
+    world = World()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    listed: list[datetime] = []
+    list_run_machines = world.graph.list_run_machines
+
+    def listing(run: RunId, subscriptions: Any) -> Any:
+        listed.append(world.clock.now())
+        return list_run_machines(run, subscriptions)
+
+    world.graph.list_run_machines = listing  # type: ignore[method-assign]
+    world.clock.current = START - timedelta(days=30)
+    world.deliver(PRE)
+    hops = world.work(until_minutes_before_start=40.5)
+    # 30 days in hops of at most 6 (a queue message hides 7 days at most), nothing asked.
+    assert [t.kind for t in hops] == [TaskKind.PREPARE] * 5
+    assert listed == [] and world.machines.calls == []
+    world.work(until_minutes_before_start=14)
+    assert listed[0] == START - timedelta(minutes=40)
+    assert world.machines.count("start", web) == 1
 
 
 def test_pre_event_after_t_minus_15_still_starts_but_notes_it() -> None:

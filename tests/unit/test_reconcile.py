@@ -182,3 +182,18 @@ def test_a_finished_run_that_owns_nothing_is_only_recorded() -> None:
     assert run is not None
     assert run.platform_status == "Succeeded"
     assert dataclasses.replace(run).status is RunStatus.COMPLETED
+
+
+def test_a_pre_event_far_ahead_is_not_stuck_while_it_waits_for_t_minus_40() -> None:
+    world = World()
+    world.fleet(web=PowerState.DEALLOCATED)
+    world.clock.current = START - timedelta(days=20)
+    world.deliver(PRE)
+    world.queue._heap.clear()  # even with its delayed task lost, it waits until T−40
+    world.clock.current = START - timedelta(days=1)
+    assert reconciler(world).tick().redriven == []
+    world.clock.current = START - timedelta(minutes=31)
+    assert reconciler(world).tick().redriven == []  # due at T−40: 9 minutes is not stuck yet
+    world.clock.current = START - timedelta(minutes=29)
+    assert reconciler(world).tick().redriven == [RUN.text]
+    assert [t.kind for t in world.queue.sent][-1] is TaskKind.PREPARE
