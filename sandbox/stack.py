@@ -67,7 +67,7 @@ class Stack:
     """A running stack and the calls Event Grid and an operator would make."""
 
     fake: FakeAzure
-    host: LocalHost | HostProcess
+    host: LocalHost
     storage_connection_string: str
     ledger_table: str
     session: requests.Session

@@ -14,7 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import requests
@@ -23,6 +23,7 @@ from azure.storage.queue import QueueClient
 
 from sandbox.fake_azure import FakeAzure
 from sandbox.fake_azure.model import MaintenanceRun
+from sandbox.local_host import LocalHost
 from sandbox.stack import POST, PRE, HostProcess, Stack, app_environment, running_stack
 from tests.fake_azure import SUBSCRIPTION, small_scenario, vm_id
 
@@ -211,7 +212,8 @@ def killable(azurite_connection_string: str) -> Iterator[Stack]:
         host.start()
         yield Stack(
             fake=fake,
-            host=host,
+            # It answers every call Stack makes of a host (url, keys, webhook_url, wait_idle).
+            host=cast(LocalHost, host),
             storage_connection_string=azurite_connection_string,
             ledger_table=env["LEDGER_TABLE_NAME"],
             session=session,
@@ -232,10 +234,10 @@ TEST_LEASE_SECONDS = 6
 
 
 def kill_and_restart(stack: Stack) -> float:
-    assert isinstance(stack.host, HostProcess)
-    stack.host.kill()
+    host = cast(HostProcess, stack.host)
+    host.kill()
     killed_at = time.monotonic()
-    stack.host.start()
+    host.start()
     return killed_at
 
 
