@@ -52,6 +52,8 @@ class MachineKind(enum.StrEnum):
         return cls.OTHER
 
 
+# How the history detail of a call Azure refused outright (a 4xx other than 429) begins.
+REFUSED = "refused: "
 # The history detail of a failed start found not running at wrap-up: the run no longer owns it.
 NOTHING_TO_STOP = "found not running at wrap-up: nothing to stop"
 
@@ -241,8 +243,18 @@ class MachineRecord:
 
     @property
     def start_was_sent(self) -> bool:
-        """The app recorded a start intent for this machine (its history holds "Starting")."""
-        return any(entry[1] == MachineAction.STARTING.value for entry in self.history)
+        """A start the app sent for this machine may have taken effect: its latest "Starting"
+        intent was neither put back ("Planned": throttled, or the run stopped starting) nor
+        refused outright by Azure."""
+        sent = False
+        for _at, action, detail in self.history:
+            if action == MachineAction.STARTING.value:
+                sent = True
+            elif action == MachineAction.PLANNED.value or (
+                action == MachineAction.START_FAILED.value and detail.startswith(REFUSED)
+            ):
+                sent = False
+        return sent
 
     def moved_to(
         self, action: MachineAction, at: datetime, detail: str = "", **changes: Any

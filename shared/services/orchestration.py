@@ -32,6 +32,7 @@ from shared.domain.machines import OperationOutcome, OperationResult, PowerState
 from shared.domain.policy import GateCount, GateOutcome, OrchestrationPolicy
 from shared.domain.runs import (
     NOTHING_TO_STOP,
+    REFUSED,
     MachineAction,
     MachineClaim,
     MachineKind,
@@ -1097,7 +1098,7 @@ class Orchestrator:
                 return self._mark_answer_lost(
                     row, f"{e.service} answered {e.status or 'nothing'} {e.code or ''}".rstrip()
                 ), None
-            return self._save_failure(row, failed_as, e), None
+            return self._save_failure(row, failed_as, e, refused=True), None
 
     def _mark_answer_lost(self, row: MachineRecord, why: str) -> MachineRecord:
         """Keep the row's intent (Starting/Deallocating), noting that no worker waits on it."""
@@ -1142,7 +1143,12 @@ class Orchestrator:
         return self._save_latest(row, change)
 
     def _save_failure(
-        self, row: MachineRecord, action: MachineAction, error: AzureCallFailed
+        self,
+        row: MachineRecord,
+        action: MachineAction,
+        error: AzureCallFailed,
+        *,
+        refused: bool = False,
     ) -> MachineRecord:
         self._note(
             row.run_id,
@@ -1155,7 +1161,7 @@ class Orchestrator:
             lambda r: r.moved_to(
                 action,
                 self.clock.now(),
-                f"{error.service} answered {error.code}",
+                f"{REFUSED if refused else ''}{error.service} answered {error.code}",
                 error_code=error.code,
                 error_message=error.message,
             ),

@@ -211,3 +211,22 @@ def test_a_dead_workers_intent_lapses_after_a_lease_and_the_vm_is_started_once()
     world.orchestrator.handle(Task(TaskKind.START, RUN, (web,)))
     assert machines.count("start", web) == 1
     assert world.row(web).action is MachineAction.STARTED
+
+
+def test_a_start_refused_with_429_and_then_started_by_someone_else_is_left_alone() -> None:
+    world, machines = losing_world()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+
+    def throttled_while_an_operator_starts_it(machine: MachineId) -> Done:
+        machines.calls.append(("start", machine.key))
+        machines.vms[machine.key].state = PowerState.RUNNING
+        raise AzureCallFailed("Compute", 429, "TooManyRequests", "throttled")
+
+    machines.begin_start = throttled_while_an_operator_starts_it  # type: ignore[method-assign]
+    world.deliver(PRE)
+    world.work()
+    assert world.row(web).action is MachineAction.LEFT_ALONE
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    assert machines.count("deallocate", web) == 0
