@@ -459,6 +459,10 @@ class Orchestrator:
         if result.succeeded:
             self._move(row, done, f"{verb} succeeded", waiting, last_power_state=state.value)
             return True
+        if done is MachineAction.STARTED and self._came_up(row):
+            # Azure called the start failed, yet the VM is coming up: no "start failed".
+            self._mark_answer_lost(row, f"start reported {result.code}, but the VM is up")
+            return False
         recorded = self._move(
             row,
             failed,
@@ -476,6 +480,13 @@ class Orchestrator:
             f"{row.resource_id}: {verb} failed: {result.code}: {result.message}",
         )
         return False
+
+    def _came_up(self, row: MachineRecord) -> bool:
+        try:
+            power = self.machines.get_power(MachineId.parse(row.resource_id))
+        except AzureCallFailed:
+            return False
+        return power.state in (PowerState.RUNNING, PowerState.STARTING)
 
     def _snapshot(self, run_id: RunId, machine: MachineId) -> OperationResult:
         name = f"{machine.name}-osdisk-um-{run_id.run_name}"[:80]

@@ -19,7 +19,7 @@ from shared.adapters.maintenance import MaintenanceRuns
 from shared.adapters.resource_graph import ResourceGraphMachines
 from shared.bootstrap import Container
 from shared.config import Settings
-from shared.domain.errors import CancelRefused, ResourceGraphQueryRefused
+from shared.domain.errors import AzureCallFailed, CancelRefused, ResourceGraphQueryRefused
 from shared.domain.ids import InvalidId, MachineId, RunId
 from shared.domain.machines import OperationOutcome, PowerState
 from tests.fake_azure import CLIENT_ID, FAST_RETRIES, SUBSCRIPTION, WORKSPACE_ID, vm_id
@@ -230,6 +230,32 @@ def test_write_throttle_429s_are_retried_by_the_client(
     fake.faults.set_write_throttle(capacity=1, refill_per_second=20)
     compute.begin_start(BATCH).wait(30)
     assert compute.begin_deallocate(BATCH).wait(30).succeeded
+
+
+@pytest.mark.parametrize(("mode", "status"), [("502", 502), ("drop", None), ("timeout", None)])
+def test_a_start_whose_answer_is_lost_fails_transiently_though_azure_applied_it(
+    fake: FakeAzure, compute: ComputeMachines, mode: str, status: int | None
+) -> None:
+    fake.faults.lose_answer("compute.start", mode, times=1, seconds=0.2)
+    with pytest.raises(AzureCallFailed) as raised:
+        compute.begin_start(BATCH)
+    assert raised.value.status == status
+    assert raised.value.is_transient
+    # A 502 to a POST is not retried by azure-core, nor is a POST that got no answer.
+    [start] = fake.requests_matching("POST", r"batch-01/start$")
+    assert start.answer_lost
+    assert compute.get_power(BATCH).state in (PowerState.STARTING, PowerState.RUNNING)
+
+
+def test_an_unreadable_operation_status_is_unknown_not_failed(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    fake.faults.add_error("compute.operation", 503, retry_after=0.01)
+    result = compute.begin_start(BATCH).wait(30)
+    assert result.outcome is OperationOutcome.UNKNOWN
+    assert result.code == "ServiceUnavailable"
+    fake.faults.clear()
+    assert compute.get_power(BATCH).state in (PowerState.STARTING, PowerState.RUNNING)
 
 
 def test_an_incremental_snapshot_of_the_os_disk(fake: FakeAzure, compute: ComputeMachines) -> None:

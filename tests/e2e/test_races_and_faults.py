@@ -286,3 +286,24 @@ def test_a_host_killed_mid_stop_still_deallocates_everything_once_and_says_so(
     wait_until(lambda: stack.run_report(run)["run"]["status"] == "Completed", timeout=120)
     # Each VM the app deallocated reads "Deallocated", crash or not.
     assert_promise_kept(stack, stack.run_report(run))
+
+
+def test_a_vm_that_cannot_be_deallocated_ends_the_run_with_an_error_naming_it(
+    stack: Stack,
+) -> None:
+    stuck = STOPPED[3]
+    run = stack.schedule("weekly", FLEET, timedelta(minutes=32))
+    deliver_ok(stack, PRE, run)
+    stack.settle(timeout=120)
+    stack.fake.faults.fail_lro(stuck.rsplit("/", 1)[-1], "deallocate", code="OperationNotAllowed")
+    stack.fake.model.complete_run(run.correlation_id, status="Succeeded", results_lag=0)
+    deliver_ok(stack, POST, run)
+    stack.settle(timeout=180)
+    report = stack.run_report(run)  # GET /api/runs/{configuration}/{run}
+    assert report["run"]["status"] == "Completed"
+    assert power(stack, stuck) == "running"
+    errors = [n for n in report["notes"] if n["source"] == "wrap-up" and n["level"] == "Error"]
+    assert len(errors) == 1
+    assert stuck in errors[0]["message"]
+    assert machines_by_name(report)[stuck.rsplit("/", 1)[-1]]["action"] == "DeallocateFailed"
+    assert [power(stack, m) for m in STOPPED if m != stuck] == ["deallocated"] * 23

@@ -78,10 +78,27 @@ def test_a_start_reported_failed_that_came_up_counts_as_running_at_the_gate() ->
     assert run.gate_outcome == "Passed"
     assert world.canceller.cancelled == []
     assert world.row(web).action is MachineAction.STARTED
+    assert not [n for n in world.ledger.list_notes(RUN) if n.level is NoteLevel.ERROR]
     world.clock.current = START + timedelta(hours=1)
     world.deliver(POST)
     world.work()
     assert world.row(web).action is MachineAction.DEALLOCATED
+
+
+def test_a_start_failed_that_comes_up_later_is_read_again_by_verify() -> None:
+    world, machines = losing_world(failure_budget_percent=0)
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    machines.vms[web.key].fails_with = "InternalError"
+    world.deliver(PRE)
+    world.orchestrator.handle(Task(TaskKind.PREPARE, RUN))
+    world.orchestrator.handle(Task(TaskKind.START, RUN, (web,)))
+    assert world.row(web).action is MachineAction.START_FAILED
+    machines.vms[web.key].state = PowerState.RUNNING  # Azure brought it up after all
+    world.orchestrator.handle(Task(TaskKind.VERIFY, RUN, round=1))
+    world.work()
+    assert world.row(web).action is MachineAction.STARTED
+    run = world.ledger.find_run(RUN)
+    assert run is not None and run.gate_outcome == "Passed"
 
 
 def test_an_unreadable_start_status_leaves_the_power_state_to_decide_without_an_error() -> None:
