@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
-from shared.domain.errors import AzureCallFailed, LedgerConflict
+from shared.domain.errors import AzureCallFailed, CallWithdrawn, LedgerConflict
 from shared.domain.ids import InvalidId, MachineId, RunId
 from shared.domain.machines import OperationOutcome, OperationResult, PowerState
 from shared.domain.policy import GateCount, GateOutcome, OrchestrationPolicy
@@ -385,7 +385,7 @@ class Orchestrator:
             ), None
         return self._call(
             row,
-            lambda: self.machines.begin_start(machine),
+            lambda: self.machines.begin_start(machine, lambda: self._still_starting(run.run_id)),
             MachineAction.PLANNED,
             MachineAction.START_FAILED,
         )
@@ -1099,6 +1099,9 @@ class Orchestrator:
         try:
             return row, call()
         except AzureCallFailed as e:
+            if isinstance(e, CallWithdrawn):
+                # Only ever throttled, and the run stopped wanting it meanwhile: never sent.
+                return self._move(row, retry_as, "throttled, then withdrawn: not sent"), None
             if e.status == 429:
                 # Throttled: ARM refused the call before acting on it.
                 detail = f"{e.service} answered {e.status}: will retry"

@@ -19,7 +19,12 @@ from shared.adapters.maintenance import MaintenanceRuns
 from shared.adapters.resource_graph import ResourceGraphMachines
 from shared.bootstrap import Container
 from shared.config import Settings
-from shared.domain.errors import AzureCallFailed, CancelRefused, ResourceGraphQueryRefused
+from shared.domain.errors import (
+    AzureCallFailed,
+    CallWithdrawn,
+    CancelRefused,
+    ResourceGraphQueryRefused,
+)
 from shared.domain.ids import InvalidId, MachineId, RunId
 from shared.domain.machines import OperationOutcome, PowerState
 from tests.fake_azure import CLIENT_ID, FAST_RETRIES, SUBSCRIPTION, WORKSPACE_ID, vm_id
@@ -256,6 +261,40 @@ def test_an_unreadable_operation_status_is_unknown_not_failed(
     assert result.code == "ServiceUnavailable"
     fake.faults.clear()
     assert compute.get_power(BATCH).state in (PowerState.STARTING, PowerState.RUNNING)
+
+
+def test_a_start_only_ever_throttled_is_withdrawn_unsent_once_no_longer_wanted(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    fake.faults.set_write_throttle(capacity=1, refill_per_second=0.2)
+    compute.begin_start(WEB)  # spends the only token: the next write is throttled
+    asked: list[bool] = []
+
+    def still_wanted() -> bool:
+        asked.append(True)
+        return False
+
+    with pytest.raises(CallWithdrawn) as raised:
+        compute.begin_start(BATCH, still_wanted)
+    assert raised.value.status == 429
+    assert asked == [True]
+    assert [r.status for r in fake.requests_matching("POST", r"batch-01/start$")] == [429]
+    assert compute.get_power(BATCH).state is PowerState.DEALLOCATED
+
+
+def test_a_start_whose_first_answer_may_have_been_applied_is_never_withdrawn(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    # A 500 to a POST is retried by azure-core, and ARM may have acted on it: seen through.
+    fake.faults.add_error("compute.start", 500, times=1)
+    fake.faults.add_error("compute.start", 429, times=1, retry_after=0.05)
+    result = compute.begin_start(BATCH, lambda: False).wait(30)
+    assert result.succeeded
+    assert [r.status for r in fake.requests_matching("POST", r"batch-01/start$")] == [
+        500,
+        429,
+        202,
+    ]
 
 
 def test_an_incremental_snapshot_of_the_os_disk(fake: FakeAzure, compute: ComputeMachines) -> None:

@@ -4,6 +4,7 @@ says what happened, and a dead worker's work comes back after a lease."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -27,7 +28,9 @@ class LosingMachines(FakeMachines):
         self.deallocate_answer: OperationResult | None = None
         self.deallocate_works = True
 
-    def begin_start(self, machine: MachineId) -> Done:
+    def begin_start(
+        self, machine: MachineId, still_wanted: Callable[[], bool] | None = None
+    ) -> Done:
         done = super().begin_start(machine)
         if isinstance(self.start_answer, AzureCallFailed):
             raise self.start_answer
@@ -234,7 +237,9 @@ def test_a_start_refused_with_429_and_then_started_by_someone_else_is_left_alone
     world, machines = losing_world()
     (web,) = world.fleet(web=PowerState.DEALLOCATED)
 
-    def throttled_while_an_operator_starts_it(machine: MachineId) -> Done:
+    def throttled_while_an_operator_starts_it(
+        machine: MachineId, still_wanted: Callable[[], bool] | None = None
+    ) -> Done:
         machines.calls.append(("start", machine.key))
         machines.vms[machine.key].state = PowerState.RUNNING
         raise AzureCallFailed("Compute", 429, "TooManyRequests", "throttled")
