@@ -89,6 +89,9 @@ class _Handler(BaseHTTPRequestHandler):
             raw_body=raw,
         )
         response = self.server.service.serve(request)
+        if response.status == 0:
+            self.close_connection = True  # the client sees the connection end, no answer
+            return
         self._write(response)
 
     def _write(self, response: Response) -> None:
@@ -283,6 +286,14 @@ class FakeAzure:
         if self._tls is None:
             raise RuntimeError("the fake Azure is not serving")
         return self._tls.ca_path
+
+    @property
+    def tls(self) -> TlsMaterial:
+        """The CA and loopback server certificate it serves; another sandbox endpoint (a
+        webhook sink) may serve the same certificate so clients trusting ``ca_path`` reach it."""
+        if self._tls is None:
+            raise RuntimeError("the fake Azure is not serving")
+        return self._tls
 
     @property
     def identity_endpoint(self) -> str:

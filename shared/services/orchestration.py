@@ -56,16 +56,17 @@ from shared.services.ports import (
     RunMachinesSource,
     TaskQueue,
 )
-from shared.services.reporting import build_report, summary_message
+from shared.services.reporting import build_report, matched_patch_results, summary_message
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
 MAX_CONFLICT_RETRIES = 8
-# Per-machine statuses ARG shows while a machine is still being patched.
+# Per-machine statuses ARG shows while a machine is still being patched. A missing status is
+# not one of them: the field is undocumented, so the run-level status stands in for it.
 UNFINISHED_MACHINE_STATUSES = frozenset(
-    {"pending", "inprogress", "notstarted", "retrynow", "retrylater", ""}
+    {"pending", "inprogress", "notstarted", "retrynow", "retrylater"}
 )
 WATCHED = (MachineAction.STARTING, MachineAction.STARTED)
 GATE_COUNTED = (
@@ -111,6 +112,7 @@ class Orchestrator:
             TaskKind.STOP: self.stop,
             TaskKind.FINISH: self.finish,
             TaskKind.NOTIFY: self.notify,
+            TaskKind.CONFIRM_CANCEL: self.confirm_cancel,
         }
         step = steps.get(task.kind)
         if step is None:
@@ -619,33 +621,74 @@ class Orchestrator:
             self._update_run(run.run_id, lambda r: _gate(r, GateOutcome.PASSED, detail))
             log.info("Run %s: gate passed: %s", run.run_id.text, detail)
             return
-        answer = cancellation.cancel_run(
-            run.run_id,
-            cancellation.CancelContext(
-                ledger=self.ledger,
-                canceller=self.canceller,
-                queue=self.queue,
-                clock=self.clock,
-                safety_margin=self.policy.cancel_safety_margin,
-            ),
-            requested_by="app:gate",
-            reason=f"failure budget exceeded: {detail}",
-            source=cancellation.CancelSource.GATE,
-        )
+        try:
+            answer = cancellation.cancel_run(
+                run.run_id,
+                self._cancel_context(),
+                requested_by="app:gate",
+                reason=f"failure budget exceeded: {detail}",
+                source=cancellation.CancelSource.GATE,
+            )
+        except AzureCallFailed as e:
+            # One PUT per run from the gate: a cancel that failed is reported, never re-sent
+            # by a retried gate task.
+            failed = f"{detail}; the cancel failed: {e}"
+            self._note(run.run_id, NoteLevel.ERROR, "gate", failed)
+            self._update_run(run.run_id, lambda r: _gate(r, GateOutcome.CANCEL_FAILED, failed))
+            return
         if answer.verdict is cancellation.CancelVerdict.TOO_EARLY:
             # Verify finished before T−40 (the pre event can come a few minutes early).
             self.queue.send(task.next_round(), answer.window.opens_at - answer.now)
             return
         outcome = {
             cancellation.CancelVerdict.CANCELLED: GateOutcome.CANCELLED,
+            cancellation.CancelVerdict.CANCEL_REQUESTED: GateOutcome.CANCELLED,
             cancellation.CancelVerdict.ALREADY_CANCELLED: GateOutcome.ALREADY_CANCELLED,
             cancellation.CancelVerdict.TOO_LATE: GateOutcome.TOO_LATE_TO_CANCEL,
             cancellation.CancelVerdict.IN_FLIGHT: GateOutcome.ALREADY_CANCELLED,
             cancellation.CancelVerdict.REFUSED_BY_AZURE: GateOutcome.CANCEL_REFUSED,
+            cancellation.CancelVerdict.UNCONFIRMED: GateOutcome.CANCEL_UNCONFIRMED,
         }.get(answer.verdict, GateOutcome.CANCEL_REFUSED)
         level = NoteLevel.WARNING if outcome is GateOutcome.CANCELLED else NoteLevel.ERROR
         self._note(run.run_id, level, "gate", f"{detail}; {answer.explanation}")
         self._update_run(run.run_id, lambda r: _gate(r, outcome, f"{detail}; {answer.explanation}"))
+
+    def confirm_cancel(self, task: Task) -> None:
+        """Read back a run whose cancel Azure only accepted (or whose answer was lost); a
+        report already written gets what Azure finally said."""
+        notes = cancellation.confirm_cancel(task, self._cancel_context())
+        run = self.ledger.find_run(task.run_id)
+        if not notes or run is None or run.report_location is None:
+            return
+        report = self.reports.get_report(task.run_id)
+        if report is None:
+            return
+        amended = dict(report)
+        amended["run"] = {**report.get("run", {}), "platformStatus": run.platform_status}
+        amended["notes"] = [
+            *report.get("notes", []),
+            *(
+                {
+                    "at": n.at.isoformat(),
+                    "level": n.level.value,
+                    "source": n.source,
+                    "message": n.message,
+                }
+                for n in notes
+            ),
+        ]
+        self.reports.save_report(task.run_id, amended)
+
+    def _cancel_context(self) -> cancellation.CancelContext:
+        return cancellation.CancelContext(
+            ledger=self.ledger,
+            canceller=self.canceller,
+            queue=self.queue,
+            clock=self.clock,
+            safety_margin=self.policy.cancel_safety_margin,
+            graph=self.graph,
+            confirm_after=self.policy.arg_retry,
+        )
 
     # wrap-up ------------------------------------------------------------------------------
 
@@ -687,10 +730,14 @@ class Orchestrator:
 
     def _machines_finished(self, run: Run, task: Task) -> bool:
         listed = list(self.graph.list_run_machines(run.run_id, run.subscription_ids))
+        run_level = (
+            self._run_level_status(run) if any(not (m.status or "").strip() for m in listed) else ""
+        )
         unfinished = [
             m
             for m in listed
-            if (m.status or "").replace(" ", "").lower() in UNFINISHED_MACHINE_STATUSES
+            if ((m.status or "").strip() or run_level).replace(" ", "").lower()
+            in UNFINISHED_MACHINE_STATUSES
         ]
         if not unfinished:
             return True
@@ -711,6 +758,18 @@ class Orchestrator:
             f"{self.policy.wrap_up_wait}; wrapping up anyway",
         )
         return True
+
+    def _run_level_status(self, run: Run) -> str:
+        """For machines whose record has no status: the post event's status, else the run's
+        record in Resource Graph now; "" when neither says (the post event, or the reconciler
+        that started wrap-up, already said the run ended: do not wait on a missing field)."""
+        if (run.post_event_status or "").strip():
+            return run.post_event_status or ""
+        configuration = run.run_id.configuration
+        for record in self.graph.list_runs([configuration], [configuration.subscription_id]):
+            if record.run_id == run.run_id:
+                return record.status or ""
+        return ""
 
     def _hand_over(self, run_id: RunId, row: MachineRecord) -> bool:
         """Pass a VM this run started to another active run that needs it; True if passed."""
@@ -905,7 +964,7 @@ class Orchestrator:
         health = self._health(run, rows, now)
         if health is None:
             return  # the next round asks again
-        patches = list(self.graph.list_patch_results(run.run_id, run.subscription_ids))
+        patches = matched_patch_results(self.graph, run, rows)
         final = self._update_run(
             run.run_id,
             lambda r: replace(r, status=RunStatus.COMPLETED, completed_at=now, updated_at=now),

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from shared.domain.ids import MachineId, RunId
 from shared.domain.machines import MachinePower, OperationResult
 from shared.domain.platform import (
+    CancelAcceptance,
     HeartbeatReport,
     MachineFacts,
     PatchResult,
@@ -119,14 +120,16 @@ class RunMachinesSource(Protocol):
         """The machines of a run."""
         ...
 
-    def list_patch_results(self, run: RunId, subscriptions: Sequence[str]) -> Iterator[PatchResult]:
-        """Patch installation results of a run."""
+    def list_patch_results(
+        self, run: RunId, subscriptions: Sequence[str], since: datetime, until: datetime
+    ) -> Iterator[PatchResult]:
+        """Patch installation results naming the run, or from the span `since`..`until`."""
         ...
 
     def list_runs(
-        self, configurations: Sequence[Any] | None, subscriptions: Sequence[str]
+        self, configurations: Sequence[Any], subscriptions: Sequence[str]
     ) -> Iterator[PlatformRun]:
-        """Run-level records."""
+        """Run-level records of these configurations only."""
         ...
 
 
@@ -170,8 +173,9 @@ class Machines(Protocol):
 class RunCanceller(Protocol):
     """The maintenance service's run operations."""
 
-    def cancel_run(self, run: RunId) -> RunState:
-        """Cancel this run; CancelRefused on a 4xx."""
+    def cancel_run(self, run: RunId) -> CancelAcceptance:
+        """Cancel this run with one request; any 2xx is accepted. CancelRefused on a 4xx
+        refusal; AzureCallFailed when throttled, on a 5xx, or when no answer came."""
         ...
 
     def get_run(self, run: RunId) -> RunState:

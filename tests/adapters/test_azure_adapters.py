@@ -172,12 +172,43 @@ def test_runs_patch_results_and_assignments_are_read(
     )
     runs = {r.run_id: r for r in graph.list_runs([CONFIGURATION], [SUBSCRIPTION])}
     assert runs[run].status == "Succeeded"
-    patches = {p.machine: p for p in graph.list_patch_results(run, [SUBSCRIPTION])}
+    start = fake.model.get_run(run.text).scheduled_start
+    since, until = start - timedelta(minutes=15), start + timedelta(hours=5)
+    patches = {p.machine: p for p in graph.list_patch_results(run, [SUBSCRIPTION], since, until)}
     assert patches[BATCH].status == "Failed"
     assert patches[BATCH].failed == 2
     assert patches[WEB].status == "Succeeded"
+    # The default maintenanceRunId is a bare timestamp, as in the one public sample.
+    assert patches[WEB].maintenance_run_id == start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert patches[WEB].started == patches[WEB].maintenance_run_id
     assignments = list(graph.list_assignments(CONFIGURATION, [SUBSCRIPTION]))
     assert assignments  # the small scenario assigns by tag (a dynamic scope)
+
+
+@pytest.mark.parametrize("variant", ["timestamp", "correlation_id", "run_name", "absent"])
+def test_patch_results_are_found_by_name_or_time_whatever_maintenance_run_id_holds(
+    fake: FakeAzure, graph: ResourceGraphMachines, variant: str
+) -> None:
+    fake.model.settings.maintenance_run_id = variant
+    run = run_of(fake, [WEB.text, BATCH.text], minutes=-120)
+    earlier = run_of(fake, [WEB.text], minutes=-3 * 24 * 60)
+    start = fake.model.get_run(run.text).scheduled_start
+    fake.model.complete_run(run.text, status="Succeeded", results_lag=0)
+    long_ago = fake.model.get_run(earlier.text).scheduled_start + timedelta(hours=1)
+    fake.model.complete_run(
+        earlier.text,
+        status="Succeeded",
+        default_result={"last_modified_date_time": long_ago},
+        results_lag=0,
+    )
+    found = list(
+        graph.list_patch_results(
+            run, [SUBSCRIPTION], start - timedelta(minutes=15), start + timedelta(hours=5)
+        )
+    )
+    # The run's two results, never the one from three days before.
+    assert sorted(p.machine.key for p in found) == sorted([WEB.key, BATCH.key])
+    assert all(p.started == start.strftime("%Y-%m-%dT%H:%M:%SZ") for p in found)
 
 
 def test_an_arg_refusal_keeps_its_status_code_and_message(
@@ -313,15 +344,82 @@ def maintenance(fake: FakeAzure, version: str = "2023-09-01-preview") -> Mainten
     )
 
 
-def test_cancel_sends_the_documented_put(fake: FakeAzure) -> None:
+def test_cancel_sends_the_documented_put_and_accepts_the_spec_examples_202(
+    fake: FakeAzure,
+) -> None:
     run = run_of(fake, [WEB.text], minutes=30)
-    state = maintenance(fake).cancel_run(run.text)
-    assert state.status == "Cancelled"
+    accepted = maintenance(fake).cancel_run(run.text)
+    assert (accepted.http_status, accepted.status, accepted.confirmed) == (202, "Cancel", False)
     [put] = fake.requests_matching("PUT", "applyUpdates")
     assert put.path.lower() == run.text.lower()
     assert put.api_version == "2023-09-01-preview"
     assert put.body == {"properties": {"status": "Cancel"}}
+    assert put.headers["Content-Type"] == "application/json"
+    assert put.token_resource is not None  # through the SDK client's own credential policy
     assert maintenance(fake).get_run(run).status == "Cancelled"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "word", "read", "confirmed"),
+    [
+        (200, "run", "Cancelled", "Cancelled", True),
+        (201, "run", "Cancelled", "Cancelled", True),
+        (200, "spec", "Canceled", "Canceled", True),
+        (202, "spec", "Cancel", "Cancel", False),
+        (202, "run", "Cancelled", "Cancelled", False),
+        (200, "spec", "SomethingNew", "SomethingNew", False),
+        (200, "none", "Cancelled", None, False),
+        (202, "none", "Cancel", None, False),
+        (204, "none", "Cancel", None, False),
+    ],
+)
+def test_every_2xx_cancel_answer_is_accepted_through_the_sdk_client(
+    fake: FakeAzure, status: int, body: str, word: str, read: str | None, confirmed: bool
+) -> None:
+    policy = fake.faults.cancel_policy
+    policy.answer_status, policy.answer_body, policy.answer_word = status, body, word
+    run = run_of(fake, [WEB.text], minutes=30)
+    accepted = maintenance(fake).cancel_run(run)
+    assert (accepted.http_status, accepted.status, accepted.confirmed) == (
+        status,
+        read,
+        confirmed,
+    )
+    assert len(fake.requests_matching("PUT", "applyUpdates")) == 1
+
+
+@pytest.mark.parametrize(("status", "kind"), [(502, 502), (500, 500), (0, None)])
+def test_a_lost_answer_raises_after_exactly_one_put(
+    fake: FakeAzure, status: int, kind: int | None
+) -> None:
+    fake.faults.add_error("maintenance.cancel", status, after_applying=True)
+    run = run_of(fake, [WEB.text], minutes=30)
+    with pytest.raises(AzureCallFailed) as raised:
+        maintenance(fake).cancel_run(run)
+    assert not isinstance(raised.value, CancelRefused)
+    assert raised.value.status == kind
+    assert raised.value.is_transient
+    assert len(fake.requests_matching("PUT", "applyUpdates")) == 1  # no automatic re-send
+    assert maintenance(fake).get_run(run).status == "Cancelled"  # Azure did it
+
+
+def test_a_throttled_cancel_is_not_a_refusal(fake: FakeAzure) -> None:
+    fake.faults.add_error("maintenance.cancel", 429, retry_after=1)
+    run = run_of(fake, [WEB.text], minutes=30)
+    with pytest.raises(AzureCallFailed) as raised:
+        maintenance(fake).cancel_run(run)
+    assert not isinstance(raised.value, CancelRefused)
+    assert raised.value.status == 429
+    assert len(fake.requests_matching("PUT", "applyUpdates")) == 1
+
+
+def test_a_cancel_for_a_run_azure_does_not_know_is_refused_with_404(fake: FakeAzure) -> None:
+    run = RunId.parse(
+        CONFIGURATION + "/providers/microsoft.maintenance/applyupdates/20261208030000"
+    )
+    with pytest.raises(CancelRefused) as raised:
+        maintenance(fake).cancel_run(run)
+    assert (raised.value.status, raised.value.code) == (404, "NotFound")
 
 
 def test_a_refused_cancel_keeps_the_services_code_and_message(fake: FakeAzure) -> None:

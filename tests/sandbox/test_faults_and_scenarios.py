@@ -47,6 +47,31 @@ def test_a_fault_for_an_endpoint_that_does_not_exist_is_refused() -> None:
         FaultPlan().add_error("compute.strat", 503)
 
 
+def test_a_scenario_plays_the_cancel_answer_lost_answers_and_the_status_before_t() -> None:
+    scenario = Scenario.from_dict(
+        {
+            "settings": {"status_before_start": "InProgress"},
+            "faults": {
+                "cancel": {"answer_status": 204, "answer_body": "none", "answer_word": "Cancel"},
+                "errors": [{"endpoint": "maintenance.cancel", "status": 0, "after_applying": True}],
+            },
+        }
+    )
+    assert scenario.model_settings().status_before_start == "InProgress"
+    plan = FaultPlan()
+    plan.configure(scenario.data["faults"])
+    assert (plan.cancel_policy.answer_status, plan.cancel_policy.answer_body) == (204, "none")
+    rule = plan.pick_error("maintenance.cancel", "PUT", "/x")
+    assert rule is not None and rule.after_applying and rule.status == 0
+    with pytest.raises(ValueError, match="after_applying"):
+        FaultPlan().add_error("maintenance.cancel", 0)
+
+
+def test_the_default_cancel_answer_is_the_spec_example() -> None:
+    policy = FaultPlan().cancel_policy
+    assert (policy.answer_status, policy.answer_body, policy.answer_word) == (202, "spec", "Cancel")
+
+
 def test_the_token_bucket_refills_at_its_rate() -> None:
     bucket = WriteThrottle(capacity=3, refill_per_second=0.5)
     taken = [bucket.take("sub", now=100.0) for _ in range(4)]
@@ -126,6 +151,8 @@ def test_a_generated_fleet_of_3000_vms_spreads_its_power_states(
         ({"unknown_key": 1}, "unknown scenario keys"),
         ({"faults": {"latenzy": {}}}, "unknown fault settings"),
         ({"heartbeats": [{"machine": "ghost"}]}, "ghost"),
+        ({"settings": {"maintenance_run_id": "guid"}}, "maintenance_run_id must be one of"),
+        ({"settings": {"machine_status_field": "sometimes"}}, "must be one of"),
     ],
 )
 def test_a_broken_scenario_is_refused_with_the_reason(
@@ -171,3 +198,23 @@ def test_the_module_runs_standalone_and_writes_the_ready_file(tmp_path: Path) ->
     assert process.returncode == 0
     assert "fake Azure listening on https://127.0.0.1:" in stdout
     assert not ready.exists()
+
+
+def test_variant_settings_default_to_the_most_hostile_and_a_scenario_can_choose_each() -> None:
+    defaults = FakeAzure(Scenario.from_dict({})).model.settings
+    assert (
+        defaults.status_before_start,
+        defaults.machine_status_field,
+        defaults.maintenance_run_id,
+    ) == ("InProgress", "absent", "timestamp")
+    chosen = {
+        "status_before_start": "Pending",
+        "machine_status_field": "present",
+        "maintenance_run_id": "run_name",
+    }
+    settings = FakeAzure(Scenario.from_dict({"settings": chosen})).model.settings
+    assert (
+        settings.status_before_start,
+        settings.machine_status_field,
+        settings.maintenance_run_id,
+    ) == ("Pending", "present", "run_name")
