@@ -15,7 +15,7 @@ from sandbox.fake_azure import FakeAzure
 from shared.adapters.compute import ComputeMachines
 from shared.adapters.credentials import azure_credential, running_with_platform_identity
 from shared.adapters.log_analytics import LogAnalyticsHeartbeats
-from shared.adapters.maintenance import MaintenanceRuns
+from shared.adapters.maintenance import THROTTLED_CANCEL_TRIES, MaintenanceRuns
 from shared.adapters.resource_graph import ResourceGraphMachines
 from shared.bootstrap import Container
 from shared.config import Settings
@@ -404,13 +404,24 @@ def test_a_lost_answer_raises_after_exactly_one_put(
 
 
 def test_a_throttled_cancel_is_not_a_refusal(fake: FakeAzure) -> None:
-    fake.faults.add_error("maintenance.cancel", 429, retry_after=1)
+    fake.faults.add_error("maintenance.cancel", 429, retry_after=0.05)
     run = run_of(fake, [WEB.text], minutes=30)
     with pytest.raises(AzureCallFailed) as raised:
         maintenance(fake).cancel_run(run)
     assert not isinstance(raised.value, CancelRefused)
     assert raised.value.status == 429
-    assert len(fake.requests_matching("PUT", "applyUpdates")) == 1
+    # ARM did nothing with a 429: sent again after Retry-After, a bounded number of times.
+    assert len(fake.requests_matching("PUT", "applyUpdates")) == THROTTLED_CANCEL_TRIES
+
+
+def test_a_cancel_throttled_by_the_apps_own_fan_out_goes_through_once_a_token_is_back(
+    fake: FakeAzure,
+) -> None:
+    fake.faults.add_error("maintenance.cancel", 429, times=2, retry_after=0.05)
+    run = run_of(fake, [WEB.text], minutes=30)
+    maintenance(fake).cancel_run(run)
+    assert [r.status for r in fake.requests_matching("PUT", "applyUpdates")][:2] == [429, 429]
+    assert maintenance(fake).get_run(run).status == "Cancelled"
 
 
 def test_a_cancel_for_a_run_azure_does_not_know_is_refused_with_404(fake: FakeAzure) -> None:
