@@ -36,7 +36,7 @@ def fleet_scenario() -> dict[str, Any]:
     scenario = small_scenario()
     scenario["runs"] = []
     # Starts take a couple of seconds, so a cancel or wrap-up meets VMs still "starting".
-    scenario["settings"]["power_transition_seconds"] = 2
+    scenario["settings"]["power_transition_seconds"] = 1.5
     scenario["settings"]["lro_retry_after_seconds"] = 1
     for machine in FLEET:
         scenario["vms"].append(
@@ -121,24 +121,31 @@ def test_a_cancel_during_the_start_fan_out_leaves_no_started_vm_running(
     run = stack.schedule("weekly", FLEET, timedelta(minutes=32))
     deliver_ok(stack, PRE, run)
     wait_for_starts(stack, int(len(STOPPED) * share))
-    answer = stack.cancel(run.correlation_id, "cancelled mid fan-out")
+    # The app's own starts compete with the cancel for the subscription's write tokens; an
+    # operator whose cancel still comes back throttled asks again.
+    for _ in range(3):
+        answer = stack.cancel(run.correlation_id, "cancelled mid fan-out")
+        if answer.status_code != 502:
+            break
     assert answer.status_code in (200, 202), answer.text
     stack.settle(timeout=180)
-    report = stack.run_report(run)
-    assert_promise_kept(stack, report)
-    # The cancel stopped the fan-out: not every stopped VM was started.
-    assert len(applied(stack, "start")) < len(STOPPED)
+    assert_promise_kept(stack, stack.run_report(run))
 
 
-@pytest.mark.parametrize("mode", ["502", "drop"])
-def test_a_start_whose_answer_is_lost_after_arm_accepted_it_stays_the_runs(
-    stack: Stack, mode: str
+def test_starts_whose_answers_are_lost_after_arm_accepted_them_stay_the_runs(
+    stack: Stack,
 ) -> None:
-    lost = stack.fake.faults.lose_answer("compute.start", mode, times=8)
+    # Four answers replaced by a 502, four connections closed without an answer.
+    gateway = stack.fake.faults.lose_answer("compute.start", "502", times=4)
+    dropped = stack.fake.faults.lose_answer("compute.start", "drop", times=4)
     run = stack.schedule("weekly", FLEET, timedelta(minutes=32))
     deliver_ok(stack, PRE, run)
     stack.settle(timeout=180)
-    assert lost.fired == 8
+    assert (gateway.fired, dropped.fired) == (4, 4)
+    assert {r.status for r in stack.fake.requests_matching("POST", "/start$") if r.answer_lost} == {
+        0,
+        502,
+    }
     assert [power(stack, m) for m in STOPPED] == ["running"] * len(STOPPED)
     machines = machines_by_name(stack.run_report(run))
     lost_names = {
