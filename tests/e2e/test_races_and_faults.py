@@ -54,7 +54,7 @@ def fleet_scenario() -> dict[str, Any]:
 @pytest.fixture
 def stack(azurite_connection_string: str) -> Iterator[Stack]:
     with running_stack(
-        fleet_scenario(), storage_connection_string=azurite_connection_string
+        fleet_scenario(), storage_connection_string=azurite_connection_string, notify_webhook=True
     ) as running:
         # ARM's write bucket, small: the fan-out queues on it and the races are real.
         running.fake.faults.set_write_throttle(capacity=4, refill_per_second=4)
@@ -313,4 +313,7 @@ def test_a_vm_that_cannot_be_deallocated_ends_the_run_with_an_error_naming_it(
     assert len(errors) == 1
     assert stuck in errors[0]["message"]
     assert machines_by_name(report)[stuck.rsplit("/", 1)[-1]]["action"] == "DeallocateFailed"
+    # ... and in the notification the webhook received.
+    [notification] = [r.body for r in stack.fake.requests_matching("POST", "webhook")]
+    assert stuck in notification["text"]
     assert [power(stack, m) for m in STOPPED if m != stuck] == ["deallocated"] * 23
