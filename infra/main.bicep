@@ -95,6 +95,11 @@ param healthWaitMinutes int = 15
 @maxValue(540)
 param operationWaitSeconds int = 240
 
+@description('Seconds a start or stop intent stays a live worker\'s without renewal; after a host crash its machines are picked up again once it lapses (TASK_LEASE_SECONDS).')
+@minValue(3)
+@maxValue(600)
+param taskLeaseSeconds int = 45
+
 @description('Teams/Slack-style incoming webhook for run reports (NOTIFY_WEBHOOK_URL); best a Key Vault reference: @Microsoft.KeyVault(SecretUri=...). Empty: no notification.')
 @secure()
 param notifyWebhookUrl string = ''
@@ -207,6 +212,7 @@ var appSettings = {
   WRAP_UP_WAIT_MINUTES: string(wrapUpWaitMinutes)
   HEALTH_WAIT_MINUTES: string(healthWaitMinutes)
   OPERATION_WAIT_SECONDS: string(operationWaitSeconds)
+  TASK_LEASE_SECONDS: string(taskLeaseSeconds)
   SNAPSHOT_BEFORE_START: enableSnapshots ? 'true' : 'false'
   NOTIFY_WEBHOOK_URL: notifyWebhookUrl
   RECONCILE_SCHEDULE: reconcileSchedule

@@ -9,10 +9,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -30,6 +38,7 @@ POST = "Microsoft.Maintenance.PostMaintenanceEvent"
 # The sandbox's managed identity and workspace (see sandbox/scenarios/*.json).
 CLIENT_ID = "5f3c1a2b-9d8e-4f70-a1b2-c3d4e5f60718"
 WORKSPACE_ID = "4a1b2c3d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
+TASK_QUEUE = "maintenance-tasks"
 # Short waits so a whole run plays in seconds; production defaults are in shared/config.py.
 FAST_SETTINGS = {
     "VERIFY_INTERVAL_SECONDS": "1",
@@ -218,22 +227,10 @@ def running_stack(
         fake = FakeAzure.start(scenario)
         stack.callback(fake.stop)
         table = "ledger" + uuid.uuid4().hex[:12]
-        env = {
-            "AzureWebJobsStorage": storage_connection_string,
-            "LEDGER_TABLE_NAME": table,
-            "REPORT_CONTAINER": "reports-" + uuid.uuid4().hex[:12],
-            "ARM_ENDPOINT": fake.url,
-            "AZURE_AUTHORITY_HOST": fake.url,
-            "LOG_ANALYTICS_ENDPOINT": fake.url,
-            "LOG_ANALYTICS_WORKSPACE_ID": WORKSPACE_ID,
-            "MANAGED_IDENTITY_CLIENT_ID": CLIENT_ID,
-            # Loopback only: no proxy may send the SDKs' traffic elsewhere.
-            "NO_PROXY": "127.0.0.1,localhost,::1",
-            **fake.environment(),
-            **FAST_SETTINGS,
-            **({"NOTIFY_WEBHOOK_URL": f"{fake.url}{WEBHOOK_SINK}"} if notify_webhook else {}),
-            **(settings or {}),
-        }
+        env = app_environment(fake, storage_connection_string, table, settings)
+        if notify_webhook:
+            env["NOTIFY_WEBHOOK_URL"] = f"{fake.url}{WEBHOOK_SINK}"
+            env.update(settings or {})
         _reset_container()
         host = LocalHost.start("function_app:app", port=0, env=env, host_json=HOST_JSON)
         stack.callback(_reset_container)
@@ -247,6 +244,128 @@ def running_stack(
             storage_connection_string=storage_connection_string,
             ledger_table=table,
             session=session,
+        )
+
+
+def app_environment(
+    fake: FakeAzure,
+    storage_connection_string: str,
+    ledger_table: str,
+    settings: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The app's settings for a stack on `fake` and the given storage."""
+    return {
+        "AzureWebJobsStorage": storage_connection_string,
+        "LEDGER_TABLE_NAME": ledger_table,
+        "REPORT_CONTAINER": "reports-" + uuid.uuid4().hex[:12],
+        "ARM_ENDPOINT": fake.url,
+        "AZURE_AUTHORITY_HOST": fake.url,
+        "LOG_ANALYTICS_ENDPOINT": fake.url,
+        "LOG_ANALYTICS_WORKSPACE_ID": WORKSPACE_ID,
+        "MANAGED_IDENTITY_CLIENT_ID": CLIENT_ID,
+        # Loopback only: no proxy may send the SDKs' traffic elsewhere.
+        "NO_PROXY": "127.0.0.1,localhost,::1",
+        **fake.environment(),
+        **FAST_SETTINGS,
+        **(settings or {}),
+    }
+
+
+class HostProcess:
+    """The local host as its own process (`python -m sandbox.local_host`), so it can be
+    killed the way a Functions instance dies: at once, with messages in flight."""
+
+    def __init__(self, env: Mapping[str, str], host_json: Mapping[str, Any] = HOST_JSON) -> None:
+        self._folder = Path(tempfile.mkdtemp(prefix="host-process-"))
+        self._host_json = self._folder / "host.json"
+        self._host_json.write_text(json.dumps(host_json), encoding="utf-8")
+        self.function_key = secrets.token_urlsafe(24)
+        self.master_key = secrets.token_urlsafe(24)
+        self.system_key = secrets.token_urlsafe(24)
+        self._env = {
+            **os.environ,
+            **env,
+            "LOCAL_HOST_FUNCTION_KEY": self.function_key,
+            "LOCAL_HOST_MASTER_KEY": self.master_key,
+            "LOCAL_HOST_EVENTGRID_KEY": self.system_key,
+        }
+        self._process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.starts = 0
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start a host (again) and wait until it listens."""
+        ready = self._folder / f"ready-{self.starts}.json"
+        self.starts += 1
+        log_file = (self._folder / f"host-{self.starts}.log").open("wb")
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sandbox.local_host",
+                "--port",
+                "0",
+                "--host-json",
+                str(self._host_json),
+                "--ready-file",
+                str(ready),
+                "--drain-timeout",
+                "5",
+            ],
+            env=self._env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        log_file.close()
+        deadline = time.monotonic() + timeout
+        while not ready.is_file():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the host did not start; see {self._folder}")
+            time.sleep(0.1)
+        self.url = json.loads(ready.read_text(encoding="utf-8"))["url"]
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye, messages in flight stay leased."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """SIGTERM and wait (the host drains briefly)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """True once the task queue has held no message (visible or leased) for a second."""
+        from azure.storage.queue import QueueClient
+
+        queue = QueueClient.from_connection_string(
+            self._env["AzureWebJobsStorage"], TASK_QUEUE, retry_total=1
+        )
+        deadline = time.monotonic() + timeout
+        empty_since: float | None = None
+        while time.monotonic() < deadline:
+            count = queue.get_queue_properties().approximate_message_count
+            now = time.monotonic()
+            if count:
+                empty_since = None
+            elif empty_since is None:
+                empty_since = now
+            elif now - empty_since >= 1.0:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def webhook_url(self, function_name: str) -> str:
+        """The Event Grid webhook of one function."""
+        return (
+            f"{self.url}/runtime/webhooks/eventgrid?functionName={function_name}"
+            f"&code={self.system_key}"
         )
 
 

@@ -186,6 +186,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "next check (1-540; keep below host.json functionTimeout).",
     ),
     SettingSpec(
+        "TASK_LEASE_SECONDS",
+        "45",
+        "How long a start or stop intent stays a live worker's without renewal; after a host "
+        "crash its machines are picked up again once it lapses (3-600).",
+    ),
+    SettingSpec(
         "SNAPSHOT_BEFORE_START",
         "false",
         "Take an incremental snapshot of each VM's OS disk before starting it, named "
@@ -519,6 +525,7 @@ def _policy(reader: _Reader, workspace_id: str | None) -> OrchestrationPolicy:
         wrap_up_wait=reader.get("WRAP_UP_WAIT_MINUTES", _minutes_between(1, 1440)),
         health_wait=reader.get("HEALTH_WAIT_MINUTES", _minutes_between(0, 240)),
         operation_wait_seconds=float(reader.get("OPERATION_WAIT_SECONDS", _int_between(1, 540))),
+        task_lease=reader.get("TASK_LEASE_SECONDS", _seconds_between(3, 600)),
         opt_out_tag=reader.get("OPT_OUT_TAG", OptOutTag.parse),
         snapshot_before_start=reader.get("SNAPSHOT_BEFORE_START", _boolean),
         cancel_safety_margin=timedelta(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,7 +65,9 @@ class FakeMachines:
         vm = self._vm(machine)
         return MachinePower(vm.state, vm.state.startable)
 
-    def begin_start(self, machine: MachineId) -> Done:
+    def begin_start(
+        self, machine: MachineId, still_wanted: Callable[[], bool] | None = None
+    ) -> Done:
         self.calls.append(("start", machine.key))
         vm = self._vm(machine)
         if vm.fails_with:

@@ -120,6 +120,34 @@ class LroFailure:
         return wanted == vm_key or ("/" not in wanted and vm_key.rsplit("/", 1)[-1] == wanted)
 
 
+LOST_ANSWER_MODES = ("502", "503", "504", "drop", "timeout")
+
+
+@dataclass
+class LostAnswer:
+    """Serve the request (ARM applies it), then lose the answer: a 5xx instead of it
+    (``mode`` "502", "503", "504"), the connection closed without one ("drop"), or held
+    ``seconds`` and then closed ("timeout", what a client whose read timeout passed sees).
+
+    Fires only on requests the service accepted (status below 400); ``times`` /
+    ``probability`` as for :class:`ErrorRule`.
+    """
+
+    endpoint: str
+    mode: str = "502"
+    times: int | None = None
+    probability: float | None = None
+    path_regex: str | None = None
+    seconds: float = 5.0
+    fired: int = 0
+
+    def matches(self, endpoint: str, path: str) -> bool:
+        """True when this rule applies to the request (ignoring how often it may fire)."""
+        if not fnmatch.fnmatchcase(endpoint, self.endpoint):
+            return False
+        return not (self.path_regex and not re.search(self.path_regex, path, re.IGNORECASE))
+
+
 @dataclass(frozen=True)
 class ThrottleDecision:
     """Outcome of taking one write token: allowed, tokens left, seconds until the next one."""
@@ -325,6 +353,7 @@ class FaultPlan:
         self._lro_failures: list[LroFailure] = []
         # A throttle a test sets on purpose, on top of ARM's documented limits (kept for tests
         # that want a tiny bucket; the documented ones are in ``arm_limits``).
+        self._lost_answers: list[LostAnswer] = []
         self.write_throttle: WriteThrottle | None = None
         self.arm_limits = ArmLimits()
         self.compute_limits = ComputeLimits()
@@ -391,6 +420,29 @@ class FaultPlan:
         )
         with self._lock:
             self._errors.append(rule)
+        return rule
+
+    def lose_answer(
+        self,
+        endpoint: str,
+        mode: str = "502",
+        *,
+        times: int | None = None,
+        probability: float | None = None,
+        path_regex: str | None = None,
+        seconds: float = 5.0,
+    ) -> LostAnswer:
+        """Apply matching requests, then lose their answers (see :class:`LostAnswer`)."""
+        if mode not in LOST_ANSWER_MODES:
+            raise ValueError(f"mode must be one of {', '.join(LOST_ANSWER_MODES)}")
+        if probability is not None and not 0.0 <= probability <= 1.0:
+            raise ValueError("probability must be within [0, 1]")
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        _require_known_endpoint(endpoint)
+        rule = LostAnswer(endpoint, mode, times, probability, path_regex, seconds)
+        with self._lock:
+            self._lost_answers.append(rule)
         return rule
 
     def remove_error(self, rule: ErrorRule) -> None:
@@ -487,6 +539,7 @@ class FaultPlan:
             self._latency.clear()
             self._errors.clear()
             self._lro_failures.clear()
+            self._lost_answers.clear()
             self.write_throttle = None
             # Azure's documented limits are not a fault: clearing faults restores them.
             self.arm_limits = ArmLimits()
@@ -509,6 +562,7 @@ class FaultPlan:
             "log_analytics_partial",
             "cancel",
             "lro_retry_after_seconds",
+            "lost_answers",
         }
         unknown = set(spec) - known
         if unknown:
@@ -550,6 +604,8 @@ class FaultPlan:
             )
         for failure in spec.get("lro_failures") or []:
             self.fail_lro(**failure)
+        for lost in spec.get("lost_answers") or []:
+            self.lose_answer(**lost)
         partial = spec.get("log_analytics_partial")
         if partial:
             keep = partial.get("keep_rows") if isinstance(partial, Mapping) else None
@@ -579,6 +635,20 @@ class FaultPlan:
         with self._lock:
             for rule in self._errors:
                 if not rule.matches(endpoint, method, path):
+                    continue
+                if rule.times is not None and rule.fired >= rule.times:
+                    continue
+                if rule.probability is not None and self._rng.random() >= rule.probability:
+                    continue
+                rule.fired += 1
+                return rule
+            return None
+
+    def pick_lost_answer(self, endpoint: str, path: str) -> LostAnswer | None:
+        """The lost-answer rule that fires for this served request, if any (and count it)."""
+        with self._lock:
+            for rule in self._lost_answers:
+                if not rule.matches(endpoint, path):
                     continue
                 if rule.times is not None and rule.fired >= rule.times:
                     continue

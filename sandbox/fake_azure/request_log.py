@@ -27,6 +27,9 @@ class RecordedRequest:
     duration_ms: float
     token_resource: str | None = None
     client_id: str | None = None
+    # The service did what was asked, but its answer was replaced by a 5xx or never sent
+    # (a lost-answer fault): ``status`` is what the client got, 0 for no answer at all.
+    answer_lost: bool = False
 
     @property
     def api_version(self) -> str | None:

@@ -15,6 +15,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -94,6 +95,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(response)
 
     def _write(self, response: Response) -> None:
+        if response.drop_after is not None:
+            # A lost answer: hold the connection (a read timeout), then close it unanswered.
+            time.sleep(response.drop_after)
+            self.close_connection = True
+            return
         payload = b"" if response.body is None else json.dumps(response.body).encode("utf-8")
         self.send_response(response.status)
         if response.body is not None:

@@ -26,6 +26,7 @@ from .faults import (
     CancelPolicy,
     ErrorRule,
     FaultPlan,
+    LostAnswer,
     ThrottleDecision,
 )
 from .identity import ARM_AUDIENCES, LOG_ANALYTICS_AUDIENCES, TokenError, TokenGrant, TokenStore
@@ -148,6 +149,10 @@ class Response:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    # Set by a lost-answer fault: close the connection after this many seconds, answering
+    # nothing. ``answer_lost`` marks a request that was applied but whose answer was lost.
+    drop_after: float | None = None
+    answer_lost: bool = False
 
 
 @dataclass(frozen=True)
@@ -374,6 +379,7 @@ class FakeAzureService:
                 duration_ms=(time.perf_counter() - started) * 1000.0,
                 token_resource=grant.resource if grant else None,
                 client_id=grant.client_id if grant else None,
+                answer_lost=response.answer_lost,
             )
         )
         return response
@@ -423,13 +429,18 @@ class FakeAzureService:
             # Azure did the work; the answer is lost on the way back (status 0: the connection
             # ends without any answer).
             if rule.status == 0:
-                return Response(0)
-            lost = self._injected_error(route.endpoint, rule, request)
+                return Response(0, answer_lost=True)
+            lost_answer = self._injected_error(route.endpoint, rule, request)
+            lost_answer.answer_lost = True
             for name, value in {**limit_headers, **request.quota_headers}.items():
-                lost.headers.setdefault(name, value)
-            return lost
+                lost_answer.headers.setdefault(name, value)
+            return lost_answer
         for name, value in {**limit_headers, **request.quota_headers}.items():
             response.headers.setdefault(name, value)
+        if response.status < 400:
+            lost = self.faults.pick_lost_answer(route.endpoint, request.path)
+            if lost is not None:
+                return self._lost_answer(lost)
         return response
 
     def _spend_arm_budget(
@@ -523,6 +534,24 @@ class FakeAzureService:
                 }
             ],
         )
+
+    @staticmethod
+    def _lost_answer(rule: LostAnswer) -> Response:
+        """What the client gets once the request was applied and its answer lost."""
+        if rule.mode == "drop":
+            return Response(0, drop_after=0.0, answer_lost=True)
+        if rule.mode == "timeout":
+            return Response(0, drop_after=rule.seconds, answer_lost=True)
+        status = int(rule.mode)
+        words = {
+            502: ("BadGateway", "The gateway did not receive a response from the service."),
+            503: ("ServiceUnavailable", "The service is temporarily unavailable."),
+            504: ("GatewayTimeout", "The gateway did not receive a response in time."),
+        }
+        code, message = words[status]
+        lost = arm_error(status, code, message)
+        lost.answer_lost = True
+        return lost
 
     def _spend_arg_quota(self, request: Request) -> Response | None:
         grant = request.grant

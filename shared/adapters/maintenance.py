@@ -12,6 +12,7 @@ the answer itself: strict in what it sends, any 2xx accepted. The api-version is
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -35,6 +36,11 @@ CANCEL_PATH = (
     "/{}/providers/Microsoft.Maintenance/applyUpdates/{}"
 )
 TOO_MANY_REQUESTS = 429
+# A cancel ARM throttled (429: it did nothing) is sent again after Retry-After, this many times
+# in all, waiting at most MAX_THROTTLE_WAIT_SECONDS each time: the app's own start fan-out can
+# drain the subscription's write bucket just when a cancel is needed.
+THROTTLED_CANCEL_TRIES = 6
+MAX_THROTTLE_WAIT_SECONDS = 10.0
 
 
 class MaintenanceRuns:
@@ -89,9 +95,14 @@ class MaintenanceRuns:
             headers={"Accept": "application/json"},
             json=CANCEL_BODY,
         )
-        with translated("Maintenance"):
-            # retry_total=0: a PUT re-sent after a lost answer is a second cancel.
-            response = client.send_request(request, retry_total=0)
+        for attempt in range(1, THROTTLED_CANCEL_TRIES + 1):
+            with translated("Maintenance"):
+                # retry_total=0: a PUT re-sent after a lost answer is a second cancel; only a
+                # 429, which ARM answers without acting, is sent again (below).
+                response = client.send_request(request, retry_total=0)
+            if response.status_code != TOO_MANY_REQUESTS or attempt == THROTTLED_CANCEL_TRIES:
+                break
+            time.sleep(_retry_after(response))
         if 200 <= response.status_code <= 299:
             return CancelAcceptance(run_id, response.status_code, _answer_status(response))
         status, code, message = service_words(HttpResponseError(response=response))
@@ -117,6 +128,15 @@ class MaintenanceRuns:
 
 def _run(run: RunId | str) -> RunId:
     return run if isinstance(run, RunId) else RunId.parse(run)
+
+
+def _retry_after(response: HttpResponse) -> float:
+    """Seconds a 429 asks to wait (Retry-After in seconds), within (0, MAX_THROTTLE_WAIT]."""
+    try:
+        seconds = float(response.headers.get("Retry-After") or 1)
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.01), MAX_THROTTLE_WAIT_SECONDS)
 
 
 def _answer_status(response: HttpResponse) -> str | None:

@@ -810,6 +810,7 @@ def _run_entity(run: Run) -> dict[str, Any]:
             "WrapUpRequestedAt": _utc(run.wrap_up_requested_at),
             "RedrivenAt": _utc(run.redriven_at),
             "StuckReported": run.stuck_reported or None,
+            "WatchRound": run.watch_round,
             "StartDateTime": _utc(run.start),
         }
     )
@@ -841,6 +842,7 @@ def _run_from(entity: Mapping[str, Any]) -> Run:
         wrap_up_requested_at=_when(entity, "WrapUpRequestedAt"),
         redriven_at=_when(entity, "RedrivenAt"),
         stuck_reported=bool(entity.get("StuckReported", False)),
+        watch_round=entity.get("WatchRound"),
         start=_when(entity, "StartDateTime"),
         version=_etag(entity),
     )

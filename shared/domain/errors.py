@@ -43,6 +43,10 @@ class AzureCallFailed(Exception):
         return self.status is not None and 400 <= self.status < 500 and self.status != 429
 
 
+class CallWithdrawn(AzureCallFailed):
+    """A call ARM had only throttled (429) was given up unsent: its caller no longer wanted it."""
+
+
 class CancelRefused(AzureCallFailed):
     """The maintenance service refused to cancel a run (any 4xx)."""
 

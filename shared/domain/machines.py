@@ -50,6 +50,8 @@ class OperationOutcome(enum.StrEnum):
     FAILED = "Failed"
     NOT_STARTABLE = "NotStartable"
     STILL_RUNNING = "StillRunning"
+    # No trustworthy answer (a 5xx or no answer while polling): the power state decides.
+    UNKNOWN = "Unknown"
 
 
 @dataclass(frozen=True)

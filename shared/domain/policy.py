@@ -45,6 +45,8 @@ class OrchestrationPolicy:
     wrap_up_wait: timedelta = timedelta(minutes=120)
     health_wait: timedelta = timedelta(minutes=15)
     operation_wait_seconds: float = 240.0
+    # A worker renews the intents it holds at a third of this; a lapsed one is a dead worker's.
+    task_lease: timedelta = timedelta(seconds=45)
     opt_out_tag: OptOutTag = OptOutTag("UpdateAutomation", "skip")
     snapshot_before_start: bool = False
     cancel_safety_margin: timedelta = DEFAULT_CANCEL_SAFETY_MARGIN

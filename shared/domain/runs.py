@@ -52,6 +52,12 @@ class MachineKind(enum.StrEnum):
         return cls.OTHER
 
 
+# How the history detail of a call Azure refused outright (a 4xx other than 429) begins.
+REFUSED = "refused: "
+# The history detail of a failed start found not running at wrap-up: the run no longer owns it.
+NOTHING_TO_STOP = "found not running at wrap-up: nothing to stop"
+
+
 class MachineAction(enum.StrEnum):
     """What the app did, or is doing, to one machine of a run."""
 
@@ -107,6 +113,9 @@ class Run:
     wrap_up_requested_at: datetime | None = None
     redriven_at: datetime | None = None
     stuck_reported: bool = False
+    # The watch loop's last round, "<step>:<round>:<ISO time>" (verify, gate, finish): a
+    # duplicate or stale delivery of a round finds it and leaves, so one loop runs.
+    watch_round: str | None = None
     # T as the platform's events give it (StartDateTime). The run name is not documented to be
     # UTC, so it only stands in for T until an event has been seen.
     start: datetime | None = None
@@ -243,6 +252,30 @@ class MachineRecord:
             updated_at=at,
             history=((at.isoformat(), MachineAction.PLANNED.value, "listed by ARG"),),
         )
+
+    @property
+    def owned_by_run(self) -> bool:
+        """Wrap-up must stop this machine: the app started it, or sent a start for it whose
+        answer was a failure (a start Azure reported failed may still have brought it up)."""
+        if self.action.owned_by_run:
+            return True
+        settled = bool(self.history) and self.history[-1][2] == NOTHING_TO_STOP
+        return self.action is MachineAction.START_FAILED and self.start_was_sent and not settled
+
+    @property
+    def start_was_sent(self) -> bool:
+        """A start the app sent for this machine may have taken effect: its latest "Starting"
+        intent was neither put back ("Planned": throttled, or the run stopped starting) nor
+        refused outright by Azure."""
+        sent = False
+        for _at, action, detail in self.history:
+            if action == MachineAction.STARTING.value:
+                sent = True
+            elif action == MachineAction.PLANNED.value or (
+                action == MachineAction.START_FAILED.value and detail.startswith(REFUSED)
+            ):
+                sent = False
+        return sent
 
     def moved_to(
         self, action: MachineAction, at: datetime, detail: str = "", **changes: Any

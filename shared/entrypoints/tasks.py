@@ -3,7 +3,10 @@ trigger on its poison queue that records what could not be done."""
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+from pathlib import Path
 
 import azure.functions as func
 
@@ -13,6 +16,9 @@ from shared.domain.tasks import InvalidTask, Task
 
 log = logging.getLogger(__name__)
 
+# The Functions host's default maxDequeueCount (host.json extensions.queues).
+DEFAULT_MAX_DEQUEUE_COUNT = 5
+APP_ROOT = Path(__file__).resolve().parents[2]
 TASK_QUEUE = "maintenance-tasks"
 POISON_QUEUE = f"{TASK_QUEUE}-poison"
 
@@ -61,5 +67,18 @@ def on_poisoned_task(message: func.QueueMessage) -> None:
         )
         return
     services = bootstrap.container()
-    max_tries = message.dequeue_count or 0
-    services.orchestrator.note_poisoned(task, max_tries)
+    # This message's own count is its deliveries on the poison queue (1 the first time); the
+    # task failed as often as the host allows before moving it: host.json's maxDequeueCount.
+    services.orchestrator.note_poisoned(task, max_deliveries())
+
+
+@functools.cache
+def max_deliveries(host_json: Path = APP_ROOT / "host.json") -> int:
+    """How often the host delivers a failing queue message before it poisons it: host.json's
+    extensions.queues.maxDequeueCount, else the Functions default."""
+    try:
+        document = json.loads(host_json.read_text(encoding="utf-8"))
+        count = document["extensions"]["queues"]["maxDequeueCount"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_MAX_DEQUEUE_COUNT
+    return count if isinstance(count, int) and count > 0 else DEFAULT_MAX_DEQUEUE_COUNT

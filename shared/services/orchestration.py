@@ -18,17 +18,21 @@ Invariants (ARCHITECTURE.md), whatever the order or number of deliveries:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from types import TracebackType
 from typing import Any, TypeVar
 
-from shared.domain.errors import AzureCallFailed, LedgerConflict
+from shared.domain.errors import AzureCallFailed, CallWithdrawn, LedgerConflict
 from shared.domain.ids import InvalidId, MachineId, RunId
 from shared.domain.machines import OperationOutcome, OperationResult, PowerState
 from shared.domain.policy import GateCount, GateOutcome, OrchestrationPolicy
 from shared.domain.runs import (
+    NOTHING_TO_STOP,
+    REFUSED,
     MachineAction,
     MachineClaim,
     MachineKind,
@@ -71,8 +75,14 @@ GATE_COUNTED = (
     MachineAction.START_FAILED,
     MachineAction.PLANNED,
 )
+# The history detail of a start or deallocate whose answer was lost (a 5xx, a dropped
+# connection, a timeout, an unreadable operation status): the call is over, but whether Azure
+# applied it is unknown, so the VM's power state decides and no worker is waiting on it.
+ANSWER_LOST = "answer lost"
 # Throttled or unanswered machines go into a new task this much later, at most this often.
 TRANSIENT_RETRY = timedelta(seconds=3)
+# The watch loops, in the order a run goes through them (see Orchestrator._take_round).
+WATCH_STEPS = ("verify", "gate", "finish")
 MAX_TRANSIENT_ROUNDS = 200
 
 
@@ -186,9 +196,10 @@ class Orchestrator:
             for r in self.ledger.list_machines(run.run_id)
             if r.action in (MachineAction.PLANNED, MachineAction.STARTING)
         ]
+        # Verify first: it is also the fan-out's watchdog, should this host die while sending.
+        self.queue.send(Task(TaskKind.VERIFY, run.run_id), self.policy.verify_interval)
         for batch in _chunks(to_start, self.policy.start_batch_size):
             self.queue.send(Task(TaskKind.START, run.run_id, tuple(batch)))
-        self.queue.send(Task(TaskKind.VERIFY, run.run_id), self.policy.verify_interval)
         log.info(
             "Run %s: %d machines listed (%d new), %d to look at in %d start tasks",
             run.run_id.text,
@@ -205,16 +216,26 @@ class Orchestrator:
         run = self._run(task)
         if run is None or run.status is not RunStatus.PREPARING:
             return
+        with self._renewing() as renewer:
+            self._start_batch(task, run, renewer)
+
+    def _start_batch(self, task: Task, run: Run, renewer: _IntentRenewer) -> None:
         started = _parallel(
             self.policy.start_concurrency,
-            lambda m: self._unless_taken(run.run_id, m, lambda: self._start_one(run, m)),
+            lambda m: self._unless_taken(run.run_id, m, lambda: self._start_one(run, m, renewer)),
             task.machines,
         )
-        self._retry_later(
-            task,
-            run,
-            [row for row, op in started if op is None and row.action is MachineAction.PLANNED],
-        )
+        retry = [
+            row
+            for row, op in started
+            if op is None
+            and (
+                row.action is MachineAction.PLANNED
+                or (row.action is MachineAction.STARTING and _answer_lost(row))
+            )
+        ]
+        if retry and self._still_starting(run.run_id):
+            self._retry_later(task, run, retry)
         finished = self._wait_all(started)
         for row, result in finished:
             self._record_start(row, result)
@@ -244,7 +265,7 @@ class Orchestrator:
         )
 
     def _start_one(
-        self, run: Run, machine: MachineId
+        self, run: Run, machine: MachineId, renewer: _IntentRenewer
     ) -> tuple[MachineRecord, PowerOperationHandle | None]:
         now = self.clock.now()
         row = self.ledger.find_machine(run.run_id, machine.text) or self.ledger.save_machine(
@@ -272,16 +293,15 @@ class Orchestrator:
             return self._save_failure(row, MachineAction.START_FAILED, e), None
         state = facts.power.state
         prior = row.prior_power_state or str(state)
-        if row.action is MachineAction.STARTING and state in (
-            PowerState.RUNNING,
-            PowerState.STARTING,
-        ):
-            # A retry after a crash: the start call went out before; do not send it again.
+        if row.start_was_sent and state in (PowerState.RUNNING, PowerState.STARTING):
+            # A start went out before (a crash, or an answer that was lost): the VM is up
+            # because of it, so it is the run's. Never sent again, never "LeftAlone".
             return self.ledger.save_machine(
                 row.moved_to(
                     MachineAction.STARTED,
                     now,
                     f"found {state} on retry; not started again",
+                    owner_run=run.run_id.text,
                     last_power_state=str(state),
                 )
             ), None
@@ -351,12 +371,31 @@ class Orchestrator:
                 last_power_state=str(state),
             )
         )
+        renewer.hold(row)
+        # Read after the intent is stored: a wrap-up that began before this read lists this
+        # row as Starting (and stops the VM); one that began later is seen here.
+        if not self._still_starting(run.run_id):
+            return self._save_latest(
+                row,
+                lambda r: (
+                    r.moved_to(
+                        MachineAction.PLANNED, self.clock.now(), "the run stopped starting machines"
+                    )
+                    if r.action is MachineAction.STARTING
+                    else r
+                ),
+            ), None
         return self._call(
             row,
-            lambda: self.machines.begin_start(machine),
+            lambda: self.machines.begin_start(machine, lambda: self._still_starting(run.run_id)),
             MachineAction.PLANNED,
             MachineAction.START_FAILED,
         )
+
+    def _still_starting(self, run_id: RunId) -> bool:
+        """The run still wants its machines started (no cancel, no wrap-up yet)."""
+        current = self.ledger.find_run(run_id)
+        return current is not None and current.status is RunStatus.PREPARING
 
     def _already_up(
         self,
@@ -414,10 +453,19 @@ class Orchestrator:
         if result.outcome is OperationOutcome.STILL_RUNNING:
             return False  # verify (or the next stop task) settles it from the power state
         waiting = (row.action,)
+        if result.outcome is OperationOutcome.UNKNOWN:
+            # The operation may have worked: its power state decides (verify, or finish's
+            # next stop task), as for a call whose answer was lost.
+            self._mark_answer_lost(row, f"{verb} status unreadable ({result.code})")
+            return False
         if result.succeeded:
             self._move(row, done, f"{verb} succeeded", waiting, last_power_state=state.value)
             return True
-        self._move(
+        if done is MachineAction.STARTED and self._came_up(row):
+            # Azure called the start failed, yet the VM is coming up: no "start failed".
+            self._mark_answer_lost(row, f"start reported {result.code}, but the VM is up")
+            return False
+        recorded = self._move(
             row,
             failed,
             f"{verb} failed: {result.code}",
@@ -425,6 +473,8 @@ class Orchestrator:
             error_code=result.code,
             error_message=result.message,
         )
+        if recorded.action is not failed:
+            return False  # the row moved on meanwhile (a wrap-up preempted the start)
         self._note(
             row.run_id,
             NoteLevel.ERROR,
@@ -432,6 +482,13 @@ class Orchestrator:
             f"{row.resource_id}: {verb} failed: {result.code}: {result.message}",
         )
         return False
+
+    def _came_up(self, row: MachineRecord) -> bool:
+        try:
+            power = self.machines.get_power(MachineId.parse(row.resource_id))
+        except AzureCallFailed:
+            return False
+        return power.state in (PowerState.RUNNING, PowerState.STARTING)
 
     def _snapshot(self, run_id: RunId, machine: MachineId) -> OperationResult:
         name = f"{machine.name}-osdisk-um-{run_id.run_name}"[:80]
@@ -449,13 +506,29 @@ class Orchestrator:
         run = self._run(task)
         if run is None or run.status is not RunStatus.PREPARING:
             return
-        rows = list(self.ledger.list_machines(run.run_id))
-        watched = [r for r in rows if r.action in WATCHED]
-        updated = _parallel(self.policy.start_concurrency, self._refresh, watched)
-        unsettled = [r for r in rows if r.action is MachineAction.PLANNED]
-        unsettled += [r for r in updated if r.last_power_state != PowerState.RUNNING]
+        if not self._take_round(run.run_id, "verify", task.round):
+            log.info("Run %s: verify round %d ran already", run.run_id.text, task.round)
+            return
         now = self.clock.now()
         deadline = machines_running_deadline(run.scheduled_start)
+        delay = min(self.policy.verify_interval, max(deadline - now, timedelta(seconds=1)))
+        if now < deadline:
+            # Sent before the work: if this host dies mid-round, the loop still goes on (a
+            # message in flight on a dead host stays invisible for minutes).
+            self.queue.send(task.next_round(), delay)
+        rows = list(self.ledger.list_machines(run.run_id))
+        self._restart_stalled_fan_out(run, rows, task.round)
+        # A start Azure reported failed is read again too: it may have come up after all.
+        watched = [r for r in rows if r.action in WATCHED or r.owned_by_run]
+        updated = _parallel(self.policy.start_concurrency, self._refresh, watched)
+        unsettled = [r for r in rows if r.action is MachineAction.PLANNED]
+        unsettled += [
+            r
+            for r in updated
+            if r.last_power_state != PowerState.RUNNING
+            and r.action is not MachineAction.START_FAILED
+        ]
+        now = self.clock.now()
         orphaned = [
             MachineId.parse(r.resource_id)
             for r in updated
@@ -467,16 +540,39 @@ class Orchestrator:
             # Their worker died before its start call reached Azure: start them again.
             self.queue.send(Task(TaskKind.START, run.run_id, tuple(orphaned), task.round))
         if not unsettled or now >= deadline:
-            self.queue.send(Task(TaskKind.GATE, run.run_id))
+            # Once: the verify rounds already queued end when they see the gate's turn.
+            if self._take_round(run.run_id, "gate", 0):
+                self.queue.send(Task(TaskKind.GATE, run.run_id))
             return
-        delay = min(self.policy.verify_interval, max(deadline - now, timedelta(seconds=1)))
         log.info(
             "Run %s: %d machines not running yet; checking again in %s",
             run.run_id.text,
             len(unsettled),
             delay,
         )
-        self.queue.send(task.next_round(), delay)
+
+    def _restart_stalled_fan_out(
+        self, run: Run, rows: Sequence[MachineRecord], round_: int
+    ) -> None:
+        """Machines not looked at yet while nothing in the run has moved for a task lease
+        (no step, no renewal): their start tasks died with a host. Send them again; a start
+        task that is merely late finds their rows taken and does nothing twice."""
+        planned = [r for r in rows if r.action is MachineAction.PLANNED]
+        now = self.clock.now()
+        if not planned or now >= run.scheduled_start:
+            return
+        quiet_for = now - max(r.updated_at for r in rows)
+        if quiet_for < self.policy.task_lease:
+            return
+        log.warning(
+            "Run %s: the fan-out has not moved for %s; %d machines get new start tasks",
+            run.run_id.text,
+            quiet_for,
+            len(planned),
+        )
+        machines = [MachineId.parse(r.resource_id) for r in planned]
+        for batch in _chunks(machines, self.policy.start_batch_size):
+            self.queue.send(Task(TaskKind.START, run.run_id, tuple(batch), round_))
 
     def _refresh(self, row: MachineRecord) -> MachineRecord:
         try:
@@ -485,12 +581,26 @@ class Orchestrator:
             log.warning("Power state of %s unreadable: %s", row.resource_id, e)
             return row
         state = str(power.state)
-        now = self.clock.now()
         if row.action is MachineAction.STARTING and power.state is PowerState.RUNNING:
             return self._move(row, MachineAction.STARTED, "seen running", last_power_state=state)
+        if row.action is MachineAction.START_FAILED and power.state is PowerState.RUNNING:
+            self._note(
+                row.run_id,
+                NoteLevel.INFO,
+                "start",
+                f"{row.resource_id}: running after all, although its start was reported failed",
+            )
+            return self._move(
+                row,
+                MachineAction.STARTED,
+                "seen running after a failed start answer",
+                (MachineAction.START_FAILED,),
+                last_power_state=state,
+            )
         if row.last_power_state == state:
             return row
-        return self._save_latest(row, lambda r: replace(r, last_power_state=state, updated_at=now))
+        # updated_at is left alone: it dates the app's own steps and their leases.
+        return self._save_latest(row, lambda r: replace(r, last_power_state=state))
 
     def gate(self, task: Task) -> None:
         """Decide: good enough, or cancel (inside the window), or report it is too late."""
@@ -602,7 +712,7 @@ class Orchestrator:
             return
         if run.cancel_source is None and not self._machines_finished(run, task):
             return
-        owned = [r for r in self.ledger.list_machines(run.run_id) if r.action.owned_by_run]
+        owned = [r for r in self.ledger.list_machines(run.run_id) if r.owned_by_run]
         to_stop = [
             MachineId.parse(r.resource_id) for r in owned if not self._hand_over(run.run_id, r)
         ]
@@ -701,9 +811,15 @@ class Orchestrator:
         run = self._run(task)
         if run is None or run.status is not RunStatus.WRAPPING_UP:
             return
+        with self._renewing() as renewer:
+            self._stop_batch(task, run, renewer)
+
+    def _stop_batch(self, task: Task, run: Run, renewer: _IntentRenewer) -> None:
         started = _parallel(
             self.policy.start_concurrency,
-            lambda m: self._unless_taken(run.run_id, m, lambda: self._stop_one(run.run_id, m)),
+            lambda m: self._unless_taken(
+                run.run_id, m, lambda: self._stop_one(run.run_id, m, renewer)
+            ),
             task.machines,
         )
         self._retry_later(
@@ -722,10 +838,10 @@ class Orchestrator:
                 self._release(run.run_id, MachineId.parse(row.resource_id))
 
     def _stop_one(
-        self, run_id: RunId, machine: MachineId
+        self, run_id: RunId, machine: MachineId, renewer: _IntentRenewer
     ) -> tuple[MachineRecord, PowerOperationHandle | None]:
         row = self.ledger.find_machine(run_id, machine.text)
-        if row is None or not row.action.owned_by_run:
+        if row is None or not row.owned_by_run:
             return row or MachineRecord.planned(run_id, machine.text, self.clock.now()), None
         if row.action is MachineAction.DEALLOCATING and self._intent_is_fresh(row):
             return row, None  # another worker is deallocating it; finish waits for it
@@ -738,6 +854,49 @@ class Orchestrator:
             if e.is_transient:
                 return row, None  # retried in a later stop task
             return self._save_failure(row, MachineAction.DEALLOCATE_FAILED, e), None
+        if row.action is MachineAction.STARTING and power.state in (
+            PowerState.DEALLOCATED,
+            PowerState.STOPPED,
+        ):
+            if self._intent_is_fresh(row):
+                # Its start call may still be on its way to Azure: look again shortly.
+                return row, None
+            self._release(run_id, machine)
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.ALREADY_STOPPED,
+                    now,
+                    f"found {power.state}: the app's start never took effect",
+                    last_power_state=str(power.state),
+                )
+            ), None
+        if row.action is MachineAction.START_FAILED and power.state not in (
+            PowerState.RUNNING,
+            PowerState.STARTING,
+        ):
+            # Its start failed and it did not come up: it stays "StartFailed" in the report.
+            self._release(run_id, machine)
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.START_FAILED,
+                    now,
+                    NOTHING_TO_STOP,
+                    last_power_state=str(power.state),
+                )
+            ), None
+        if row.action is MachineAction.DEALLOCATING and power.state is PowerState.DEALLOCATING:
+            return row, None  # the app's deallocate is under way; finish looks again
+        if row.action is MachineAction.DEALLOCATING and power.state is PowerState.DEALLOCATED:
+            # A deallocate sent before (its worker died, or its answer was lost) did it.
+            self._release(run_id, machine)
+            return self.ledger.save_machine(
+                row.moved_to(
+                    MachineAction.DEALLOCATED,
+                    now,
+                    "found deallocated after the app's deallocate",
+                    last_power_state=str(power.state),
+                )
+            ), None
         if power.state not in (
             PowerState.RUNNING,
             PowerState.STARTING,
@@ -757,6 +916,7 @@ class Orchestrator:
         row = self.ledger.save_machine(
             row.moved_to(MachineAction.DEALLOCATING, now, "deallocate requested")
         )
+        renewer.hold(row)
         return self._call(
             row,
             lambda: self.machines.begin_deallocate(machine),
@@ -780,29 +940,30 @@ class Orchestrator:
         run = self._run(task)
         if run is None or run.status is not RunStatus.WRAPPING_UP:
             return
+        if not self._take_round(run.run_id, "finish", task.round):
+            log.info("Run %s: finish round %d ran already", run.run_id.text, task.round)
+            return
+        # Sent before the work, as verify does: a host dying mid-round does not end the loop.
+        self.queue.send(task.next_round(), self.policy.arg_retry)
         rows = list(self.ledger.list_machines(run.run_id))
+        # Not from wrap-up's list: a start that landed after it (or a lost answer) shows here.
         busy = [
-            r
-            for r in rows
-            if r.action
-            in (MachineAction.STARTED, MachineAction.STARTING, MachineAction.DEALLOCATING)
+            r for r in rows if r.owned_by_run and r.action is not MachineAction.DEALLOCATE_FAILED
         ]
         now = self.clock.now()
         started = run.wrap_up_started_at or now
         if busy and now - started < self.policy.wrap_up_wait:
-            orphaned = tuple(
-                MachineId.parse(r.resource_id)
-                for r in busy
-                if r.action is MachineAction.DEALLOCATING and not self._intent_is_fresh(r)
+            again = tuple(
+                MachineId.parse(r.resource_id) for r in busy if self._needs_stop_task(r, started)
             )
-            if orphaned:
-                self.queue.send(Task(TaskKind.STOP, run.run_id, orphaned, task.round))
-            self.queue.send(task.next_round(), self.policy.arg_retry)
+            for batch in _chunks(again, self.policy.start_batch_size):
+                self.queue.send(Task(TaskKind.STOP, run.run_id, tuple(batch), task.round))
             return
+        if self._note_left_running(run, rows):
+            rows = list(self.ledger.list_machines(run.run_id))
         health = self._health(run, rows, now)
         if health is None:
-            self.queue.send(task.next_round(), self.policy.arg_retry)
-            return
+            return  # the next round asks again
         patches = matched_patch_results(self.graph, run, rows)
         final = self._update_run(
             run.run_id,
@@ -813,6 +974,49 @@ class Orchestrator:
         self._update_run(run.run_id, lambda r: replace(r, report_location=location))
         self.queue.send(Task(TaskKind.NOTIFY, run.run_id))
         log.info("Run %s completed; report at %s", run.run_id.text, location)
+
+    def _needs_stop_task(self, row: MachineRecord, wrap_up_started: datetime) -> bool:
+        """An owned machine no stop task is known to be handling: started (or its answer
+        lost) after wrap-up listed the machines, waiting longer than a stop task takes to be
+        picked up, or a deallocate whose worker is gone."""
+        if row.action is MachineAction.DEALLOCATING:
+            return not self._intent_is_fresh(row)
+        if _answer_lost(row) or row.updated_at >= wrap_up_started:
+            return True
+        return self.clock.now() - row.updated_at >= self.policy.task_lease
+
+    def _note_left_running(self, run: Run, rows: Sequence[MachineRecord]) -> bool:
+        """Wrap-up is over: name every VM the run owns that may still run, loudly. A failed
+        deallocate is read again first (it may have worked). True if a row changed."""
+        changed = False
+        left = []
+        for row in (r for r in rows if r.owned_by_run):
+            if row.action is MachineAction.DEALLOCATE_FAILED:
+                try:
+                    state = self.machines.get_power(MachineId.parse(row.resource_id)).state
+                except AzureCallFailed:
+                    state = None
+                if state is PowerState.DEALLOCATED:
+                    self._move(
+                        row,
+                        MachineAction.DEALLOCATED,
+                        "found deallocated after a failed deallocate answer",
+                        (MachineAction.DEALLOCATE_FAILED,),
+                        last_power_state=str(state),
+                    )
+                    changed = True
+                    continue
+            left.append(row.resource_id)
+        if not left:
+            return changed
+        self._note(
+            run.run_id,
+            NoteLevel.ERROR,
+            "wrap-up",
+            f"{len(left)} VMs the app started may still be running after "
+            f"{self.policy.wrap_up_wait} of wrap-up; stop them by hand: " + ", ".join(left),
+        )
+        return changed
 
     def _health(
         self, run: Run, rows: Sequence[MachineRecord], now: datetime
@@ -954,10 +1158,32 @@ class Orchestrator:
         try:
             return row, call()
         except AzureCallFailed as e:
-            if e.is_transient:
+            if isinstance(e, CallWithdrawn):
+                # Only ever throttled, and the run stopped wanting it meanwhile: never sent.
+                return self._move(row, retry_as, "throttled, then withdrawn: not sent"), None
+            if e.status == 429:
+                # Throttled: ARM refused the call before acting on it.
                 detail = f"{e.service} answered {e.status}: will retry"
                 return self._move(row, retry_as, detail), None
-            return self._save_failure(row, failed_as, e), None
+            if e.is_transient:
+                # A 5xx or no answer after the call went out: Azure may have applied it. The
+                # intent stays (the VM stays the run's); its power state decides on retry.
+                return self._mark_answer_lost(
+                    row, f"{e.service} answered {e.status or 'nothing'} {e.code or ''}".rstrip()
+                ), None
+            return self._save_failure(row, failed_as, e, refused=True), None
+
+    def _mark_answer_lost(self, row: MachineRecord, why: str) -> MachineRecord:
+        """Keep the row's intent (Starting/Deallocating), noting that no worker waits on it."""
+        waiting = row.action
+        return self._save_latest(
+            row,
+            lambda r: (
+                r.moved_to(waiting, self.clock.now(), f"{ANSWER_LOST}: {why}")
+                if r.action is waiting
+                else r
+            ),
+        )
 
     def _wait_all(
         self, started: Sequence[tuple[MachineRecord, PowerOperationHandle | None]]
@@ -990,7 +1216,12 @@ class Orchestrator:
         return self._save_latest(row, change)
 
     def _save_failure(
-        self, row: MachineRecord, action: MachineAction, error: AzureCallFailed
+        self,
+        row: MachineRecord,
+        action: MachineAction,
+        error: AzureCallFailed,
+        *,
+        refused: bool = False,
     ) -> MachineRecord:
         self._note(
             row.run_id,
@@ -1003,7 +1234,7 @@ class Orchestrator:
             lambda r: r.moved_to(
                 action,
                 self.clock.now(),
-                f"{error.service} answered {error.code}",
+                f"{REFUSED if refused else ''}{error.service} answered {error.code}",
                 error_code=error.code,
                 error_message=error.message,
             ),
@@ -1012,8 +1243,45 @@ class Orchestrator:
     def _intent_is_fresh(self, row: MachineRecord) -> bool:
         """Written so recently that its worker may still be calling Azure (no call, throttle
         retries included, outlasts OPERATION_WAIT_SECONDS plus a minute)."""
-        lease = timedelta(seconds=self.policy.operation_wait_seconds + 60)
-        return self.clock.now() - row.updated_at < lease
+        if _answer_lost(row):
+            return False
+        return self.clock.now() - row.updated_at < self.policy.task_lease
+
+    def _renewing(self) -> _IntentRenewer:
+        return _IntentRenewer(self._renew, self.policy.task_lease.total_seconds() / 3)
+
+    def _renew(self, held: MachineRecord) -> None:
+        """Refresh the lease of an intent this worker still holds (nothing else changes)."""
+        row = self.ledger.find_machine(held.run_id, held.resource_id)
+        if row is None:
+            return
+
+        def touch(current: MachineRecord) -> MachineRecord:
+            if current.action is not held.action or _answer_lost(current):
+                return current  # settled meanwhile: nothing of ours to keep alive
+            return replace(current, updated_at=self.clock.now())
+
+        self._save_latest(row, touch)
+
+    def _take_round(self, run_id: RunId, step: str, round_: int) -> bool:
+        """Make this delivery the watch loop's round `round_` of `step`; False when a later
+        round (or step) already ran, or this round did: a duplicate leaves at once. A loop
+        silent for three intervals and a lease is dead, and any round takes it over."""
+        now = self.clock.now()
+        silent_for = 3 * max(self.policy.verify_interval, self.policy.arg_retry)
+        silent_for += self.policy.task_lease
+        taken: list[bool] = []
+
+        def claim(run: Run) -> Run:
+            taken.clear()
+            if not _round_is_new(run.watch_round, step, round_, now - silent_for):
+                taken.append(False)
+                return run
+            taken.append(True)
+            return replace(run, watch_round=f"{step}:{round_}:{now.isoformat()}")
+
+        self._update_run(run_id, claim)
+        return bool(taken and taken[0])
 
     def _save_latest(
         self, row: MachineRecord, change: Callable[[MachineRecord], MachineRecord]
@@ -1062,6 +1330,73 @@ class Orchestrator:
         self.ledger.add_note(
             RunNote(run_id=run_id, at=self.clock.now(), level=level, source=source, message=message)
         )
+
+
+class _IntentRenewer:
+    """Keeps the Starting/Deallocating intents a task holds fresh while it works, so a lapsed
+    intent means a dead worker (TASK_LEASE_SECONDS) rather than a slow one."""
+
+    def __init__(self, renew: Callable[[MachineRecord], None], every_seconds: float) -> None:
+        self._renew = renew
+        self._every = max(every_seconds, 0.5)
+        self._held: dict[str, MachineRecord] = {}
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="intent-renewer", daemon=True)
+
+    def hold(self, row: MachineRecord) -> None:
+        """Renew this row's intent until the task ends."""
+        with self._lock:
+            self._held[row.resource_id.lower()] = row
+
+    def __enter__(self) -> _IntentRenewer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._done.set()
+        self._thread.join(timeout=self._every + 5)
+
+    def _loop(self) -> None:
+        while not self._done.wait(self._every):
+            with self._lock:
+                rows = list(self._held.values())
+            for row in rows:
+                if self._done.is_set():
+                    return
+                try:
+                    self._renew(row)
+                except Exception as e:  # a missed renewal only shortens the lease
+                    log.warning("Could not renew the intent on %s: %s", row.resource_id, e)
+
+
+def _round_is_new(current: str | None, step: str, round_: int, dead_before: datetime) -> bool:
+    """Whether round `round_` of `step` comes after the recorded `current` round."""
+    if not current:
+        return True
+    try:
+        recorded_step, recorded_round, at = current.split(":", 2)
+        recorded_at = datetime.fromisoformat(at)
+        recorded_order = WATCH_STEPS.index(recorded_step)
+        recorded = int(recorded_round)
+    except ValueError:
+        return True
+    if recorded_at < dead_before:
+        return True
+    order = WATCH_STEPS.index(step)
+    if order != recorded_order:
+        return order > recorded_order
+    return round_ > recorded
+
+
+def _answer_lost(row: MachineRecord) -> bool:
+    """The row's last step is a call whose answer was lost (no worker is waiting on it)."""
+    return bool(row.history) and row.history[-1][2].startswith(ANSWER_LOST)
 
 
 def _to_preparing(run: Run) -> Run:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -198,8 +198,11 @@ class Machines(Protocol):
         """Power state only."""
         ...
 
-    def begin_start(self, machine: MachineId) -> PowerOperationHandle:
-        """Start a VM."""
+    def begin_start(
+        self, machine: MachineId, still_wanted: Callable[[], bool] | None = None
+    ) -> PowerOperationHandle:
+        """Start a VM; while Azure only throttles the call, `still_wanted` is asked before
+        each retry and a False withdraws it unsent (CallWithdrawn)."""
         ...
 
     def begin_deallocate(self, machine: MachineId) -> PowerOperationHandle:

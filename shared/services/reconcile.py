@@ -245,7 +245,7 @@ class Reconciler:
         cancelled = status in CANCELLED or run.status is RunStatus.CANCELLED
         if not cancelled and status not in FINISHED:
             return
-        owns_machines = any(m.action.owned_by_run for m in self.ledger.list_machines(run.run_id))
+        owns_machines = any(m.owned_by_run for m in self.ledger.list_machines(run.run_id))
         if not owns_machines and not cancelled and run.pre_event_at is None:
             return  # nothing of ours in it: leave the record as it is
         try:

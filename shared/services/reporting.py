@@ -181,6 +181,8 @@ def summary_message(run: Run, report: Mapping[str, Any] | None) -> dict[str, Any
     errors = [n for n in (report or {}).get("notes", []) if n.get("level") == "Error"]
     if errors:
         lines.append(f"Errors: {len(errors)}; first: {errors[0].get('message')}")
+    # VMs the app started and could not stop are named in full: someone must act on them.
+    lines += [f"Left running: {n.get('message')}" for n in errors if n.get("source") == "wrap-up"]
     if run.report_location:
         lines.append(f"Report: {run.report_location}")
     return {"text": "\n".join(lines), "run": (report or {}).get("run", {}), "summary": summary}

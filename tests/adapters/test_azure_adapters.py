@@ -15,11 +15,16 @@ from sandbox.fake_azure import FakeAzure
 from shared.adapters.compute import ComputeMachines
 from shared.adapters.credentials import azure_credential, running_with_platform_identity
 from shared.adapters.log_analytics import LogAnalyticsHeartbeats
-from shared.adapters.maintenance import MaintenanceRuns
+from shared.adapters.maintenance import THROTTLED_CANCEL_TRIES, MaintenanceRuns
 from shared.adapters.resource_graph import ResourceGraphMachines
 from shared.bootstrap import Container
 from shared.config import Settings
-from shared.domain.errors import AzureCallFailed, CancelRefused, ResourceGraphQueryRefused
+from shared.domain.errors import (
+    AzureCallFailed,
+    CallWithdrawn,
+    CancelRefused,
+    ResourceGraphQueryRefused,
+)
 from shared.domain.ids import InvalidId, MachineId, RunId
 from shared.domain.machines import OperationOutcome, PowerState
 from tests.fake_azure import CLIENT_ID, FAST_RETRIES, SUBSCRIPTION, WORKSPACE_ID, vm_id
@@ -263,6 +268,66 @@ def test_write_throttle_429s_are_retried_by_the_client(
     assert compute.begin_deallocate(BATCH).wait(30).succeeded
 
 
+@pytest.mark.parametrize(("mode", "status"), [("502", 502), ("drop", None), ("timeout", None)])
+def test_a_start_whose_answer_is_lost_fails_transiently_though_azure_applied_it(
+    fake: FakeAzure, compute: ComputeMachines, mode: str, status: int | None
+) -> None:
+    fake.faults.lose_answer("compute.start", mode, times=1, seconds=0.2)
+    with pytest.raises(AzureCallFailed) as raised:
+        compute.begin_start(BATCH)
+    assert raised.value.status == status
+    assert raised.value.is_transient
+    # A 502 to a POST is not retried by azure-core, nor is a POST that got no answer.
+    [start] = fake.requests_matching("POST", r"batch-01/start$")
+    assert start.answer_lost
+    assert compute.get_power(BATCH).state in (PowerState.STARTING, PowerState.RUNNING)
+
+
+def test_an_unreadable_operation_status_is_unknown_not_failed(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    fake.faults.add_error("compute.operation", 503, retry_after=0.01)
+    result = compute.begin_start(BATCH).wait(30)
+    assert result.outcome is OperationOutcome.UNKNOWN
+    assert result.code == "ServiceUnavailable"
+    fake.faults.clear()
+    assert compute.get_power(BATCH).state in (PowerState.STARTING, PowerState.RUNNING)
+
+
+def test_a_start_only_ever_throttled_is_withdrawn_unsent_once_no_longer_wanted(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    fake.faults.set_write_throttle(capacity=1, refill_per_second=0.2)
+    compute.begin_start(WEB)  # spends the only token: the next write is throttled
+    asked: list[bool] = []
+
+    def still_wanted() -> bool:
+        asked.append(True)
+        return False
+
+    with pytest.raises(CallWithdrawn) as raised:
+        compute.begin_start(BATCH, still_wanted)
+    assert raised.value.status == 429
+    assert asked == [True]
+    assert [r.status for r in fake.requests_matching("POST", r"batch-01/start$")] == [429]
+    assert compute.get_power(BATCH).state is PowerState.DEALLOCATED
+
+
+def test_a_start_whose_first_answer_may_have_been_applied_is_never_withdrawn(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    # A 500 to a POST is retried by azure-core, and ARM may have acted on it: seen through.
+    fake.faults.add_error("compute.start", 500, times=1)
+    fake.faults.add_error("compute.start", 429, times=1, retry_after=0.05)
+    result = compute.begin_start(BATCH, lambda: False).wait(30)
+    assert result.succeeded
+    assert [r.status for r in fake.requests_matching("POST", r"batch-01/start$")] == [
+        500,
+        429,
+        202,
+    ]
+
+
 def test_an_incremental_snapshot_of_the_os_disk(fake: FakeAzure, compute: ComputeMachines) -> None:
     assert compute.begin_snapshot_os_disk(BATCH, "batch-01-osdisk-um-test").wait(30).succeeded
     [put] = fake.requests_matching("PUT", "snapshots/batch-01-osdisk-um-test")
@@ -339,13 +404,24 @@ def test_a_lost_answer_raises_after_exactly_one_put(
 
 
 def test_a_throttled_cancel_is_not_a_refusal(fake: FakeAzure) -> None:
-    fake.faults.add_error("maintenance.cancel", 429, retry_after=1)
+    fake.faults.add_error("maintenance.cancel", 429, retry_after=0.05)
     run = run_of(fake, [WEB.text], minutes=30)
     with pytest.raises(AzureCallFailed) as raised:
         maintenance(fake).cancel_run(run)
     assert not isinstance(raised.value, CancelRefused)
     assert raised.value.status == 429
-    assert len(fake.requests_matching("PUT", "applyUpdates")) == 1
+    # ARM did nothing with a 429: sent again after Retry-After, a bounded number of times.
+    assert len(fake.requests_matching("PUT", "applyUpdates")) == THROTTLED_CANCEL_TRIES
+
+
+def test_a_cancel_throttled_by_the_apps_own_fan_out_goes_through_once_a_token_is_back(
+    fake: FakeAzure,
+) -> None:
+    fake.faults.add_error("maintenance.cancel", 429, times=2, retry_after=0.05)
+    run = run_of(fake, [WEB.text], minutes=30)
+    maintenance(fake).cancel_run(run)
+    assert [r.status for r in fake.requests_matching("PUT", "applyUpdates")][:2] == [429, 429]
+    assert maintenance(fake).get_run(run).status == "Cancelled"
 
 
 def test_a_cancel_for_a_run_azure_does_not_know_is_refused_with_404(fake: FakeAzure) -> None:

@@ -421,7 +421,7 @@ def test_a_worker_that_died_before_its_start_call_is_made_up_for() -> None:
     real_start = world.machines.begin_start
     died: list[bool] = []
 
-    def die_once(machine: MachineId) -> Any:
+    def die_once(machine: MachineId, still_wanted: Any = None) -> Any:
         if not died:
             died.append(True)
             raise RuntimeError("worker died after writing Starting")
@@ -517,7 +517,7 @@ def test_throttled_starts_are_retried_later_not_failed() -> None:
     throttled: list[str] = []
     real_start = world.machines.begin_start
 
-    def throttle_first_calls(machine: MachineId) -> Any:
+    def throttle_first_calls(machine: MachineId, still_wanted: Any = None) -> Any:
         if len(throttled) < 3:
             throttled.append(machine.key)
             raise AzureCallFailed("Compute", 429, "TooManyRequests", "write limit")

@@ -1,0 +1,254 @@
+"""Issue 11's rules with in-memory fakes: ownership follows what the app did, no start after
+the run stops wanting starts, nothing ends quietly, the gate counts what is true, the report
+says what happened, and a dead worker's work comes back after a lease."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+
+from shared.domain.errors import AzureCallFailed
+from shared.domain.ids import MachineId
+from shared.domain.machines import OperationOutcome, OperationResult, PowerState
+from shared.domain.runs import MachineAction, MachineRecord, NoteLevel, RunStatus
+from shared.domain.tasks import Task, TaskKind
+from shared.services.reporting import summary_message
+from tests.builders import POST, PRE, START
+from tests.fakes import Done, FakeMachines
+from tests.unit.test_orchestration import RUN, World
+
+
+class LosingMachines(FakeMachines):
+    """Azure does what it is asked, then the answer says otherwise (or nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start_answer: OperationResult | AzureCallFailed | None = None
+        self.deallocate_answer: OperationResult | None = None
+        self.deallocate_works = True
+
+    def begin_start(
+        self, machine: MachineId, still_wanted: Callable[[], bool] | None = None
+    ) -> Done:
+        done = super().begin_start(machine)
+        if isinstance(self.start_answer, AzureCallFailed):
+            raise self.start_answer
+        return Done(self.start_answer) if self.start_answer else done
+
+    def begin_deallocate(self, machine: MachineId) -> Done:
+        self.calls.append(("deallocate", machine.key))
+        if self.deallocate_works:
+            self._vm(machine).state = PowerState.DEALLOCATED
+            return Done(self.deallocate_answer or OperationResult(OperationOutcome.SUCCEEDED))
+        return Done(OperationResult(OperationOutcome.FAILED, "OperationNotAllowed", "locked"))
+
+
+def losing_world(**policy: object) -> tuple[World, LosingMachines]:
+    world = World(**policy)
+    machines = LosingMachines()
+    world.machines = machines
+    world.orchestrator.machines = machines
+    return world, machines
+
+
+def test_a_start_whose_answer_was_lost_is_the_runs_and_is_never_sent_twice() -> None:
+    world, machines = losing_world()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    machines.start_answer = AzureCallFailed("Compute", 502, "BadGateway", "no answer")
+    world.deliver(PRE)
+    world.work()
+    row = world.row(web)
+    assert row.action is MachineAction.STARTED
+    assert row.owned_by_run
+    assert machines.count("start", web) == 1
+    assert any(step[2].startswith("answer lost") for step in row.history)
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    assert world.row(web).action is MachineAction.DEALLOCATED
+    assert machines.count("deallocate", web) == 1
+
+
+def test_a_start_reported_failed_that_came_up_counts_as_running_at_the_gate() -> None:
+    world, machines = losing_world(failure_budget_percent=0)
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    machines.start_answer = OperationResult(OperationOutcome.FAILED, "InternalError", "oops")
+    world.deliver(PRE)
+    world.work()
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert run.gate_outcome == "Passed"
+    assert world.canceller.cancelled == []
+    assert world.row(web).action is MachineAction.STARTED
+    assert not [n for n in world.ledger.list_notes(RUN) if n.level is NoteLevel.ERROR]
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    assert world.row(web).action is MachineAction.DEALLOCATED
+
+
+def test_a_start_failed_that_comes_up_later_is_read_again_by_verify() -> None:
+    world, machines = losing_world(failure_budget_percent=0)
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    machines.vms[web.key].fails_with = "InternalError"
+    world.deliver(PRE)
+    world.orchestrator.handle(Task(TaskKind.PREPARE, RUN))
+    world.orchestrator.handle(Task(TaskKind.START, RUN, (web,)))
+    assert world.row(web).action is MachineAction.START_FAILED
+    machines.vms[web.key].state = PowerState.RUNNING  # Azure brought it up after all
+    world.orchestrator.handle(Task(TaskKind.VERIFY, RUN, round=1))
+    world.work()
+    assert world.row(web).action is MachineAction.STARTED
+    run = world.ledger.find_run(RUN)
+    assert run is not None and run.gate_outcome == "Passed"
+
+
+def test_an_unreadable_start_status_leaves_the_power_state_to_decide_without_an_error() -> None:
+    world, machines = losing_world()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    machines.start_answer = OperationResult(OperationOutcome.UNKNOWN, "ServiceUnavailable")
+    world.deliver(PRE)
+    world.work()
+    assert world.row(web).action is MachineAction.STARTED
+    assert not [n for n in world.ledger.list_notes(RUN) if n.level is NoteLevel.ERROR]
+
+
+def test_no_start_is_sent_once_the_run_was_cancelled_before_the_task_ran() -> None:
+    world, machines = losing_world()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.orchestrator.handle(Task(TaskKind.PREPARE, RUN))
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    world.ledger.save_run(replace(run, status=RunStatus.CANCELLED))
+    world.orchestrator.handle(Task(TaskKind.START, RUN, (web,)))
+    assert machines.count("start", web) == 0
+
+
+def test_a_cancel_landing_between_the_intent_and_the_call_stops_the_start() -> None:
+    world, machines = losing_world()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.orchestrator.handle(Task(TaskKind.PREPARE, RUN))
+    real_save = world.ledger.save_machine
+
+    def save_then_cancel(machine: MachineRecord) -> MachineRecord:
+        saved = real_save(machine)
+        if machine.action is MachineAction.STARTING:
+            run = world.ledger.find_run(RUN)
+            assert run is not None
+            world.ledger.save_run(replace(run, status=RunStatus.WRAPPING_UP))
+        return saved
+
+    world.ledger.save_machine = save_then_cancel  # type: ignore[method-assign]
+    world.orchestrator.handle(Task(TaskKind.START, RUN, (web,)))
+    assert machines.count("start", web) == 0
+    assert world.row(web).action is MachineAction.PLANNED
+
+
+def test_a_deallocate_whose_status_was_unreadable_is_reported_deallocated() -> None:
+    world, machines = losing_world()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.work()
+    machines.deallocate_answer = OperationResult(OperationOutcome.UNKNOWN, "ServiceUnavailable")
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    row = world.row(web)
+    assert row.action is MachineAction.DEALLOCATED
+    assert machines.count("deallocate", web) == 1
+    assert row.history[-1][2] == "found deallocated after the app's deallocate"
+
+
+def test_a_vm_wrap_up_cannot_stop_is_named_in_an_error_note_the_report_and_the_message() -> None:
+    world, machines = losing_world()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.work()
+    machines.deallocate_works = False
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    run = world.ledger.find_run(RUN)
+    assert run is not None and run.status is RunStatus.COMPLETED
+    notes = [n for n in world.ledger.list_notes(RUN) if n.source == "wrap-up"]
+    assert [n.level for n in notes] == [NoteLevel.ERROR]
+    assert web.text in notes[0].message
+    report = world.reports.get_report(RUN)
+    assert report is not None
+    assert any(web.text in n["message"] for n in report["notes"])
+    assert web.text in summary_message(run, report)["text"]
+
+
+def test_a_second_delivery_of_a_verify_round_does_nothing() -> None:
+    world, _ = losing_world()
+    world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.orchestrator.handle(Task(TaskKind.PREPARE, RUN))
+    sent = len(world.queue.sent)
+    world.orchestrator.handle(Task(TaskKind.VERIFY, RUN, round=1))
+    after_first = len(world.queue.sent)
+    world.orchestrator.handle(Task(TaskKind.VERIFY, RUN, round=1))
+    world.orchestrator.handle(Task(TaskKind.VERIFY, RUN, round=0))
+    assert after_first > sent
+    assert len(world.queue.sent) == after_first
+
+
+def test_start_tasks_lost_with_a_host_are_sent_again_once_the_fan_out_is_quiet_a_lease() -> None:
+    world, machines = losing_world(task_lease=timedelta(seconds=45))
+    web, api = world.fleet(web=PowerState.DEALLOCATED, api=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.orchestrator.handle(Task(TaskKind.PREPARE, RUN))
+    # The host died holding the start task: only the verify loop is left on the queue.
+    world.queue._heap = [
+        entry for entry in world.queue._heap if entry[2].kind is not TaskKind.START
+    ]
+    world.clock.advance(timedelta(seconds=20))
+    world.orchestrator.handle(Task(TaskKind.VERIFY, RUN, round=1))
+    assert machines.calls == []
+    world.clock.advance(timedelta(seconds=30))
+    world.orchestrator.handle(Task(TaskKind.VERIFY, RUN, round=2))
+    world.work()
+    assert machines.count("start", web) == machines.count("start", api) == 1
+    assert world.row(web).action is MachineAction.STARTED
+
+
+def test_a_dead_workers_intent_lapses_after_a_lease_and_the_vm_is_started_once() -> None:
+    world, machines = losing_world(task_lease=timedelta(seconds=45))
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.orchestrator.handle(Task(TaskKind.PREPARE, RUN))
+    row = world.row(web)
+    # A worker wrote its intent and died before its call reached Azure.
+    world.ledger.save_machine(
+        row.moved_to(MachineAction.STARTING, world.clock.now(), "start requested")
+    )
+    world.orchestrator.handle(Task(TaskKind.START, RUN, (web,)))
+    assert machines.count("start", web) == 0  # fresh: maybe still on its way
+    world.clock.advance(timedelta(seconds=50))
+    world.orchestrator.handle(Task(TaskKind.START, RUN, (web,)))
+    assert machines.count("start", web) == 1
+    assert world.row(web).action is MachineAction.STARTED
+
+
+def test_a_start_refused_with_429_and_then_started_by_someone_else_is_left_alone() -> None:
+    world, machines = losing_world()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+
+    def throttled_while_an_operator_starts_it(
+        machine: MachineId, still_wanted: Callable[[], bool] | None = None
+    ) -> Done:
+        machines.calls.append(("start", machine.key))
+        machines.vms[machine.key].state = PowerState.RUNNING
+        raise AzureCallFailed("Compute", 429, "TooManyRequests", "throttled")
+
+    machines.begin_start = throttled_while_an_operator_starts_it  # type: ignore[method-assign]
+    world.deliver(PRE)
+    world.work()
+    assert world.row(web).action is MachineAction.LEFT_ALONE
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    assert machines.count("deallocate", web) == 0
