@@ -73,6 +73,8 @@ class GateCount:
 
     attempted: int
     not_running: int
+    # Read at the gate, but Azure would not say (throttled or failing): not a failure.
+    unknown: int = 0
 
     def exceeds(self, budget_percent: float) -> bool:
         """More than `budget_percent` of the attempted starts are not running."""
@@ -80,7 +82,8 @@ class GateCount:
 
     def describe(self, budget_percent: float) -> str:
         """One line for the ledger and the report."""
+        unread = f"; {self.unknown} unreadable, not counted" if self.unknown else ""
         return (
             f"{self.not_running} of {self.attempted} machines the app had to start are not "
-            f"running (budget: more than {budget_percent:g}% fails the gate)"
+            f"running{unread} (budget: more than {budget_percent:g}% fails the gate)"
         )

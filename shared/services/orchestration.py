@@ -608,15 +608,31 @@ class Orchestrator:
         if run is None or run.status is not RunStatus.PREPARING:
             return
         rows = [r for r in self.ledger.list_machines(run.run_id) if r.action in GATE_COUNTED]
+        never_started = [r for r in rows if r.action is MachineAction.PLANNED]
+        # What verify saw last may be stale or missing (a throttled read leaves the old word):
+        # the rest are read once more now, and a VM Azure will not describe is not a failure.
+        doubtful = [
+            r
+            for r in rows
+            if r.action is not MachineAction.PLANNED
+            and not (r.action is MachineAction.STARTED and r.last_power_state == PowerState.RUNNING)
+        ]
+        readings = _parallel(self.policy.start_concurrency, self._power_at_gate, doubtful)
         count = GateCount(
             attempted=len(rows),
-            not_running=sum(
-                1
-                for r in rows
-                if r.last_power_state != PowerState.RUNNING or r.action is not MachineAction.STARTED
-            ),
+            not_running=len(never_started)
+            + sum(1 for state in readings if state is not None and state is not PowerState.RUNNING),
+            unknown=sum(1 for state in readings if state is None),
         )
         detail = count.describe(self.policy.failure_budget_percent)
+        if count.unknown:
+            self._note(
+                run.run_id,
+                NoteLevel.WARNING,
+                "gate",
+                f"{count.unknown} machines' power state could not be read at the gate; they are "
+                "not counted as failures",
+            )
         if not count.exceeds(self.policy.failure_budget_percent):
             self._update_run(run.run_id, lambda r: _gate(r, GateOutcome.PASSED, detail))
             log.info("Run %s: gate passed: %s", run.run_id.text, detail)
@@ -652,6 +668,21 @@ class Orchestrator:
         level = NoteLevel.WARNING if outcome is GateOutcome.CANCELLED else NoteLevel.ERROR
         self._note(run.run_id, level, "gate", f"{detail}; {answer.explanation}")
         self._update_run(run.run_id, lambda r: _gate(r, outcome, f"{detail}; {answer.explanation}"))
+
+    def _power_at_gate(self, row: MachineRecord) -> PowerState | str | None:
+        """The VM's power state now (a word Azure gave, or "unknown" when it gave none), or
+        None when Azure would not answer (throttled, failing)."""
+        try:
+            state = self.machines.get_power(MachineId.parse(row.resource_id)).state
+        except AzureCallFailed as e:
+            log.warning(
+                "Run %s: power of %s unreadable at the gate: %s",
+                row.run_id.text,
+                row.resource_id,
+                e,
+            )
+            return None
+        return "unknown" if state is None else state
 
     def confirm_cancel(self, task: Task) -> None:
         """Read back a run whose cancel Azure only accepted (or whose answer was lost); a

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from shared.domain.errors import AzureCallFailed
 from shared.domain.ids import MachineId
-from shared.domain.machines import OperationOutcome, OperationResult, PowerState
+from shared.domain.machines import MachinePower, OperationOutcome, OperationResult, PowerState
 from shared.domain.runs import MachineAction, MachineRecord, NoteLevel, RunStatus
 from shared.domain.tasks import Task, TaskKind
 from shared.services.reporting import summary_message
@@ -27,10 +27,14 @@ class LosingMachines(FakeMachines):
         self.start_answer: OperationResult | AzureCallFailed | None = None
         self.deallocate_answer: OperationResult | None = None
         self.deallocate_works = True
+        self.start_applies = True
 
     def begin_start(
         self, machine: MachineId, still_wanted: Callable[[], bool] | None = None
     ) -> Done:
+        if not self.start_applies:  # the VM stays as it was, whatever the answer says
+            self.calls.append(("start", machine.key))
+            return Done(self.start_answer or OperationResult(OperationOutcome.SUCCEEDED))
         done = super().begin_start(machine)
         if isinstance(self.start_answer, AzureCallFailed):
             raise self.start_answer
@@ -252,3 +256,66 @@ def test_a_start_refused_with_429_and_then_started_by_someone_else_is_left_alone
     world.deliver(POST)
     world.work()
     assert machines.count("deallocate", web) == 0
+
+
+class ThrottledReads(LosingMachines):
+    """Power reads answer 429 once `throttled` is set (ARM's read bucket is dry)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.throttled = False
+
+    def get_power(self, machine: MachineId) -> MachinePower:
+        if self.throttled:
+            raise AzureCallFailed("Compute", 429, "SubscriptionRequestsThrottled", "later")
+        return super().get_power(machine)
+
+
+def gate_after_an_unanswered_start(world: World, machines: ThrottledReads) -> MachineId:
+    """A start whose answer was lost and whose VM is still deallocated, then the gate."""
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    machines.start_answer = OperationResult(OperationOutcome.UNKNOWN, "ServiceUnavailable")
+    machines.start_applies = False
+    world.deliver(PRE)
+    world.orchestrator.handle(Task(TaskKind.PREPARE, RUN))
+    world.orchestrator.handle(Task(TaskKind.START, RUN, (web,)))
+    assert world.row(web).action is MachineAction.STARTING
+    world.orchestrator.handle(Task(TaskKind.GATE, RUN))
+    return web
+
+
+def throttled_world() -> tuple[World, ThrottledReads]:
+    world = World(failure_budget_percent=0)
+    machines = ThrottledReads()
+    world.machines = machines
+    world.orchestrator.machines = machines
+    return world, machines
+
+
+def test_a_vm_whose_power_cannot_be_read_at_the_gate_is_not_counted_as_a_failure() -> None:
+    world, machines = throttled_world()
+    real_handle = world.orchestrator.handle
+
+    def handle(task: Task) -> None:
+        machines.throttled = task.kind is TaskKind.GATE  # the read bucket runs dry at T−15
+        real_handle(task)
+
+    world.orchestrator.handle = handle  # type: ignore[method-assign]
+    web = gate_after_an_unanswered_start(world, machines)
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert run.gate_outcome == "Passed", run.gate_detail
+    assert "1 unreadable, not counted" in (run.gate_detail or "")
+    assert world.canceller.puts == []
+    assert any(n.source == "gate" and "could not be read" in n.message for n in world.ledger.notes)
+    assert world.row(web).owned_by_run  # still the run's: wrap-up stops it
+
+
+def test_a_vm_read_not_running_at_the_gate_still_counts_against_the_budget() -> None:
+    world, machines = throttled_world()
+    gate_after_an_unanswered_start(world, machines)
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert run.gate_outcome == "Cancelled", run.gate_detail
+    assert "1 of 1" in (run.gate_detail or "")
+    assert world.canceller.puts == [RUN.key]
