@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from shared.domain.errors import LedgerConflict
+from shared.domain.events import InvalidEvent, parse_time
 from shared.domain.ids import ConfigurationId, RunId
 from shared.domain.platform import PlatformRun
 from shared.domain.policy import OrchestrationPolicy
@@ -189,9 +190,11 @@ class Reconciler:
     ) -> Run | None:
         status = normalise_status(record.status)
         if run is None:
-            if record.run_id.scheduled_start < now - LOOKBACK:
+            # T as the platform's record gives it; the run name is not documented to be UTC.
+            start = _platform_start(record)
+            if (start or record.run_id.scheduled_start) < now - LOOKBACK:
                 return None
-            run = Run.first_seen(record.run_id, now)
+            run = replace(Run.first_seen(record.run_id, now), start=start)
         changed = replace(run, platform_status=status or run.platform_status)
         if status in CANCELLED and run.cancel_source is None:
             changed = replace(changed, cancel_source=cancel_source_of(record.message))
@@ -325,3 +328,14 @@ class Reconciler:
                 run_id=run_id, at=self.clock.now(), level=level, source="reconcile", message=message
             )
         )
+
+
+def _platform_start(record: PlatformRun) -> datetime | None:
+    """The run record's startDateTime, when it holds a readable time."""
+    if not record.start:
+        return None
+    try:
+        return parse_time(record.start, "properties.startDateTime")
+    except InvalidEvent:
+        log.warning("Run %s: unreadable startDateTime in Resource Graph", record.run_id.text)
+        return None

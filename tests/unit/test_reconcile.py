@@ -120,6 +120,24 @@ def test_a_run_without_a_pre_event_is_reported_missed_once_its_window_has_closed
     assert "cancel window closed at 2026-12-01T02:49:00+00:00" in notes[0]
 
 
+def test_a_run_found_by_the_reconciler_takes_t_from_its_record_not_its_name() -> None:
+    """The run name is not documented to be UTC: a configuration in UTC+9 names the 03:00 UTC
+    run 12:00. The record's startDateTime is T, so the window is judged from it."""
+    world = World()
+    ours = reconciler(world, target_configurations=(RUN.configuration,))
+    world.clock.current = START - timedelta(minutes=5)  # past the window of the real T
+    named_in_tokyo = RunId.of(RUN.configuration, "20261201120000")
+    world.graph.runs = [
+        dataclasses.replace(
+            platform("Pending", run=named_in_tokyo), start=START.isoformat().replace("+00:00", "Z")
+        )
+    ]
+    assert ours.tick().missed_pre_events == [named_in_tokyo.text]
+    run = world.ledger.find_run(named_in_tokyo)
+    assert run is not None
+    assert run.scheduled_start == START
+
+
 def test_a_pre_event_that_came_is_never_reported_missed_whatever_the_platform_says() -> None:
     world = World()
     world.graph.runs = [platform("InProgress")]
