@@ -32,10 +32,11 @@ class LosingMachines(FakeMachines):
     def begin_start(
         self, machine: MachineId, still_wanted: Callable[[], bool] | None = None
     ) -> Done:
-        if not self.start_applies:  # the VM stays as it was, whatever the answer says
+        if self.start_applies:
+            done = super().begin_start(machine)
+        else:  # the VM stays as it was, whatever the answer says
             self.calls.append(("start", machine.key))
-            return Done(self.start_answer or OperationResult(OperationOutcome.SUCCEEDED))
-        done = super().begin_start(machine)
+            done = Done(OperationResult(OperationOutcome.SUCCEEDED))
         if isinstance(self.start_answer, AzureCallFailed):
             raise self.start_answer
         return Done(self.start_answer) if self.start_answer else done
