@@ -270,9 +270,8 @@ def _cancel_section(page: Page, view: RunView, answer: CancelAnswerView | None) 
 def _answer(answer: CancelAnswerView) -> str:
     document = answer.document
     ok = 200 <= answer.status < 300
-    title = document.get("title") or (
-        "Check: the cancel API's answer" if answer.dry_run else "The cancel API's answer"
-    )
+    title = document.get("title") or document.get("outcome") or "no outcome given"
+    kind = "Check (dry run)" if answer.dry_run else "Cancel"
     rows = [
         (label, _cell(document[key]))
         for key, label in ANSWER_FIELDS
@@ -287,7 +286,7 @@ def _answer(answer: CancelAnswerView) -> str:
     return (
         f'<div id="cancel-answer" class="answer {"ok" if ok else "refused"}" '
         f'data-status="{answer.status}" data-outcome="{escape(str(document.get("outcome", "")))}" '
-        f'role="status"><h3>{"Dry run — " if answer.dry_run else ""}{escape(str(title))} '
+        f'role="status"><h3>{kind}: {escape(str(title))} '
         f"<small>HTTP {answer.status}</small></h3>"
         f'<p class="detail">{escape(str(document.get("detail") or ""))}</p>'
         f"{_facts(rows)}</div>"
