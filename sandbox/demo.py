@@ -125,12 +125,17 @@ def play(stack: Stack, timeline: Timeline) -> None:
         f"{body.get('detail')}"
     )
     expect(
-        "the cancel was accepted and Azure shows the run Cancelled",
+        'Azure answered as the REST spec\'s example (202 "Cancel"): the cancel is accepted '
+        "as CancelRequested and Azure shows the run Cancelled",
         cancel.status_code == 200
-        and body.get("outcome") == "Cancelled"
+        and body.get("outcome") == "CancelRequested"
         and stack.fake.model.run_status(run1.correlation_id) == "Cancelled",
     )
     stack.settle(timeout=180)
+    expect(
+        "the app read the run back and recorded what Azure finally said (Cancelled)",
+        stack.run_report(run1)["run"]["platformStatus"] == "Cancelled",
+    )
     expect(
         "after the cancel, the VMs the app started are deallocated again",
         names(stack, stopped, "deallocated") == sorted(m.rsplit("/", 1)[-1] for m in stopped),

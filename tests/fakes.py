@@ -14,6 +14,7 @@ from shared.domain.errors import AzureCallFailed, CancelRefused
 from shared.domain.ids import MachineId, RunId
 from shared.domain.machines import MachinePower, OperationOutcome, OperationResult, PowerState
 from shared.domain.platform import (
+    CancelAcceptance,
     HeartbeatReport,
     MachineFacts,
     PatchResult,
@@ -118,18 +119,43 @@ class FakeGraph:
 
 
 class FakeCanceller:
+    """The maintenance service's run operations. Answers like the REST spec's example by
+    default (202 "Cancel"); `answer` changes the status code and word, `lose_answer` applies
+    the cancel and then fails as if the answer never came, `fail_reads` makes the GET fail,
+    `unknown` lists run keys Azure does not know."""
+
     def __init__(self) -> None:
         self.cancelled: list[str] = []
+        self.puts: list[str] = []
         self.refuse: tuple[str, str] | None = None
+        self.answer: tuple[int, str | None] = (202, "Cancel")
+        self.lose_answer: AzureCallFailed | None = None
+        self.fail_puts: AzureCallFailed | None = None
+        self.fail_reads = False
+        self.unknown: set[str] = set()
+        self.status_before_cancel = "Pending"
 
-    def cancel_run(self, run: RunId) -> RunState:
+    def cancel_run(self, run: RunId) -> CancelAcceptance:
+        self.puts.append(run.key)
+        if run.key in self.unknown:
+            raise CancelRefused("Maintenance", 404, "NotFound", "no such run")
         if self.refuse:
             raise CancelRefused("Maintenance", 409, *self.refuse)
+        if self.fail_puts is not None:
+            raise self.fail_puts
         self.cancelled.append(run.key)
-        return RunState(run, "Cancelled")
+        if self.lose_answer is not None:
+            raise self.lose_answer
+        return CancelAcceptance(run, *self.answer)
 
     def get_run(self, run: RunId) -> RunState:
-        return RunState(run, "Cancelled" if run.key in self.cancelled else "Pending")
+        if self.fail_reads:
+            raise AzureCallFailed("Maintenance", 503, "ServiceUnavailable", "try later")
+        if run.key in self.unknown:
+            raise AzureCallFailed("Maintenance", 404, "NotFound", "no such run")
+        return RunState(
+            run, "Cancelled" if run.key in self.cancelled else self.status_before_cancel
+        )
 
 
 class FakeReports:

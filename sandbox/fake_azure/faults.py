@@ -65,6 +65,8 @@ class ErrorRule:
 
     With neither ``times`` nor ``probability`` the rule fires on every matching request.
     ``retry_after`` (seconds) adds a Retry-After header; None sends none.
+    ``after_applying`` serves the request first (Azure did the work) and then answers the
+    error instead: the answer was lost. Status 0 closes the connection without any answer.
     """
 
     endpoint: str
@@ -77,6 +79,7 @@ class ErrorRule:
     code: str | None = None
     message: str | None = None
     fired: int = 0
+    after_applying: bool = False
 
     def matches(self, endpoint: str, method: str, path: str) -> bool:
         """True when this rule applies to the request (ignoring how often it may fire)."""
@@ -181,9 +184,18 @@ class PartialResultFault:
     message: str = "There were some errors when processing your query."
 
 
+CANCEL_ANSWER_BODIES = ("spec", "run", "none")
+
+
 @dataclass
 class CancelPolicy:
-    """How the fake Maintenance RP answers cancel requests it cannot honour.
+    """How the fake Maintenance RP answers cancel requests.
+
+    An accepted cancel is answered ``answer_status`` (200, 201, 202 or 204) with the body
+    ``answer_body``: "spec" is the REST spec's example (``name`` and ``resourceId`` the
+    configuration's name), "run" the run's own document (later spec revisions), "none" no body
+    (a 204 never has one); ``answer_word`` is its ``properties.status``. The default is the
+    spec's example: 202 "Cancel".
 
     ``already_cancelled`` "ok" answers 200 again (PUT is idempotent in ARM; the most plausible
     Azure behaviour); "conflict" answers 409. ``refuse`` forces every cancel to be refused with
@@ -194,6 +206,15 @@ class CancelPolicy:
     too_late_status: int = 409
     already_cancelled: str = "ok"
     refuse: dict[str, Any] | None = None
+    answer_status: int = 202
+    answer_body: str = "spec"
+    answer_word: str = "Cancel"
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.answer_status <= 299:
+            raise ValueError("answer_status must be a 2xx status: refusals use `refuse`")
+        if self.answer_body not in CANCEL_ANSWER_BODIES:
+            raise ValueError(f"answer_body must be one of {', '.join(CANCEL_ANSWER_BODIES)}")
 
 
 class FaultPlan:
@@ -247,13 +268,26 @@ class FaultPlan:
         method: str | None = None,
         code: str | None = None,
         message: str | None = None,
+        after_applying: bool = False,
     ) -> ErrorRule:
-        """Add an error rule and return it (its ``fired`` counts how often it answered)."""
+        """Add an error rule and return it (its ``fired`` counts how often it answered).
+        ``after_applying``: serve the request, then answer ``status`` (0: no answer at all)."""
         if probability is not None and not 0.0 <= probability <= 1.0:
             raise ValueError("probability must be within [0, 1]")
+        if status == 0 and not after_applying:
+            raise ValueError("status 0 (no answer) needs after_applying")
         _require_known_endpoint(endpoint)
         rule = ErrorRule(
-            endpoint, status, times, probability, retry_after, path_regex, method, code, message
+            endpoint,
+            status,
+            times,
+            probability,
+            retry_after,
+            path_regex,
+            method,
+            code,
+            message,
+            after_applying=after_applying,
         )
         with self._lock:
             self._errors.append(rule)

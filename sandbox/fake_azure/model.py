@@ -345,13 +345,18 @@ class MaintenanceRun:
         """The yyyyMMddHHmmss segment."""
         return self.correlation_id.rstrip("/").split("/")[-1]
 
-    def status(self, now: dt.datetime) -> str:
-        """Status as Resource Graph reports it at ``now``."""
+    def status(self, now: dt.datetime, before_start: str = "Pending") -> str:
+        """Status as Resource Graph reports it at ``now``; ``before_start`` is the word shown
+        from T-40 until T (undocumented; a scenario setting)."""
         if self.cancelled_at is not None:
             return "Cancelled"
         if self.final_status is not None:
             return self.final_status
-        return "InProgress" if now >= self.scheduled_start else "Pending"
+        if now >= self.scheduled_start:
+            return "InProgress"
+        if now >= self.scheduled_start - dt.timedelta(minutes=40):
+            return before_start
+        return "Pending"
 
 
 @dataclass
@@ -443,6 +448,9 @@ class ModelSettings:
     # When > 0, every running VM and connected Arc machine "sends" a Heartbeat this often, the
     # first one an interval after it started running (the agent has to boot).
     auto_heartbeat_seconds: float = 0.0
+    # The run-level status shown from T-40 until T. Undocumented: "Pending" or "InProgress"
+    # (or any word) are all plausible, so a scenario can play each.
+    status_before_start: str = "Pending"
 
 
 class AzureModel:
@@ -1036,7 +1044,7 @@ class AzureModel:
 
     def run_status(self, correlation_id: str) -> str:
         """A run's status now."""
-        return self.get_run(correlation_id).status(self.now())
+        return self.get_run(correlation_id).status(self.now(), self.settings.status_before_start)
 
     def cancel_run(
         self, correlation_id: str, *, by: str = "user", message: str | None = None
@@ -1354,7 +1362,7 @@ class AzureModel:
             if now < run.visible_at:
                 continue
             configuration = self._configurations.get(key(run.configuration_id))
-            status = run.status(now)
+            status = run.status(now, self.settings.status_before_start)
             run_properties: dict[str, Any] = {
                 "correlationId": run.correlation_id,
                 "maintenanceConfigurationId": run.configuration_id,
@@ -1549,7 +1557,7 @@ class AzureModel:
     def run_document(self, run: MaintenanceRun) -> dict[str, Any]:
         """The JSON the Maintenance RP answers for a run (GET / cancel PUT)."""
         with self._lock:
-            status = run.status(self.now())
+            status = run.status(self.now(), self.settings.status_before_start)
             # The RP's ApplyUpdate vocabulary: Succeeded runs read as Completed there.
             rp_status = {"Succeeded": "Completed"}.get(status, status)
             return {

@@ -45,6 +45,8 @@ _MODEL_SETTINGS = {
     "cancellation_cutoff_minutes",
     "default_run_minutes",
 }
+# Words, not timings: kept as strings.
+_MODEL_WORD_SETTINGS = {"status_before_start"}
 _SERVER_SETTINGS = {"token_lifetime_seconds", "lro_retry_after_seconds", "check_audience"}
 
 
@@ -83,7 +85,7 @@ class Scenario:
         if unknown:
             raise ScenarioError(f"{source}: unknown scenario keys {sorted(unknown)}")
         settings = data.get("settings") or {}
-        unknown_settings = set(settings) - _MODEL_SETTINGS - _SERVER_SETTINGS
+        unknown_settings = set(settings) - _MODEL_SETTINGS - _MODEL_WORD_SETTINGS - _SERVER_SETTINGS
         if unknown_settings:
             raise ScenarioError(f"{source}: unknown settings {sorted(unknown_settings)}")
         return cls(json.loads(json.dumps(data)), source)
@@ -96,7 +98,9 @@ class Scenario:
     def model_settings(self) -> ModelSettings:
         """Timings for :class:`AzureModel`."""
         settings = self.data.get("settings") or {}
-        return ModelSettings(**{k: float(v) for k, v in settings.items() if k in _MODEL_SETTINGS})
+        values: dict[str, Any] = {k: float(v) for k, v in settings.items() if k in _MODEL_SETTINGS}
+        values.update({k: str(v) for k, v in settings.items() if k in _MODEL_WORD_SETTINGS})
+        return ModelSettings(**values)
 
     def setting(self, name: str, default: Any) -> Any:
         """A server setting (token lifetime, LRO Retry-After, audience check)."""

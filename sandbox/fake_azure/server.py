@@ -88,6 +88,9 @@ class _Handler(BaseHTTPRequestHandler):
             raw_body=raw,
         )
         response = self.server.service.serve(request)
+        if response.status == 0:
+            self.close_connection = True  # the client sees the connection end, no answer
+            return
         self._write(response)
 
     def _write(self, response: Response) -> None:

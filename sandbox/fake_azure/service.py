@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .faults import WRITE_ENDPOINTS, ErrorRule, FaultPlan
+from .faults import WRITE_ENDPOINTS, CancelPolicy, ErrorRule, FaultPlan
 from .identity import ARM_AUDIENCES, LOG_ANALYTICS_AUDIENCES, TokenError, TokenGrant, TokenStore
 from .kql_syntax import parse_datetime_literal
-from .model import AzureModel, ModelError, parse_resource_id
+from .model import AzureModel, MaintenanceRun, ModelError, parse_resource_id
 from .query_engine import (
     KqlError,
     KqlSyntaxError,
@@ -378,7 +378,7 @@ class FakeAzureService:
             if throttled is not None:
                 return throttled
         rule = self.faults.pick_error(route.endpoint, request.method, request.path)
-        if rule is not None:
+        if rule is not None and not rule.after_applying:
             injected = self._injected_error(route.endpoint, rule, request)
             for name, value in request.quota_headers.items():
                 injected.headers.setdefault(name, value)
@@ -405,6 +405,12 @@ class FakeAzureService:
                         headers={**write_headers, "Retry-After": str(decision.retry_after)},
                     )
         response = route.handler(request)
+        if rule is not None:
+            # Azure did the work; the answer is lost on the way back (status 0: the connection
+            # ends without any answer).
+            if rule.status == 0:
+                return Response(0)
+            return self._injected_error(route.endpoint, rule, request)
         for name, value in {**write_headers, **request.quota_headers}.items():
             response.headers.setdefault(name, value)
         return response
@@ -1116,7 +1122,27 @@ class FakeAzureService:
                 f"(scheduled start {run.scheduled_start.isoformat()}).",
             )
         self.model.cancel_run(run.correlation_id, by="user")
-        return Response(200, self.model.run_document(run))
+        return self._accepted_cancel(run, policy)
+
+    def _accepted_cancel(self, run: MaintenanceRun, policy: CancelPolicy) -> Response:
+        """The answer to an accepted cancel, as the scenario plays it (default: the spec's
+        example, 202 with ``name``/``resourceId`` the configuration's name and "Cancel")."""
+        if policy.answer_body == "none" or policy.answer_status == 204:
+            return Response(policy.answer_status)
+        if policy.answer_body == "run":
+            document = self.model.run_document(run)
+            document["properties"]["status"] = policy.answer_word
+            return Response(policy.answer_status, document)
+        configuration_name = run.configuration_id.rstrip("/").rsplit("/", 1)[-1]
+        return Response(
+            policy.answer_status,
+            {
+                "id": run.correlation_id.lower(),
+                "name": configuration_name,
+                "type": "Microsoft.Maintenance/applyUpdates",
+                "properties": {"status": policy.answer_word, "resourceId": configuration_name},
+            },
+        )
 
     # -- Log Analytics -------------------------------------------------------------------------
     def la_query(self, request: Request) -> Response:

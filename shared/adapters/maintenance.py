@@ -1,33 +1,50 @@
 """Azure Maintenance (azure-mgmt-maintenance 2.2.0b4): cancel a run, read a run.
 
-2.1.0, the latest stable release, has no cancel; 2.2.0b4's apply_updates.create_or_update_or_cancel
-sends exactly the documented PUT {CorrelationId}?api-version=... {"properties":{"status":"Cancel"}}.
-The api-version is a setting (MAINTENANCE_API_VERSION), passed to the client.
+2.1.0, the latest stable release, has no cancel. 2.2.0b4's
+apply_updates.create_or_update_or_cancel accepts only 200 and 201 and raises on the 202 of the
+REST spec's own example (and on 204, and on a 200 without a body). So the cancel sends the same
+documented PUT {CorrelationId}?api-version=... {"properties":{"status":"Cancel"}} through the
+SDK client's own pipeline (`send_request`: its credential, logging and transport) and reads
+the answer itself: strict in what it sends, any 2xx accepted. The api-version is a setting
+(MAINTENANCE_API_VERSION).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import quote
 
 from azure.core.credentials import TokenCredential
+from azure.core.exceptions import HttpResponseError
+from azure.core.rest import HttpRequest, HttpResponse
 from azure.mgmt.maintenance import MaintenanceManagementClient
-from azure.mgmt.maintenance.models import ApplyUpdate, ApplyUpdateProperties
 
 from shared.adapters.arm_clients import PerSubscription
-from shared.adapters.azure_errors import translated
-from shared.domain.errors import CancelRefused
+from shared.adapters.azure_errors import service_words, translated
+from shared.domain.errors import AzureCallFailed, CancelRefused
 from shared.domain.ids import RunId
-from shared.domain.platform import RunState
+from shared.domain.platform import CancelAcceptance, RunState
 
 PROVIDER = "Microsoft.Maintenance"
 PARENT_TYPE = "maintenanceConfigurations"
+CANCEL_BODY = {"properties": {"status": "Cancel"}}
+# ApplyUpdates_CreateOrUpdateOrCancel on a maintenance configuration (reference §3).
+CANCEL_PATH = (
+    "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Maintenance/maintenanceConfigurations"
+    "/{}/providers/Microsoft.Maintenance/applyUpdates/{}"
+)
+TOO_MANY_REQUESTS = 429
 
 
 class MaintenanceRuns:
     """Cancel and read runs; one client per subscription, one transport."""
 
-    def __init__(self, clients: PerSubscription[MaintenanceManagementClient]) -> None:
+    def __init__(
+        self, clients: PerSubscription[MaintenanceManagementClient], api_version: str
+    ) -> None:
         self._clients = clients
+        self._api_version = api_version
 
     @classmethod
     def build(
@@ -44,25 +61,43 @@ class MaintenanceRuns:
                     **kw,
                 ),
                 **client_options,
-            )
+            ),
+            api_version,
         )
 
-    def cancel_run(self, run: RunId | str) -> RunState:
-        """Ask the platform to cancel this run only. A 4xx raises CancelRefused with the
-        service's code and message; any 2xx is accepted, with the status word it returns."""
+    def cancel_run(self, run: RunId | str) -> CancelAcceptance:
+        """Ask the platform to cancel this run only, with exactly one PUT (no automatic
+        re-send: an answer that never came is for the caller to read back). Any 2xx is
+        accepted, with or without a body; a 4xx other than 429 raises CancelRefused with the
+        service's code and message; anything else raises AzureCallFailed."""
         run_id = _run(run)
         configuration = run_id.configuration
         client = self._clients.for_subscription(configuration.subscription_id)
-        with translated("Maintenance", CancelRefused):
-            answer = client.apply_updates.create_or_update_or_cancel(
+        segments = [
+            quote(segment, safe="")
+            for segment in (
+                configuration.subscription_id,
                 configuration.resource_group,
-                PROVIDER,
-                PARENT_TYPE,
                 configuration.name,
                 run_id.run_name,
-                ApplyUpdate(properties=ApplyUpdateProperties(status="Cancel")),
             )
-        return RunState(run_id=run_id, status=_status(answer))
+        ]
+        request = HttpRequest(
+            "PUT",
+            CANCEL_PATH.format(*segments),
+            params={"api-version": self._api_version},
+            headers={"Accept": "application/json"},
+            json=CANCEL_BODY,
+        )
+        with translated("Maintenance"):
+            # retry_total=0: a PUT re-sent after a lost answer is a second cancel.
+            response = client.send_request(request, retry_total=0)
+        if 200 <= response.status_code <= 299:
+            return CancelAcceptance(run_id, response.status_code, _answer_status(response))
+        status, code, message = service_words(HttpResponseError(response=response))
+        refused = status is not None and 400 <= status < 500 and status != TOO_MANY_REQUESTS
+        # A 429 is ARM's throttle: the cancel was not taken; asking later may work.
+        raise (CancelRefused if refused else AzureCallFailed)("Maintenance", status, code, message)
 
     def get_run(self, run: RunId | str) -> RunState:
         """The run's status as the maintenance service reports it."""
@@ -82,6 +117,24 @@ class MaintenanceRuns:
 
 def _run(run: RunId | str) -> RunId:
     return run if isinstance(run, RunId) else RunId.parse(run)
+
+
+def _answer_status(response: HttpResponse) -> str | None:
+    """`properties.status` of a cancel answer, if it has a JSON body that says one."""
+    try:
+        body = json.loads(response.text() or "null")
+    except ValueError:
+        return None
+    properties = _key(body, "properties")
+    status = _key(properties, "status")
+    return status if isinstance(status, str) and status.strip() else None
+
+
+def _key(document: Any, name: str) -> Any:
+    """A JSON object's member, its name matched case-insensitively (ARM's casing varies)."""
+    if not isinstance(document, dict):
+        return None
+    return next((v for k, v in document.items() if k.lower() == name), None)
 
 
 def _status(answer: Any) -> str | None:

@@ -63,6 +63,26 @@ class RunState:
     status: str | None
 
 
+CANCELLED_STATUS_WORDS = frozenset({"cancelled", "canceled"})
+
+
+@dataclass(frozen=True)
+class CancelAcceptance:
+    """Azure accepted a cancel: its HTTP status (any 2xx) and the status word of its answer,
+    when the answer had a body that said one."""
+
+    run_id: RunId
+    http_status: int
+    status: str | None
+
+    @property
+    def confirmed(self) -> bool:
+        """Azure said the run is cancelled (200/201 "Cancelled"), not only that it accepted
+        the request (202, 204, "Cancel", no word or an unknown one): confirm it later."""
+        word = (self.status or "").replace(" ", "").lower()
+        return self.http_status in (200, 201) and word in CANCELLED_STATUS_WORDS
+
+
 @dataclass(frozen=True)
 class MachineFacts:
     """A VM's power and tags, read together."""

@@ -58,6 +58,8 @@ class GateOutcome(enum.StrEnum):
     CANCELLED = "Cancelled"
     TOO_LATE_TO_CANCEL = "TooLateToCancel"
     CANCEL_REFUSED = "CancelRefused"
+    CANCEL_UNCONFIRMED = "CancelUnconfirmed"
+    CANCEL_FAILED = "CancelFailed"
     ALREADY_CANCELLED = "AlreadyCancelled"
     NOTHING_TO_START = "NothingToStart"
     SKIPPED_LATE_PRE_EVENT = "SkippedLatePreEvent"

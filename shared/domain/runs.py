@@ -290,6 +290,7 @@ class CancelOutcome(enum.StrEnum):
     REFUSED_OUTSIDE_WINDOW = "RefusedOutsideWindow"
     REFUSED_RUN_STATE = "RefusedRunState"
     REFUSED_BY_AZURE = "RefusedByAzure"
+    UNCONFIRMED = "Unconfirmed"
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ class TaskKind(enum.StrEnum):
     STOP = "stop"
     FINISH = "finish"
     NOTIFY = "notify"
+    CONFIRM_CANCEL = "confirm_cancel"
 
 
 class InvalidTask(ValueError):

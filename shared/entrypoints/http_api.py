@@ -149,6 +149,8 @@ def _cancel_fields(req: func.HttpRequest, body: Mapping[str, Any]) -> func.HttpR
         queue=services.task_queue,
         clock=services.clock,
         safety_margin=services.settings.cancel_safety_margin,
+        graph=services.resource_graph,
+        confirm_after=services.settings.policy.arg_retry,
     )
     result = cancellation.cancel_run(
         run_id,
@@ -173,8 +175,18 @@ def _cancel_answer(result: cancellation.CancelAnswer) -> func.HttpResponse:
         "runStatus": result.run_status,
         "platformStatus": result.platform_status,
     }
-    if result.verdict in (verdict.CANCELLED, verdict.ALREADY_CANCELLED, verdict.WOULD_CANCEL):
+    if result.verdict.accepted or result.verdict in (
+        verdict.ALREADY_CANCELLED,
+        verdict.WOULD_CANCEL,
+    ):
         return answer({**facts, "detail": result.explanation})
+    if result.verdict is verdict.UNCONFIRMED:
+        return problem(
+            HTTPStatus.BAD_GATEWAY,
+            "Azure's answer to the cancel was lost",
+            result.explanation,
+            **facts,
+        )
     if result.verdict is verdict.REFUSED_BY_AZURE:
         extra = {
             **facts,

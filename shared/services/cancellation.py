@@ -4,6 +4,13 @@ Shared by the gate and the operator API, so both follow one rule and never send 
 a request first marks the run "cancel requested" in the ledger (ETag-checked); whoever loses
 that race sees the mark and does not call Azure. Every request, refused or not, goes into the
 run's audit.
+
+Azure's answers vary (reference §3): any 2xx is an accepted cancel, recorded in the ledger and
+the audit before anything else happens. Only a 200/201 saying "Cancelled" is taken as done; a
+202, a 204, "Cancel" or an unknown word is "cancel requested", and a confirm task reads the run
+later. An answer that never came is ambiguous: the run is read back (applyUpdates GET, then
+Resource Graph) before any second PUT. Before T the window alone decides, whatever word the
+platform shows; from T on the run is under way and a cancel is refused.
 """
 
 from __future__ import annotations
@@ -13,23 +20,32 @@ import logging
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from http import HTTPStatus
 
 from shared.domain.errors import AzureCallFailed, CancelRefused, LedgerConflict
 from shared.domain.ids import RunId
-from shared.domain.runs import CancelOutcome, CancelRequest, Run, RunStatus
+from shared.domain.platform import CANCELLED_STATUS_WORDS, PlatformRun
+from shared.domain.runs import (
+    CancelOutcome,
+    CancelRequest,
+    NoteLevel,
+    Run,
+    RunNote,
+    RunStatus,
+)
 from shared.domain.tasks import Task, TaskKind
 from shared.domain.timeline import CancelWindow, Clock, WindowPosition
-from shared.services.ports import RunCanceller, RunLedger, TaskQueue
+from shared.services.ports import RunCanceller, RunLedger, RunMachinesSource, TaskQueue
 
 log = logging.getLogger(__name__)
 
 # A mark older than this is from a request that died before it reached Azure: try again.
 STALE_REQUEST = timedelta(minutes=2)
 MAX_ATTEMPTS = 5
-CANCELLED_WORDS = frozenset({"cancel", "cancelled", "canceled"})
-NOT_CANCELLABLE_PLATFORM_WORDS = frozenset(
-    {"inprogress", "completed", "succeeded", "failed", "completedwithwarnings", "timedout"}
-)
+# "Cancel" is what Azure answers when it accepted a cancel; the other two say it is done.
+CANCELLED_WORDS = frozenset({"cancel"}) | CANCELLED_STATUS_WORDS
+# The confirm task reads an accepted cancel back this many times before it says it is unsure.
+CONFIRM_ROUNDS = 10
 
 
 class CancelSource(enum.StrEnum):
@@ -44,6 +60,7 @@ class CancelVerdict(enum.StrEnum):
     """The answer to a cancel request."""
 
     CANCELLED = "Cancelled"
+    CANCEL_REQUESTED = "CancelRequested"
     ALREADY_CANCELLED = "AlreadyCancelled"
     WOULD_CANCEL = "WouldCancel"
     TOO_EARLY = "TooEarly"
@@ -51,6 +68,12 @@ class CancelVerdict(enum.StrEnum):
     NOT_CANCELLABLE = "NotCancellable"
     IN_FLIGHT = "CancelInFlight"
     REFUSED_BY_AZURE = "RefusedByAzure"
+    UNCONFIRMED = "CancelUnconfirmed"
+
+    @property
+    def accepted(self) -> bool:
+        """Azure accepted the cancel (done, or only requested)."""
+        return self in (CancelVerdict.CANCELLED, CancelVerdict.CANCEL_REQUESTED)
 
     @property
     def outside_window(self) -> bool:
@@ -67,6 +90,10 @@ class CancelContext:
     queue: TaskQueue
     clock: Clock
     safety_margin: timedelta
+    # Resource Graph: where a run is read back when the applyUpdates GET fails.
+    graph: RunMachinesSource | None = None
+    # How long after an accepted cancel the confirm task reads the run.
+    confirm_after: timedelta = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -99,10 +126,12 @@ def cancel_run(
     for _ in range(MAX_ATTEMPTS):
         now = clock.now()
         run = ledger.find_run(run_id)
+        # T: the Run's own (from the event's StartDateTime) when the ledger has one.
+        start = run.scheduled_start if run else run_id.scheduled_start
         window = CancelWindow.for_run(
-            run_id.scheduled_start, run.cancellation_cutoff if run else None, context.safety_margin
+            start, run.cancellation_cutoff if run else None, context.safety_margin
         )
-        refusal = _refusal(run_id, run, window, now)
+        refusal = _refusal(run_id, run, window, now, start)
         if refusal is not None:
             return _audited(context, refusal, requested_by, reason, dry_run)
         if dry_run:
@@ -113,23 +142,49 @@ def cancel_run(
                 now,
                 window,
                 run.status.value if run else None,
+                run.platform_status if run else None,
             )
             return _audited(context, answer, requested_by, reason, dry_run)
+        if run is None:
+            # No ledger row until Azure says the run exists: a made-up run id leaves nothing
+            # behind and never widens the reconciler's queries.
+            unknown = _unknown_to_azure(context, run_id, window, now)
+            if unknown is not None:
+                return _audited(context, unknown, requested_by, reason, dry_run)
+        earlier_attempt = run is not None and run.cancel_requested_at is not None
         try:
             marked = _mark_requested(ledger, run_id, run, now)
         except LedgerConflict:
             continue  # someone else changed the run: look again
-        return _send(context, marked, window, requested_by, reason, source)
+        request = _Request(context, window, requested_by, reason, source)
+        if earlier_attempt:
+            settled = _settle_earlier_attempt(request, marked)
+            if settled is not None:
+                return settled
+        return _send(request, marked)
     raise LedgerConflict(f"run {run_id.text} kept changing while cancelling")
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One cancel request on its way: who asked, why, and the window it was judged by."""
+
+    context: CancelContext
+    window: CancelWindow
+    requested_by: str
+    reason: str
+    source: CancelSource
+
+
 def _refusal(
-    run_id: RunId, run: Run | None, window: CancelWindow, now: datetime
+    run_id: RunId, run: Run | None, window: CancelWindow, now: datetime, start: datetime
 ) -> CancelAnswer | None:
     status = run.status.value if run else None
     platform = run.platform_status if run else None
     if run is not None and (
-        run.status is RunStatus.CANCELLED or _word(platform) in CANCELLED_WORDS
+        run.status is RunStatus.CANCELLED
+        or run.cancel_source is not None  # cancelled, and wrap-up may have moved it on since
+        or _word(platform) in CANCELLED_WORDS
     ):
         return CancelAnswer(
             CancelVerdict.ALREADY_CANCELLED,
@@ -140,13 +195,28 @@ def _refusal(
             status,
             platform,
         )
-    if run is not None and (
-        run.status in (RunStatus.POST_EVENT_RECEIVED, RunStatus.WRAPPING_UP, RunStatus.COMPLETED)
-        or _word(platform) in NOT_CANCELLABLE_PLATFORM_WORDS
+    if run is not None and run.status in (
+        RunStatus.POST_EVENT_RECEIVED,
+        RunStatus.WRAPPING_UP,
+        RunStatus.COMPLETED,
     ):
         return CancelAnswer(
             CancelVerdict.NOT_CANCELLABLE,
-            f"the run is {platform or status}: only a run that has not started can be cancelled",
+            f"the run is {status}: only a run that has not started can be cancelled",
+            run_id,
+            now,
+            window,
+            status,
+            platform,
+        )
+    if now >= start:
+        # Before T no platform word decides (the status between T-40 and T is undocumented);
+        # from T on the run is under way.
+        return CancelAnswer(
+            CancelVerdict.NOT_CANCELLABLE,
+            f"the run is under way: patching started at {start.isoformat()} (T); the cancel "
+            f"window closed at {window.closes_at.isoformat()}"
+            + (f"; Azure shows it {platform}" if platform else ""),
             run_id,
             now,
             window,
@@ -192,62 +262,309 @@ def _refusal(
     return None
 
 
+def _unknown_to_azure(
+    context: CancelContext, run_id: RunId, window: CancelWindow, now: datetime
+) -> CancelAnswer | None:
+    """A refusal when Azure does not know the run (404); None when it does."""
+    try:
+        context.canceller.get_run(run_id)
+    except AzureCallFailed as e:
+        if e.status != HTTPStatus.NOT_FOUND:
+            if _listed_by_resource_graph(context, run_id):
+                return None
+            raise
+        log.error("Cancel refused: Azure does not know run %s: %s", run_id.text, e.message)
+        return CancelAnswer(
+            CancelVerdict.REFUSED_BY_AZURE,
+            f"Azure does not know this run: {e.code}: {e.message}",
+            run_id,
+            now,
+            window,
+            service_code=e.code,
+            service_message=e.message,
+            service_status=e.status,
+        )
+    return None
+
+
 def _mark_requested(ledger: RunLedger, run_id: RunId, run: Run | None, now: datetime) -> Run:
     base = run or Run.first_seen(run_id, now)
     return ledger.save_run(replace(base, cancel_requested_at=now, updated_at=now))
 
 
-def _send(
-    context: CancelContext,
-    run: Run,
-    window: CancelWindow,
-    requested_by: str,
-    reason: str,
-    source: CancelSource,
-) -> CancelAnswer:
+def _send(request: _Request, run: Run) -> CancelAnswer:
+    context = request.context
     now = context.clock.now()
     try:
-        state = context.canceller.cancel_run(run.run_id)
+        accepted = context.canceller.cancel_run(run.run_id)
     except CancelRefused as e:
-        platform = _reread(context, run.run_id)
+        platform, _readable = _read_back(context, run.run_id)
         _clear_mark(context.ledger, run.run_id, platform)
+        log.error("Run %s: Azure refused the cancel: %s: %s", run.run_id.text, e.code, e.message)
         answer = CancelAnswer(
             CancelVerdict.REFUSED_BY_AZURE,
             f"Azure refused the cancel: {e.code}: {e.message}",
             run.run_id,
             now,
-            window,
+            request.window,
             run.status.value,
             platform,
             e.code,
             e.message,
             e.status,
         )
-        return _audited(context, answer, requested_by, reason, False)
-    except AzureCallFailed:
-        _clear_mark(context.ledger, run.run_id, None)
-        raise
-    stored = _mark_cancelled(context.ledger, run.run_id, source, state.status, now)
-    context.queue.send(Task(TaskKind.WRAP_UP, run.run_id))
-    answer = CancelAnswer(
-        CancelVerdict.CANCELLED,
-        f"cancel accepted by Azure (status {state.status or 'not given'})",
-        run.run_id,
-        now,
-        window,
-        stored.status.value,
-        state.status,
-    )
-    log.warning("Run %s cancelled by %s (%s): %s", run.run_id.text, requested_by, source, reason)
-    return _audited(context, answer, requested_by, reason, False)
-
-
-def _reread(context: CancelContext, run_id: RunId) -> str | None:
-    try:
-        return context.canceller.get_run(run_id).status
+        return _audited(context, answer, request.requested_by, request.reason, False)
     except AzureCallFailed as e:
-        log.warning("Run %s: status unreadable after a refused cancel: %s", run_id.text, e)
+        return _after_lost_answer(request, run, e)
+    return _accept(
+        request,
+        run.run_id,
+        accepted.status,
+        confirmed=accepted.confirmed,
+        explanation=f"Azure accepted the cancel ({accepted.http_status}, status "
+        f"{accepted.status or 'not given'})",
+    )
+
+
+def _after_lost_answer(request: _Request, run: Run, error: AzureCallFailed) -> CancelAnswer:
+    """No usable answer (no answer, a 5xx, throttled): read the run back before anything."""
+    context = request.context
+    platform, readable = _read_back(context, run.run_id)
+    if _word(platform) in CANCELLED_WORDS:
+        return _accept(
+            request,
+            run.run_id,
+            platform,
+            confirmed=_word(platform) in CANCELLED_STATUS_WORDS,
+            explanation=f"Azure's answer to the cancel was lost ({error.status or 'no answer'}); "
+            f"read back, the run shows {platform}: the cancel was accepted",
+        )
+    if readable:
+        # Azure shows the run not cancelled: the request did not land; a later one may.
+        _clear_mark(context.ledger, run.run_id, platform)
+        log.error(
+            "Run %s: the cancel failed (%s) and Azure shows the run %s",
+            run.run_id.text,
+            error,
+            platform or "without a status",
+        )
+        raise error
+    # Neither the answer nor the run's state: no second PUT. The mark stays, so a later request
+    # reads back first; the confirm task looks again.
+    context.queue.send(Task(TaskKind.CONFIRM_CANCEL, run.run_id), context.confirm_after)
+    log.error(
+        "Run %s: the cancel's answer was lost (%s) and the run cannot be read back",
+        run.run_id.text,
+        error,
+    )
+    answer = CancelAnswer(
+        CancelVerdict.UNCONFIRMED,
+        f"Azure's answer to the cancel was lost ({error.status or 'no answer'}: "
+        f"{error.message}) and the run cannot be read back; no second cancel is sent, the app "
+        f"reads the run again in {int(context.confirm_after.total_seconds())} s",
+        run.run_id,
+        context.clock.now(),
+        request.window,
+        run.status.value,
+        run.platform_status,
+        error.code,
+        error.message,
+        error.status,
+    )
+    return _audited(context, answer, request.requested_by, request.reason, False)
+
+
+def _settle_earlier_attempt(request: _Request, run: Run) -> CancelAnswer | None:
+    """An earlier request marked the run and its answer was never recorded (lost, or the
+    worker died): read the run back first. None when Azure shows it not cancelled."""
+    context = request.context
+    platform, readable = _read_back(context, run.run_id)
+    if _word(platform) in CANCELLED_WORDS:
+        return _accept(
+            request,
+            run.run_id,
+            platform,
+            confirmed=_word(platform) in CANCELLED_STATUS_WORDS,
+            explanation=f"an earlier cancel request reached Azure: the run shows {platform}; "
+            "no second cancel was sent",
+        )
+    if readable:
         return None
+    answer = CancelAnswer(
+        CancelVerdict.UNCONFIRMED,
+        "an earlier cancel request's answer was lost and the run cannot be read back; no "
+        "second cancel is sent until Azure's state is known",
+        run.run_id,
+        context.clock.now(),
+        request.window,
+        run.status.value,
+        run.platform_status,
+    )
+    return _audited(context, answer, request.requested_by, request.reason, False)
+
+
+def _accept(
+    request: _Request, run_id: RunId, platform: str | None, *, confirmed: bool, explanation: str
+) -> CancelAnswer:
+    """Record an accepted cancel in the ledger and the audit, then (only then) queue the
+    wrap-up and, when Azure only said it accepted, the confirm task."""
+    context = request.context
+    now = context.clock.now()
+    stored = _mark_cancelled(context.ledger, run_id, request.source, _spelled(platform), now)
+    answer = CancelAnswer(
+        CancelVerdict.CANCELLED if confirmed else CancelVerdict.CANCEL_REQUESTED,
+        explanation,
+        run_id,
+        now,
+        request.window,
+        stored.status.value,
+        platform,
+    )
+    _audited(context, answer, request.requested_by, request.reason, False)
+    log.warning(
+        "Run %s cancelled by %s (%s): %s; %s",
+        run_id.text,
+        request.requested_by,
+        request.source,
+        request.reason,
+        explanation,
+    )
+    context.queue.send(Task(TaskKind.WRAP_UP, run_id))
+    if not confirmed:
+        context.queue.send(Task(TaskKind.CONFIRM_CANCEL, run_id), context.confirm_after)
+    return answer
+
+
+def confirm_cancel(task: Task, context: CancelContext) -> list[RunNote]:
+    """Read back a run whose cancel Azure only accepted, or whose answer was lost, and record
+    what Azure finally says (the run's platform status and a note). Returns the notes added."""
+    ledger, run_id = context.ledger, task.run_id
+    run = ledger.find_run(run_id)
+    if run is None:
+        return []
+    # Accepted: the ledger says cancelled (wrap-up may have moved the run on since).
+    accepted = run.status is RunStatus.CANCELLED or run.cancel_source is not None
+    if accepted and _word(run.platform_status) in CANCELLED_STATUS_WORDS:
+        return []  # already confirmed (the reconciler read it first)
+    if not accepted and run.cancel_requested_at is None:
+        return []  # a later request settled it
+    platform, readable = _read_back(context, run_id)
+    if _word(platform) in CANCELLED_STATUS_WORDS:
+        if accepted:
+            _save_platform_status(ledger, run_id, _spelled(platform))
+            return [
+                _add_note(context, run_id, NoteLevel.INFO, f"Azure confirms the cancel: {platform}")
+            ]
+        audit = _last_unconfirmed(ledger, run_id)
+        requested_by = audit.requested_by if audit else "app:confirm"
+        _accept(
+            _Request(
+                context,
+                _window_of(run, context),
+                requested_by,
+                audit.reason if audit else "(cancel whose answer was lost)",
+                CancelSource.GATE if requested_by == "app:gate" else CancelSource.USER,
+            ),
+            run_id,
+            platform,
+            confirmed=True,
+            explanation=f"the cancel's answer was lost; read back later, the run shows {platform}",
+        )
+        return []
+    if readable and not accepted:
+        # The cancel whose answer was lost did not land.
+        _clear_mark(ledger, run_id, platform)
+        return [
+            _add_note(
+                context,
+                run_id,
+                NoteLevel.ERROR,
+                "the cancel's answer was lost and Azure shows the run "
+                f"{platform or 'without a status'}: it was not cancelled",
+            )
+        ]
+    if task.round + 1 < CONFIRM_ROUNDS:
+        context.queue.send(task.next_round(), context.confirm_after)
+        return []
+    seen = platform if readable else "nothing (the run cannot be read)"
+    return [
+        _add_note(
+            context,
+            run_id,
+            NoteLevel.ERROR,
+            f"Azure accepted the cancel but still shows {seen} after {CONFIRM_ROUNDS} reads"
+            if accepted
+            else f"the cancel's answer was lost and Azure's state is still unknown ({seen})",
+        )
+    ]
+
+
+def _read_back(context: CancelContext, run_id: RunId) -> tuple[str | None, bool]:
+    """The run's platform status, and whether that status can be trusted: the applyUpdates
+    GET; when it fails, Resource Graph, whose record lags (only its "cancelled" is trusted)."""
+    try:
+        return context.canceller.get_run(run_id).status, True
+    except AzureCallFailed as e:
+        log.warning("Run %s: status unreadable through Maintenance: %s", run_id.text, e)
+    record = _resource_graph_record(context, run_id)
+    if record is None:
+        return None, False
+    return record.status, _word(record.status) in CANCELLED_WORDS
+
+
+def _resource_graph_record(context: CancelContext, run_id: RunId) -> PlatformRun | None:
+    if context.graph is None:
+        return None
+    configuration = run_id.configuration
+    try:
+        for record in context.graph.list_runs([configuration], [configuration.subscription_id]):
+            if record.run_id == run_id:
+                return record
+    except AzureCallFailed as e:
+        log.warning("Run %s: status unreadable through Resource Graph: %s", run_id.text, e)
+    return None
+
+
+def _listed_by_resource_graph(context: CancelContext, run_id: RunId) -> bool:
+    return _resource_graph_record(context, run_id) is not None
+
+
+def _last_unconfirmed(ledger: RunLedger, run_id: RunId) -> CancelRequest | None:
+    found = None
+    for request in ledger.list_cancel_requests(run_id):
+        if request.outcome is CancelOutcome.UNCONFIRMED:
+            found = request
+    return found
+
+
+def _window_of(run: Run, context: CancelContext) -> CancelWindow:
+    return CancelWindow.for_run(run.scheduled_start, run.cancellation_cutoff, context.safety_margin)
+
+
+def _save_platform_status(ledger: RunLedger, run_id: RunId, platform: str | None) -> None:
+    for _ in range(MAX_ATTEMPTS):
+        run = ledger.find_run(run_id)
+        if run is None:
+            return
+        try:
+            ledger.save_run(replace(run, platform_status=platform or run.platform_status))
+            return
+        except LedgerConflict:
+            continue
+
+
+def _add_note(context: CancelContext, run_id: RunId, level: NoteLevel, message: str) -> RunNote:
+    log.log(
+        logging.ERROR if level is NoteLevel.ERROR else logging.INFO,
+        "Run %s [cancel]: %s",
+        run_id.text,
+        message,
+    )
+    note = RunNote(
+        run_id=run_id, at=context.clock.now(), level=level, source="cancel", message=message
+    )
+    context.ledger.add_note(note)
+    return note
 
 
 def _mark_cancelled(
@@ -296,6 +613,8 @@ def _audited(
 ) -> CancelAnswer:
     outcome = {
         CancelVerdict.CANCELLED: CancelOutcome.ACCEPTED,
+        CancelVerdict.CANCEL_REQUESTED: CancelOutcome.ACCEPTED,
+        CancelVerdict.UNCONFIRMED: CancelOutcome.UNCONFIRMED,
         CancelVerdict.ALREADY_CANCELLED: CancelOutcome.ALREADY_CANCELLED,
         CancelVerdict.WOULD_CANCEL: CancelOutcome.WOULD_CANCEL,
         CancelVerdict.TOO_EARLY: CancelOutcome.REFUSED_OUTSIDE_WINDOW,
@@ -319,6 +638,11 @@ def _audited(
         )
     )
     return answer
+
+
+def _spelled(platform: str | None) -> str | None:
+    """Azure's word as the ledger keeps it: Canceled and Cancelled are one status."""
+    return "Cancelled" if _word(platform) in CANCELLED_STATUS_WORDS else platform
 
 
 def _word(value: str | None) -> str:

@@ -101,6 +101,7 @@ class Orchestrator:
             TaskKind.STOP: self.stop,
             TaskKind.FINISH: self.finish,
             TaskKind.NOTIFY: self.notify,
+            TaskKind.CONFIRM_CANCEL: self.confirm_cancel,
         }
         step = steps.get(task.kind)
         if step is None:
@@ -509,33 +510,74 @@ class Orchestrator:
             self._update_run(run.run_id, lambda r: _gate(r, GateOutcome.PASSED, detail))
             log.info("Run %s: gate passed: %s", run.run_id.text, detail)
             return
-        answer = cancellation.cancel_run(
-            run.run_id,
-            cancellation.CancelContext(
-                ledger=self.ledger,
-                canceller=self.canceller,
-                queue=self.queue,
-                clock=self.clock,
-                safety_margin=self.policy.cancel_safety_margin,
-            ),
-            requested_by="app:gate",
-            reason=f"failure budget exceeded: {detail}",
-            source=cancellation.CancelSource.GATE,
-        )
+        try:
+            answer = cancellation.cancel_run(
+                run.run_id,
+                self._cancel_context(),
+                requested_by="app:gate",
+                reason=f"failure budget exceeded: {detail}",
+                source=cancellation.CancelSource.GATE,
+            )
+        except AzureCallFailed as e:
+            # One PUT per run from the gate: a cancel that failed is reported, never re-sent
+            # by a retried gate task.
+            failed = f"{detail}; the cancel failed: {e}"
+            self._note(run.run_id, NoteLevel.ERROR, "gate", failed)
+            self._update_run(run.run_id, lambda r: _gate(r, GateOutcome.CANCEL_FAILED, failed))
+            return
         if answer.verdict is cancellation.CancelVerdict.TOO_EARLY:
             # Verify finished before T−40 (the pre event can come a few minutes early).
             self.queue.send(task.next_round(), answer.window.opens_at - answer.now)
             return
         outcome = {
             cancellation.CancelVerdict.CANCELLED: GateOutcome.CANCELLED,
+            cancellation.CancelVerdict.CANCEL_REQUESTED: GateOutcome.CANCELLED,
             cancellation.CancelVerdict.ALREADY_CANCELLED: GateOutcome.ALREADY_CANCELLED,
             cancellation.CancelVerdict.TOO_LATE: GateOutcome.TOO_LATE_TO_CANCEL,
             cancellation.CancelVerdict.IN_FLIGHT: GateOutcome.ALREADY_CANCELLED,
             cancellation.CancelVerdict.REFUSED_BY_AZURE: GateOutcome.CANCEL_REFUSED,
+            cancellation.CancelVerdict.UNCONFIRMED: GateOutcome.CANCEL_UNCONFIRMED,
         }.get(answer.verdict, GateOutcome.CANCEL_REFUSED)
         level = NoteLevel.WARNING if outcome is GateOutcome.CANCELLED else NoteLevel.ERROR
         self._note(run.run_id, level, "gate", f"{detail}; {answer.explanation}")
         self._update_run(run.run_id, lambda r: _gate(r, outcome, f"{detail}; {answer.explanation}"))
+
+    def confirm_cancel(self, task: Task) -> None:
+        """Read back a run whose cancel Azure only accepted (or whose answer was lost); a
+        report already written gets what Azure finally said."""
+        notes = cancellation.confirm_cancel(task, self._cancel_context())
+        run = self.ledger.find_run(task.run_id)
+        if not notes or run is None or run.report_location is None:
+            return
+        report = self.reports.get_report(task.run_id)
+        if report is None:
+            return
+        amended = dict(report)
+        amended["run"] = {**report.get("run", {}), "platformStatus": run.platform_status}
+        amended["notes"] = [
+            *report.get("notes", []),
+            *(
+                {
+                    "at": n.at.isoformat(),
+                    "level": n.level.value,
+                    "source": n.source,
+                    "message": n.message,
+                }
+                for n in notes
+            ),
+        ]
+        self.reports.save_report(task.run_id, amended)
+
+    def _cancel_context(self) -> cancellation.CancelContext:
+        return cancellation.CancelContext(
+            ledger=self.ledger,
+            canceller=self.canceller,
+            queue=self.queue,
+            clock=self.clock,
+            safety_margin=self.policy.cancel_safety_margin,
+            graph=self.graph,
+            confirm_after=self.policy.arg_retry,
+        )
 
     # wrap-up ------------------------------------------------------------------------------
 

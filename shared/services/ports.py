@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from shared.domain.ids import MachineId, RunId
 from shared.domain.machines import MachinePower, OperationResult
 from shared.domain.platform import (
+    CancelAcceptance,
     HeartbeatReport,
     MachineFacts,
     PatchResult,
@@ -167,8 +168,9 @@ class Machines(Protocol):
 class RunCanceller(Protocol):
     """The maintenance service's run operations."""
 
-    def cancel_run(self, run: RunId) -> RunState:
-        """Cancel this run; CancelRefused on a 4xx."""
+    def cancel_run(self, run: RunId) -> CancelAcceptance:
+        """Cancel this run with one request; any 2xx is accepted. CancelRefused on a 4xx
+        refusal; AzureCallFailed when throttled, on a 5xx, or when no answer came."""
         ...
 
     def get_run(self, run: RunId) -> RunState:

@@ -107,7 +107,21 @@ def run_document(run: Run, ledger: RunLedger, reports: ReportStore) -> Mapping[s
     if run.report_location:
         stored = reports.get_report(run.run_id)
         if stored is not None:
-            return stored
+            # What Azure says of the run can arrive after the report (a cancel confirmed by
+            # reading the run back): the ledger's word and notes are the newest.
+            return {
+                **stored,
+                "run": {**stored.get("run", {}), "platformStatus": run.platform_status},
+                "notes": [
+                    {
+                        "at": n.at.isoformat(),
+                        "level": n.level.value,
+                        "source": n.source,
+                        "message": n.message,
+                    }
+                    for n in ledger.list_notes(run.run_id)
+                ],
+            }
     return build_report(run, list(ledger.list_machines(run.run_id)), ledger)
 
 

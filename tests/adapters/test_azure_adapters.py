@@ -19,7 +19,7 @@ from shared.adapters.maintenance import MaintenanceRuns
 from shared.adapters.resource_graph import ResourceGraphMachines
 from shared.bootstrap import Container
 from shared.config import Settings
-from shared.domain.errors import CancelRefused, ResourceGraphQueryRefused
+from shared.domain.errors import AzureCallFailed, CancelRefused, ResourceGraphQueryRefused
 from shared.domain.ids import InvalidId, MachineId, RunId
 from shared.domain.machines import OperationOutcome, PowerState
 from tests.fake_azure import CLIENT_ID, FAST_RETRIES, SUBSCRIPTION, WORKSPACE_ID, vm_id
@@ -248,15 +248,82 @@ def maintenance(fake: FakeAzure, version: str = "2023-09-01-preview") -> Mainten
     )
 
 
-def test_cancel_sends_the_documented_put(fake: FakeAzure) -> None:
+def test_cancel_sends_the_documented_put_and_accepts_the_spec_examples_202(
+    fake: FakeAzure,
+) -> None:
     run = run_of(fake, [WEB.text], minutes=30)
-    state = maintenance(fake).cancel_run(run.text)
-    assert state.status == "Cancelled"
+    accepted = maintenance(fake).cancel_run(run.text)
+    assert (accepted.http_status, accepted.status, accepted.confirmed) == (202, "Cancel", False)
     [put] = fake.requests_matching("PUT", "applyUpdates")
     assert put.path.lower() == run.text.lower()
     assert put.api_version == "2023-09-01-preview"
     assert put.body == {"properties": {"status": "Cancel"}}
+    assert put.headers["Content-Type"] == "application/json"
+    assert put.token_resource is not None  # through the SDK client's own credential policy
     assert maintenance(fake).get_run(run).status == "Cancelled"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "word", "read", "confirmed"),
+    [
+        (200, "run", "Cancelled", "Cancelled", True),
+        (201, "run", "Cancelled", "Cancelled", True),
+        (200, "spec", "Canceled", "Canceled", True),
+        (202, "spec", "Cancel", "Cancel", False),
+        (202, "run", "Cancelled", "Cancelled", False),
+        (200, "spec", "SomethingNew", "SomethingNew", False),
+        (200, "none", "Cancelled", None, False),
+        (202, "none", "Cancel", None, False),
+        (204, "none", "Cancel", None, False),
+    ],
+)
+def test_every_2xx_cancel_answer_is_accepted_through_the_sdk_client(
+    fake: FakeAzure, status: int, body: str, word: str, read: str | None, confirmed: bool
+) -> None:
+    policy = fake.faults.cancel_policy
+    policy.answer_status, policy.answer_body, policy.answer_word = status, body, word
+    run = run_of(fake, [WEB.text], minutes=30)
+    accepted = maintenance(fake).cancel_run(run)
+    assert (accepted.http_status, accepted.status, accepted.confirmed) == (
+        status,
+        read,
+        confirmed,
+    )
+    assert len(fake.requests_matching("PUT", "applyUpdates")) == 1
+
+
+@pytest.mark.parametrize(("status", "kind"), [(502, 502), (500, 500), (0, None)])
+def test_a_lost_answer_raises_after_exactly_one_put(
+    fake: FakeAzure, status: int, kind: int | None
+) -> None:
+    fake.faults.add_error("maintenance.cancel", status, after_applying=True)
+    run = run_of(fake, [WEB.text], minutes=30)
+    with pytest.raises(AzureCallFailed) as raised:
+        maintenance(fake).cancel_run(run)
+    assert not isinstance(raised.value, CancelRefused)
+    assert raised.value.status == kind
+    assert raised.value.is_transient
+    assert len(fake.requests_matching("PUT", "applyUpdates")) == 1  # no automatic re-send
+    assert maintenance(fake).get_run(run).status == "Cancelled"  # Azure did it
+
+
+def test_a_throttled_cancel_is_not_a_refusal(fake: FakeAzure) -> None:
+    fake.faults.add_error("maintenance.cancel", 429, retry_after=1)
+    run = run_of(fake, [WEB.text], minutes=30)
+    with pytest.raises(AzureCallFailed) as raised:
+        maintenance(fake).cancel_run(run)
+    assert not isinstance(raised.value, CancelRefused)
+    assert raised.value.status == 429
+    assert len(fake.requests_matching("PUT", "applyUpdates")) == 1
+
+
+def test_a_cancel_for_a_run_azure_does_not_know_is_refused_with_404(fake: FakeAzure) -> None:
+    run = RunId.parse(
+        CONFIGURATION + "/providers/microsoft.maintenance/applyupdates/20261208030000"
+    )
+    with pytest.raises(CancelRefused) as raised:
+        maintenance(fake).cancel_run(run)
+    assert (raised.value.status, raised.value.code) == (404, "NotFound")
 
 
 def test_a_refused_cancel_keeps_the_services_code_and_message(fake: FakeAzure) -> None:

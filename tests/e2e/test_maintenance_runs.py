@@ -86,9 +86,12 @@ def test_pre_event_starts_stopped_vms_leaves_running_ones_and_a_cancel_is_accept
     # The window (T−40 … T−11) is open: the operator's cancel is accepted.
     answer = stack.cancel(run.correlation_id, "a bad patch was published")
     assert answer.status_code == 200, answer.text
-    assert answer.json()["outcome"] == "Cancelled"
+    # The fake answers as the REST spec's example: 202 "Cancel", accepted, not yet done.
+    assert answer.json()["outcome"] == "CancelRequested"
     assert stack.fake.model.run_status(run.correlation_id) == "Cancelled"
     stack.settle()
+    # Read back later, Azure's final word is recorded.
+    assert stack.run_report(run)["run"]["platformStatus"] == "Cancelled"
     # A cancelled run is wrapped up: what the app started is stopped again.
     assert [power(stack, m) for m in STOPPED] == ["deallocated"] * 3
     assert power(stack, WEB) == "running"

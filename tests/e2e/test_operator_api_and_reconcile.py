@@ -132,7 +132,7 @@ def test_cancel_answers_over_http(stack: Stack) -> None:
     dry = stack.cancel(run.correlation_id, dry_run=True)
     assert dry.json()["outcome"] == "WouldCancel"
     assert stack.fake.requests_matching("PUT", "applyUpdates") == []
-    assert stack.cancel(run.correlation_id).json()["outcome"] == "Cancelled"
+    assert stack.cancel(run.correlation_id).json()["outcome"] == "CancelRequested"
     again = stack.cancel(run.correlation_id)
     assert (again.status_code, again.json()["outcome"]) == (200, "AlreadyCancelled")
     assert len(stack.fake.requests_matching("PUT", "applyUpdates")) == 1

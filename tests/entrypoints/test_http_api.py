@@ -14,7 +14,7 @@ import pytest
 
 from shared import bootstrap
 from shared.config import Settings
-from shared.domain.errors import LedgerUnavailable
+from shared.domain.errors import AzureCallFailed, LedgerUnavailable
 from shared.domain.ids import RunId
 from shared.domain.platform import PlatformRun
 from shared.domain.runs import Run
@@ -79,11 +79,24 @@ def assert_problem(response: func.HttpResponse, status: int) -> dict[str, Any]:
     return body
 
 
-def test_cancel_inside_the_window_calls_azure_once(api: Api) -> None:
+@pytest.mark.parametrize(
+    ("answer", "outcome"),
+    [
+        ((202, "Cancel"), "CancelRequested"),  # the REST spec's own example
+        ((204, None), "CancelRequested"),
+        ((200, "Cancelled"), "Cancelled"),
+        ((201, "Canceled"), "Cancelled"),
+    ],
+)
+def test_cancel_inside_the_window_calls_azure_once(
+    api: Api, answer: tuple[int, str | None], outcome: str
+) -> None:
+    api.canceller.answer = answer
     response = api.cancel({"correlationId": CORRELATION_ID, "reason": "bad KB"})
     assert response.status_code == 200
     body = document(response)
-    assert body["outcome"] == "Cancelled"
+    assert body["outcome"] == outcome
+    assert body["runStatus"] == "Cancelled"
     assert body["windowClosesAt"] == "2026-12-01T02:49:00+00:00"
     assert api.canceller.cancelled == [RUN.key]
     [audit] = api.ledger.cancels
@@ -140,11 +153,35 @@ def test_dry_run_says_what_would_happen(api: Api) -> None:
     assert api.canceller.cancelled == []
 
 
-def test_a_run_in_progress_is_409(api: Api) -> None:
+def test_a_run_shown_in_progress_before_t_is_cancelled_inside_the_window(api: Api) -> None:
+    api.graph.runs = [PlatformRun(RUN, "InProgress", None, None, None)]
+    response = api.cancel({"correlationId": CORRELATION_ID})
+    assert response.status_code == 200
+    assert document(response)["outcome"] == "CancelRequested"
+    assert api.canceller.cancelled == [RUN.key]
+
+
+def test_a_run_under_way_after_t_is_409(api: Api) -> None:
+    api.clock.current = START + timedelta(minutes=1)
     api.graph.runs = [PlatformRun(RUN, "InProgress", None, None, None)]
     body = assert_problem(api.cancel({"correlationId": CORRELATION_ID}), 409)
+    assert body["title"] == "The run cannot be cancelled"
+    assert "under way" in body["detail"]
     assert body["platformStatus"] == "InProgress"
     assert api.canceller.cancelled == []
+
+
+def test_a_lost_answer_that_cannot_be_read_back_is_502_and_sends_nothing_more(
+    api: Api,
+) -> None:
+    api.canceller.lose_answer = AzureCallFailed("Maintenance", None, None, "connection reset")
+    api.canceller.fail_reads = True
+    api.graph.runs = [PlatformRun(RUN, "Pending", None, None, None)]
+    body = assert_problem(api.cancel({"correlationId": CORRELATION_ID}), 502)
+    assert body["outcome"] == "CancelUnconfirmed"
+    again = assert_problem(api.cancel({"correlationId": CORRELATION_ID}), 409)
+    assert again["outcome"] == "CancelInFlight"
+    assert api.canceller.puts == [RUN.key]
 
 
 def test_azure_refusing_is_502_with_its_code_and_message(api: Api) -> None:

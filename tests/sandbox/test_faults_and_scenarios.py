@@ -47,6 +47,31 @@ def test_a_fault_for_an_endpoint_that_does_not_exist_is_refused() -> None:
         FaultPlan().add_error("compute.strat", 503)
 
 
+def test_a_scenario_plays_the_cancel_answer_lost_answers_and_the_status_before_t() -> None:
+    scenario = Scenario.from_dict(
+        {
+            "settings": {"status_before_start": "InProgress"},
+            "faults": {
+                "cancel": {"answer_status": 204, "answer_body": "none", "answer_word": "Cancel"},
+                "errors": [{"endpoint": "maintenance.cancel", "status": 0, "after_applying": True}],
+            },
+        }
+    )
+    assert scenario.model_settings().status_before_start == "InProgress"
+    plan = FaultPlan()
+    plan.configure(scenario.data["faults"])
+    assert (plan.cancel_policy.answer_status, plan.cancel_policy.answer_body) == (204, "none")
+    rule = plan.pick_error("maintenance.cancel", "PUT", "/x")
+    assert rule is not None and rule.after_applying and rule.status == 0
+    with pytest.raises(ValueError, match="after_applying"):
+        FaultPlan().add_error("maintenance.cancel", 0)
+
+
+def test_the_default_cancel_answer_is_the_spec_example() -> None:
+    policy = FaultPlan().cancel_policy
+    assert (policy.answer_status, policy.answer_body, policy.answer_word) == (202, "spec", "Cancel")
+
+
 def test_the_token_bucket_refills_at_its_rate() -> None:
     bucket = WriteThrottle(capacity=3, refill_per_second=0.5)
     taken = [bucket.take("sub", now=100.0) for _ in range(4)]

@@ -15,8 +15,9 @@ from azure.mgmt.maintenance import MaintenanceManagementClient
 from azure.mgmt.maintenance.models import ApplyUpdate, ApplyUpdateProperties
 
 from sandbox.fake_azure import FakeAzure, ManualClock, PatchResult
+from sandbox.fake_azure.faults import CancelPolicy
 
-from .conftest import FAST_RETRIES, SUBSCRIPTION, vm_id
+from .conftest import FAST_RETRIES, SUBSCRIPTION, small_scenario, vm_id
 
 START = dt.datetime(2026, 12, 1, 3, 0, tzinfo=dt.UTC)
 RUN_NAME = "20261201030000"
@@ -54,10 +55,18 @@ def client(
     )
 
 
+def answer_as_later_revisions(fake: FakeAzure) -> None:
+    """200 with the run's document and "Cancelled": the only success 2.2.0b4 can read."""
+    fake.faults.cancel_policy.answer_status = 200
+    fake.faults.cancel_policy.answer_body = "run"
+    fake.faults.cancel_policy.answer_word = "Cancelled"
+
+
 @pytest.fixture
 def maintenance(
     fake: FakeAzure, credential: ManagedIdentityCredential
 ) -> Iterator[MaintenanceManagementClient]:
+    answer_as_later_revisions(fake)
     with client(fake, credential) as sdk:
         yield sdk
 
@@ -132,10 +141,98 @@ def test_cancel_through_the_sdk_answers_cancelled_and_the_run_reads_cancelled_in
     assert {m["status"] for m in machines} == {"Cancelled"}
 
 
+def test_by_default_a_cancel_is_answered_as_the_spec_example_202_cancel(
+    fake: FakeAzure, run_id: str
+) -> None:
+    answer = raw_put(fake, run_id, CANCEL)
+    assert answer.status_code == 202
+    assert answer.json() == {
+        "id": run_id.lower(),
+        "name": "weekly",
+        "type": "Microsoft.Maintenance/applyUpdates",
+        "properties": {"status": "Cancel", "resourceId": "weekly"},
+    }
+    assert fake.model.run_status(run_id) == "Cancelled"
+
+
+def test_the_sdk_raises_on_the_spec_examples_202_although_the_run_is_cancelled(
+    fake: FakeAzure, run_id: str, credential: ManagedIdentityCredential
+) -> None:
+    with client(fake, credential) as sdk, pytest.raises(HttpResponseError) as raised:
+        cancel(sdk)
+    assert raised.value.status_code == 202
+    assert fake.model.run_status(run_id) == "Cancelled"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "word"),
+    [
+        (200, "run", "Cancelled"),
+        (201, "run", "Cancelled"),
+        (200, "spec", "Canceled"),
+        (202, "run", "Cancel"),
+        (200, "spec", "SomethingNew"),
+        (200, "none", "Cancelled"),
+        (202, "none", "Cancel"),
+        (204, "spec", "Cancel"),
+    ],
+)
+def test_each_cancel_answer_variant_is_played(
+    fake: FakeAzure, run_id: str, status: int, body: str, word: str
+) -> None:
+    policy = fake.faults.cancel_policy
+    policy.answer_status, policy.answer_body, policy.answer_word = status, body, word
+    answer = raw_put(fake, run_id, CANCEL)
+    assert answer.status_code == status
+    if body == "none" or status == 204:
+        assert answer.content == b""
+    else:
+        assert answer.json()["properties"]["status"] == word
+        assert answer.json()["type"] == "Microsoft.Maintenance/applyUpdates"
+    assert fake.model.run_status(run_id) == "Cancelled"
+
+
+def test_a_cancel_answer_that_is_not_2xx_is_refused_as_a_setting() -> None:
+    with pytest.raises(ValueError, match="2xx"):
+        CancelPolicy(answer_status=409)
+    with pytest.raises(ValueError, match="answer_body"):
+        CancelPolicy(answer_body="xml")
+
+
+@pytest.mark.parametrize("status", [502, 0])
+def test_a_cancel_can_be_applied_and_its_answer_lost(
+    fake: FakeAzure, run_id: str, status: int
+) -> None:
+    fake.faults.add_error("maintenance.cancel", status, times=1, after_applying=True)
+    if status == 0:
+        with pytest.raises(requests.ConnectionError):
+            raw_put(fake, run_id, CANCEL)
+    else:
+        assert raw_put(fake, run_id, CANCEL).status_code == 502
+    assert fake.model.run_status(run_id) == "Cancelled"
+    assert raw_put(fake, run_id, CANCEL).status_code == 200  # already cancelled: 200 again
+
+
+def test_the_run_status_before_t_is_a_scenario_setting(
+    start_fake: Callable[..., FakeAzure], clock: ManualClock
+) -> None:
+    scenario = small_scenario()
+    scenario["settings"]["status_before_start"] = "InProgress"
+    fake = start_fake(scenario, clock=clock)
+    configuration = fake.model.configurations[0].id
+    run = fake.model.create_run(configuration, START, [])
+    assert fake.model.run_status(run.correlation_id) == "InProgress"  # T-30
+    clock.set(START - dt.timedelta(minutes=41))
+    assert fake.model.run_status(run.correlation_id) == "Pending"  # before T-40
+    clock.set(START + dt.timedelta(minutes=1))
+    assert fake.model.run_status(run.correlation_id) == "InProgress"
+
+
 @pytest.mark.parametrize("api_version", ["2023-09-01-preview", "2023-10-01-preview", "2025-11-01"])
 def test_every_api_version_with_cancel_is_accepted(
     fake: FakeAzure, credential: ManagedIdentityCredential, api_version: str
 ) -> None:
+    answer_as_later_revisions(fake)
     with client(fake, credential, api_version=api_version) as sdk:
         assert cancel(sdk).status == "Cancelled"
 
@@ -158,8 +255,8 @@ def test_path_segments_and_body_keys_match_case_insensitively(fake: FakeAzure, r
     )  # resourcegroups, microsoft.maintenance, maintenanceconfigurations
     assert "/resourcegroups/" in lowered_path
     answer = raw_put(fake, lowered_path, {"Properties": {"Status": "Cancel"}})
-    assert answer.status_code == 200
-    assert answer.json()["properties"]["status"] == "Cancelled"
+    assert answer.status_code == 202
+    assert answer.json()["properties"]["status"] == "Cancel"
 
 
 def test_a_cancel_after_the_cut_off_is_refused_with_409(

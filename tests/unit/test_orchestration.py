@@ -16,7 +16,7 @@ from shared.domain.events import EventKind, parse_event
 from shared.domain.ids import MachineId, RunId
 from shared.domain.machines import OperationOutcome, OperationResult, PowerState
 from shared.domain.policy import OptOutTag, OrchestrationPolicy
-from shared.domain.runs import MachineAction, MachineRecord, RunStatus
+from shared.domain.runs import MachineAction, MachineRecord, NoteLevel, RunStatus
 from shared.domain.tasks import Task, TaskKind
 from shared.services.intake import follow_up, take_in_event
 from shared.services.orchestration import Orchestrator
@@ -320,6 +320,40 @@ def test_failed_starts_over_budget_cancel_the_run_inside_the_window() -> None:
     assert world.machines.count("deallocate", web) == 1  # what was started is stopped again
     [audit] = world.ledger.cancels
     assert audit.requested_by == "app:gate"
+
+
+def test_the_gate_confirms_a_cancel_azure_only_accepted() -> None:
+    world = World(failure_budget_percent=10)
+    _, api = world.fleet(web=PowerState.DEALLOCATED, api=PowerState.DEALLOCATED)
+    world.machines.vms[api.key].fails_with = "AllocationFailed"
+    world.deliver(PRE)
+    kinds = [t.kind for t in world.work()]
+    assert kinds.count(TaskKind.CONFIRM_CANCEL) == 1  # 202 "Cancel": read back later
+    run = world.ledger.find_run(RUN)
+    assert run is not None and run.platform_status == "Cancelled"
+    assert any("Azure confirms the cancel" in n.message for n in world.ledger.notes)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        AzureCallFailed("Maintenance", 503, "ServerBusy", "busy"),
+        AzureCallFailed("Maintenance", 429, "SubscriptionRequestsThrottled", "later"),
+    ],
+)
+def test_a_gate_cancel_that_fails_is_reported_and_never_sent_again(
+    failure: AzureCallFailed,
+) -> None:
+    world = World(failure_budget_percent=10)
+    _, api = world.fleet(web=PowerState.DEALLOCATED, api=PowerState.DEALLOCATED)
+    world.machines.vms[api.key].fails_with = "AllocationFailed"
+    world.canceller.fail_puts = failure
+    world.deliver(PRE)
+    world.work()
+    assert world.canceller.puts == [RUN.key]
+    run = world.ledger.find_run(RUN)
+    assert run is not None and run.gate_outcome == "CancelFailed"
+    assert any(n.level is NoteLevel.ERROR and n.source == "gate" for n in world.ledger.notes)
 
 
 def test_failures_within_budget_pass_the_gate() -> None:
