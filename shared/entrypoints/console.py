@@ -21,6 +21,7 @@ import re
 import secrets
 import urllib.parse
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
@@ -203,7 +204,11 @@ def console_static(req: func.HttpRequest) -> func.HttpResponse:
 def _guarded(
     handler: Callable[[func.HttpRequest, Page], func.HttpResponse], req: func.HttpRequest
 ) -> func.HttpResponse:
-    page = _page(req)
+    try:
+        page = _page(req)
+    except Exception:
+        # The settings do not load: the handler meets the same error and says so in a page.
+        page = Page(links=Links(base="/api/console"), now=datetime.now(UTC), caller="")
     try:
         return handler(req, page)
     except ConsoleRefusal as refusal:

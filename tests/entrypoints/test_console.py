@@ -349,3 +349,48 @@ def test_a_refused_cancel_shows_the_problem_detail_in_words(api: Api) -> None:
     assert "Too late to cancel" in page
     assert "the cancel window closed at" in page
     assert api.canceller.cancelled == []
+
+
+@pytest.mark.parametrize(
+    ("function", "path", "params", "status"),
+    [
+        (console_runs, "console", {"continuationToken": "not-ours"}, 400),
+        (console_runs, "console", {"status": "\x00" * 80, "configuration": "é" * 500}, 200),
+        (console_run, "console/run", {}, 400),
+        (console_run, "console/run", {"run": "/subscriptions/../x"}, 400),
+        (console_report, "console/report", {"run": CORRELATION_ID}, 404),
+    ],
+    ids=["foreign token", "odd filters", "no run", "bad run id", "unknown run report"],
+)
+def test_bad_console_queries_get_a_4xx_page_never_a_5xx(
+    api: Api, function: object, path: str, params: dict[str, str], status: int
+) -> None:
+    response = get(function, path, **params)
+    assert response.status_code == status
+    assert response.mimetype == "text/html"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\xff\xfe", b"run=" + b"x" * 20000, b"&&&===", b"intent=other&csrf=" + TOKEN.encode()],
+    ids=["not utf-8", "too large", "no fields", "unknown intent"],
+)
+def test_unreadable_cancel_forms_are_400s(api: Api, body: bytes) -> None:
+    api.ledger.save_run(Run.first_seen(RUN, START - timedelta(minutes=35)))
+    request = func.HttpRequest(
+        "POST",
+        "http://localhost/api/console/cancel",
+        body=body if b"run=" in body else body + b"&run=" + CORRELATION_ID.encode(),
+        headers={"Cookie": f"console_csrf={TOKEN}"},
+    )
+    response = console_cancel(request)
+    assert response.status_code in (400, 403)
+    assert api.canceller.cancelled == []
+
+
+def test_a_misconfigured_app_says_so_in_a_page(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
+    bootstrap.use(None)
+    response = get(console_runs, "console")
+    assert response.status_code == 500
+    assert "misconfigured" in text(response)
