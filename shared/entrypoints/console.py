@@ -164,6 +164,8 @@ def _cancel(req: func.HttpRequest, page: Page) -> func.HttpResponse:
     try:
         document = json.loads(response.get_body() or b"{}")
     except ValueError:
+        document = None
+    if not isinstance(document, dict):
         document = {"detail": "the cancel API's answer could not be read"}
     answer = CancelAnswerView(response.status_code, document, dry_run)
     # Read the run again: the cancel may have changed it.
