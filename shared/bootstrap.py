@@ -201,7 +201,6 @@ class Container:
                 queue=self.task_queue,
                 clock=self.clock,
                 policy=self.settings.policy,
-                target_subscriptions=self.settings.target_subscription_ids,
                 target_configurations=self.settings.target_configuration_ids,
             ),
         )

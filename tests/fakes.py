@@ -91,9 +91,12 @@ class FakeGraph:
 
     def __init__(self) -> None:
         self.machines: dict[str, list[MachineId]] = {}
-        self.status: dict[str, str] = {}
+        self.status: dict[str, str | None] = {}
         self.hidden_rounds: dict[str, int] = {}
         self.runs: list[PlatformRun] = []
+        self.runs_asked: list[tuple[set[str], list[str]]] = []
+        # Set to answer these patch results instead of one "Succeeded" per machine.
+        self.patch_results: list[PatchResult] | None = None
 
     def list_run_machines(self, run: RunId, subscriptions: Sequence[str]) -> Iterator[RunMachine]:
         if self.hidden_rounds.get(run.key, 0) > 0:
@@ -106,15 +109,20 @@ class FakeGraph:
             ]
         )
 
-    def list_patch_results(self, run: RunId, subscriptions: Sequence[str]) -> Iterator[PatchResult]:
+    def list_patch_results(
+        self, run: RunId, subscriptions: Sequence[str], since: datetime, until: datetime
+    ) -> Iterator[PatchResult]:
+        if self.patch_results is not None:
+            return iter(self.patch_results)
         return iter(
             [
-                PatchResult(m, "Succeeded", 3, 0, "NotNeeded", False, None)
+                PatchResult(m, "Succeeded", 3, 0, "NotNeeded", False, None, run.text)
                 for m in self.machines.get(run.key, [])
             ]
         )
 
     def list_runs(self, configurations: Any, subscriptions: Sequence[str]) -> Iterator[PlatformRun]:
+        self.runs_asked.append(({c.key for c in configurations}, list(subscriptions)))
         return iter(self.runs)
 
 

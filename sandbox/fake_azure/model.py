@@ -65,6 +65,12 @@ HEARTBEAT_COLUMNS: tuple[str, ...] = (
 )
 USER_CANCEL_MESSAGE = "Maintenance cancelled using cancellation API"
 PLATFORM_CANCEL_MESSAGE = "Maintenance cancelled due to internal platform failure"
+# The platform freezes a run's scope at T−40; what the run record says from then until T is
+# undocumented (see README "Variants").
+SCOPE_FROZEN_BEFORE_START = dt.timedelta(minutes=40)
+# Variants the scenario's settings choose between; the first of each is the default.
+MACHINE_STATUS_FIELD_VARIANTS = ("absent", "present")
+MAINTENANCE_RUN_ID_VARIANTS = ("timestamp", "correlation_id", "run_name", "absent")
 
 
 class Clock(Protocol):
@@ -346,17 +352,16 @@ class MaintenanceRun:
         return self.correlation_id.rstrip("/").split("/")[-1]
 
     def status(self, now: dt.datetime, before_start: str = "Pending") -> str:
-        """Status as Resource Graph reports it at ``now``; ``before_start`` is the word shown
-        from T-40 until T (undocumented; a scenario setting)."""
+        """Status as Resource Graph reports it at ``now``; ``before_start`` from T−40 to T."""
         if self.cancelled_at is not None:
             return "Cancelled"
         if self.final_status is not None:
             return self.final_status
         if now >= self.scheduled_start:
             return "InProgress"
-        if now >= self.scheduled_start - dt.timedelta(minutes=40):
-            return before_start
-        return "Pending"
+        return (
+            before_start if now >= self.scheduled_start - SCOPE_FROZEN_BEFORE_START else "Pending"
+        )
 
 
 @dataclass
@@ -448,9 +453,15 @@ class ModelSettings:
     # When > 0, every running VM and connected Arc machine "sends" a Heartbeat this often, the
     # first one an interval after it started running (the agent has to boot).
     auto_heartbeat_seconds: float = 0.0
-    # The run-level status shown from T-40 until T. Undocumented: "Pending" or "InProgress"
-    # (or any word) are all plausible, so a scenario can play each.
-    status_before_start: str = "Pending"
+    # Undocumented behaviour, played as variants (defaults: the most hostile plausible one).
+    # Run-level status from T−40 until T: "InProgress" (default), "Pending", or any word.
+    status_before_start: str = "InProgress"
+    # Per-machine applyupdates records: "absent" (default: only correlationId and resourceId
+    # are documented) or "present" (the run's status, or the machine's patch result).
+    machine_status_field: str = MACHINE_STATUS_FIELD_VARIANTS[0]
+    # patchinstallationresources' maintenanceRunId: "timestamp" (default: the one public
+    # sample), "correlation_id", "run_name" or "absent".
+    maintenance_run_id: str = MAINTENANCE_RUN_ID_VARIANTS[0]
 
 
 class AzureModel:
@@ -1403,6 +1414,16 @@ class AzureModel:
                 machine_status = status
                 if result is not None and run.cancelled_at is None:
                     machine_status = result.status
+                machine_properties: dict[str, Any] = {
+                    "correlationId": run.correlation_id,
+                    "resourceId": machine_id,
+                    "maintenanceConfigurationId": run.configuration_id,
+                    "startDateTime": _iso(run.scheduled_start),
+                    "endDateTime": _iso(run.completed_at or run.scheduled_end),
+                    "lastUpdateTime": _iso(run.cancelled_at or run.completed_at or run.created_at),
+                }
+                if self.settings.machine_status_field == "present":
+                    machine_properties["status"] = machine_status
                 rows.append(
                     self._record(
                         id=f"{machine_id}/providers/microsoft.maintenance/applyupdates/{run.name}",
@@ -1411,17 +1432,7 @@ class AzureModel:
                         location=machine.location if machine else "",
                         resourceGroup=machine_parts.resource_group.lower(),
                         subscriptionId=machine_parts.subscription_id,
-                        properties={
-                            "correlationId": run.correlation_id,
-                            "resourceId": machine_id,
-                            "maintenanceConfigurationId": run.configuration_id,
-                            "status": machine_status,
-                            "startDateTime": _iso(run.scheduled_start),
-                            "endDateTime": _iso(run.completed_at or run.scheduled_end),
-                            "lastUpdateTime": _iso(
-                                run.cancelled_at or run.completed_at or run.created_at
-                            ),
-                        },
+                        properties=machine_properties,
                     )
                 )
         return rows
@@ -1453,7 +1464,6 @@ class AzureModel:
                         properties={
                             "status": result.status,
                             "startedBy": "Platform",
-                            "maintenanceRunId": result.correlation_id,
                             "installedPatchCount": result.installed_patch_count,
                             "failedPatchCount": result.failed_patch_count,
                             "pendingPatchCount": result.pending_patch_count,
@@ -1466,10 +1476,24 @@ class AzureModel:
                             "osType": os_type,
                             "patchServiceUsed": "APT" if os_type.lower() == "linux" else "WU",
                             "errorDetails": result.error,
-                        },
+                        }
+                        | self._maintenance_run_id(result),
                     )
                 )
         return rows
+
+    def _maintenance_run_id(self, result: PatchResult) -> dict[str, str]:
+        """The ``maintenanceRunId`` field in the scenario's variant (nothing when "absent")."""
+        variant = self.settings.maintenance_run_id
+        if variant == "absent":
+            return {}
+        if variant == "correlation_id":
+            return {"maintenanceRunId": result.correlation_id}
+        if variant == "run_name":
+            return {"maintenanceRunId": result.correlation_id.rstrip("/").split("/")[-1]}
+        # The public sample's shape: a bare UTC timestamp (here, when the machine's patching
+        # began), tied to the run by nothing but time.
+        return {"maintenanceRunId": _iso(result.start_date_time) or ""}
 
     # -- ARM-shaped documents ------------------------------------------------------------------
     def vm_document(self, vm: VirtualMachine, *, with_instance_view: bool) -> dict[str, Any]:

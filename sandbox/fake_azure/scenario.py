@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from .faults import FaultPlan
-from .model import AzureModel, ModelSettings, PowerState, VmSpec, key
+from .model import (
+    MACHINE_STATUS_FIELD_VARIANTS,
+    MAINTENANCE_RUN_ID_VARIANTS,
+    AzureModel,
+    ModelSettings,
+    PowerState,
+    VmSpec,
+    key,
+)
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 DEMO_SUBSCRIPTION_A = "1b7a0c4e-5d2f-4e8a-9c31-0a6f2b7d9e10"
@@ -46,8 +54,14 @@ _MODEL_SETTINGS = {
     "default_run_minutes",
 }
 # Words, not timings: kept as strings.
-_MODEL_WORD_SETTINGS = {"status_before_start"}
+_MODEL_WORD_SETTINGS = {"status_before_start", "machine_status_field", "maintenance_run_id"}
 _SERVER_SETTINGS = {"token_lifetime_seconds", "lro_retry_after_seconds", "check_audience"}
+# Word settings with a closed set of variants (README "Variants"): name -> the words allowed,
+# the default first. The run status before T takes any word.
+_VARIANT_SETTINGS = {
+    "machine_status_field": MACHINE_STATUS_FIELD_VARIANTS,
+    "maintenance_run_id": MAINTENANCE_RUN_ID_VARIANTS,
+}
 
 
 class ScenarioError(ValueError):
@@ -88,6 +102,9 @@ class Scenario:
         unknown_settings = set(settings) - _MODEL_SETTINGS - _MODEL_WORD_SETTINGS - _SERVER_SETTINGS
         if unknown_settings:
             raise ScenarioError(f"{source}: unknown settings {sorted(unknown_settings)}")
+        for name, allowed in _VARIANT_SETTINGS.items():
+            if name in settings and settings[name] not in allowed:
+                raise ScenarioError(f"{source}: setting {name} must be one of {list(allowed)}")
         return cls(json.loads(json.dumps(data)), source)
 
     @classmethod

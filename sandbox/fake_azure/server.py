@@ -282,6 +282,14 @@ class FakeAzure:
         return self._tls.ca_path
 
     @property
+    def tls(self) -> TlsMaterial:
+        """The CA and loopback server certificate it serves; another sandbox endpoint (a
+        webhook sink) may serve the same certificate so clients trusting ``ca_path`` reach it."""
+        if self._tls is None:
+            raise RuntimeError("the fake Azure is not serving")
+        return self._tls
+
+    @property
     def identity_endpoint(self) -> str:
         """Value for ``IDENTITY_ENDPOINT`` (App Service managed identity)."""
         return f"{self.url}/msi/token"

@@ -47,15 +47,21 @@ def machines_of_run(run: RunId) -> str:
     )
 
 
-def runs_of_configurations(configurations: Sequence[ConfigurationId] | None) -> str:
-    """Run-level applyupdates records: of the given configurations, or of every configuration
-    in the subscriptions the request is scoped to. One query for all."""
-    lines = ["maintenanceresources", f"| where type =~ {_literal(RUN_TYPE)}"]
-    if configurations is not None:
-        ids = _literal_list([c.text for c in configurations])
-        lines.append(f"| where properties.maintenanceConfigurationId in~ {ids}")
-    lines += ["| project id, name, properties", "| order by id asc"]
-    return "\n".join(lines)
+def runs_of_configurations(configurations: Sequence[ConfigurationId]) -> str:
+    """Run-level applyupdates records of the given configurations only, in one query.
+
+    Never "every configuration in the subscriptions": the subscriptions say where machines may
+    be, not which runs are this app's (other teams' configurations live there too)."""
+    ids = _literal_list([c.text for c in configurations])
+    return "\n".join(
+        (
+            "maintenanceresources",
+            f"| where type =~ {_literal(RUN_TYPE)}",
+            f"| where properties.maintenanceConfigurationId in~ {ids}",
+            "| project id, name, properties",
+            "| order by id asc",
+        )
+    )
 
 
 def assignments_of_configuration(configuration: ConfigurationId) -> str:
@@ -72,13 +78,21 @@ def assignments_of_configuration(configuration: ConfigurationId) -> str:
     )
 
 
-def patch_results_of_run(run: RunId) -> str:
-    """Per-machine patch installation results of one run."""
+def patch_results_of_run(run: RunId, since: datetime, until: datetime) -> str:
+    """Patch installation results that may belong to one run: `maintenanceRunId` equal to the
+    CorrelationId or to the run name, or a result that started (or last changed) between `since`
+    and `until`. The format of `maintenanceRunId` is undocumented (the one public sample is a
+    timestamp), so the caller keeps time-window rows only for the run's own machines."""
+    start, end = _datetime(since), _datetime(until)
+    window = f"between (datetime({start}) .. datetime({end}))"
     return "\n".join(
         (
             "patchinstallationresources",
             "| where type has 'patchinstallationresults'",
-            f"| where properties.maintenanceRunId =~ {_literal(run.text)}",
+            "| extend runId = tostring(properties.maintenanceRunId)",
+            f"| where runId =~ {_literal(run.text)} or runId =~ {_literal(run.run_name)}"
+            f" or todatetime(properties.startDateTime) {window}"
+            f" or todatetime(properties.lastModifiedDateTime) {window}",
             "| project id, properties",
             "| order by id asc",
         )
@@ -98,3 +112,10 @@ def heartbeats_since(machines: Sequence[MachineId], since: datetime) -> str:
             "| summarize LastHeartbeat = max(TimeGenerated) by _ResourceId",
         )
     )
+
+
+def _datetime(moment: datetime) -> str:
+    """The text of a KQL datetime literal, in UTC."""
+    if moment.tzinfo is None:
+        raise ValueError("a query time must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

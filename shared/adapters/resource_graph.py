@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, cast
 
 from azure.core.credentials import TokenCredential
@@ -86,17 +87,13 @@ class ResourceGraphMachines:
             )
 
     def list_runs(
-        self, configurations: Sequence[ConfigurationId | str] | None, subscriptions: Sequence[str]
+        self, configurations: Sequence[ConfigurationId | str], subscriptions: Sequence[str]
     ) -> Iterator[PlatformRun]:
-        """Run-level records of the configurations (all in scope when None), in one query."""
-        parsed = (
-            None
-            if configurations is None
-            else [
-                c if isinstance(c, ConfigurationId) else ConfigurationId.parse(c)
-                for c in configurations
-            ]
-        )
+        """Run-level records of these configurations (only these), in one query."""
+        parsed = [
+            c if isinstance(c, ConfigurationId) else ConfigurationId.parse(c)
+            for c in configurations
+        ]
         for row in self._rows(kql.runs_of_configurations(parsed), subscriptions):
             try:
                 run_id = RunId.parse(row.get("id"))
@@ -136,11 +133,12 @@ class ResourceGraphMachines:
             )
 
     def list_patch_results(
-        self, run: RunId | str, subscriptions: Sequence[str]
+        self, run: RunId | str, subscriptions: Sequence[str], since: datetime, until: datetime
     ) -> Iterator[PatchResult]:
-        """Patch installation results of a run, one per machine."""
+        """Patch installation results that may belong to a run: those naming it, and those of
+        the span `since`..`until` (the caller matches them to the run's machines)."""
         run_id = run if isinstance(run, RunId) else RunId.parse(run)
-        for row in self._rows(kql.patch_results_of_run(run_id), subscriptions):
+        for row in self._rows(kql.patch_results_of_run(run_id, since, until), subscriptions):
             record_id = str(row.get("id", ""))
             cut = record_id.lower().find("/patchinstallationresults/")
             machine_text = record_id[:cut] if cut >= 0 else record_id
@@ -157,6 +155,8 @@ class ResourceGraphMachines:
                 reboot_status=_text(p.get("rebootStatus")),
                 window_exceeded=_bool(p.get("maintenanceWindowExceeded")),
                 last_modified=_text(p.get("lastModifiedDateTime")),
+                maintenance_run_id=_text(p.get("maintenanceRunId")),
+                started=_text(p.get("startDateTime")),
             )
 
     def _rows(self, query: str, subscriptions: Sequence[str]) -> Iterator[Mapping[str, Any]]:

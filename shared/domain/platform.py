@@ -3,12 +3,13 @@ assignments, heartbeats, a VM's facts. Adapters build them; services read them."
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import enum
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.domain.ids import MachineId, RunId
+from shared.domain.ids import InvalidId, MachineId, RunId
 from shared.domain.machines import MachinePower
 
 
@@ -53,6 +54,98 @@ class PatchResult:
     reboot_status: str | None
     window_exceeded: bool | None
     last_modified: str | None
+    maintenance_run_id: str | None = None
+    started: str | None = None
+
+
+class PatchMatch(enum.StrEnum):
+    """How a patch result was tied to a run (`maintenanceRunId`'s format is undocumented)."""
+
+    RUN_ID = "RunId"
+    RUN_NAME = "RunName"
+    MACHINE_AND_WINDOW = "MachineAndWindow"
+
+
+# Patch results are looked for from a little before T (clocks differ) until after the window
+# (a run may overrun it); without a known end, the longest window a configuration allows.
+PATCH_WINDOW_LEAD = timedelta(minutes=15)
+PATCH_WINDOW_TRAIL = timedelta(hours=1)
+LONGEST_MAINTENANCE_WINDOW = timedelta(hours=6)
+
+
+def patch_window(start: datetime, end: datetime | None) -> tuple[datetime, datetime]:
+    """The time span in which a run's patch results are looked for."""
+    return (
+        start - PATCH_WINDOW_LEAD,
+        (end or start + LONGEST_MAINTENANCE_WINDOW) + PATCH_WINDOW_TRAIL,
+    )
+
+
+def match_patch_results(
+    results: Iterable[PatchResult],
+    run: RunId,
+    machines: Collection[str],
+    since: datetime,
+    until: datetime,
+) -> list[tuple[PatchResult, PatchMatch]]:
+    """The results that belong to `run`, one per machine, and how each was matched.
+
+    A result naming the run (its CorrelationId or run name) matches; one naming another run is
+    left out; one with no usable name (absent, a bare timestamp) matches when its machine is one
+    of `machines` (lower-cased ids) and it started, or last changed, between `since` and `until`.
+    """
+    best: dict[str, tuple[PatchResult, PatchMatch]] = {}
+    for result in results:
+        how = _match(result, run, machines, since, until)
+        if how is None:
+            continue
+        current = best.get(result.machine.key)
+        if current is None or _rank(result, how) > _rank(*current):
+            best[result.machine.key] = (result, how)
+    return [best[k] for k in sorted(best)]
+
+
+def _match(
+    result: PatchResult, run: RunId, machines: Collection[str], since: datetime, until: datetime
+) -> PatchMatch | None:
+    named = (result.maintenance_run_id or "").strip()
+    if named.lower() == run.key:
+        return PatchMatch.RUN_ID
+    if named.lower() == run.run_name.lower():
+        return PatchMatch.RUN_NAME
+    if _names_a_run(named):
+        return None  # another run's result on a shared machine
+    if result.machine.key not in machines:
+        return None
+    for moment in (_moment(result.started), _moment(result.last_modified)):
+        if moment is not None and since <= moment <= until:
+            return PatchMatch.MACHINE_AND_WINDOW
+    return None
+
+
+def _names_a_run(text: str) -> bool:
+    if len(text) == 14 and text.isdigit():
+        return True
+    try:
+        RunId.parse(text)
+    except InvalidId:
+        return False
+    return True
+
+
+def _rank(result: PatchResult, how: PatchMatch) -> tuple[int, datetime]:
+    order = (PatchMatch.MACHINE_AND_WINDOW, PatchMatch.RUN_NAME, PatchMatch.RUN_ID)
+    return order.index(how), _moment(result.last_modified) or datetime.min.replace(tzinfo=UTC)
+
+
+def _moment(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

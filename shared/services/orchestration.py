@@ -52,16 +52,17 @@ from shared.services.ports import (
     RunMachinesSource,
     TaskQueue,
 )
-from shared.services.reporting import build_report, summary_message
+from shared.services.reporting import build_report, matched_patch_results, summary_message
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
 MAX_CONFLICT_RETRIES = 8
-# Per-machine statuses ARG shows while a machine is still being patched.
+# Per-machine statuses ARG shows while a machine is still being patched. A missing status is
+# not one of them: the field is undocumented, so the run-level status stands in for it.
 UNFINISHED_MACHINE_STATUSES = frozenset(
-    {"pending", "inprogress", "notstarted", "retrynow", "retrylater", ""}
+    {"pending", "inprogress", "notstarted", "retrynow", "retrylater"}
 )
 WATCHED = (MachineAction.STARTING, MachineAction.STARTED)
 GATE_COUNTED = (
@@ -619,10 +620,14 @@ class Orchestrator:
 
     def _machines_finished(self, run: Run, task: Task) -> bool:
         listed = list(self.graph.list_run_machines(run.run_id, run.subscription_ids))
+        run_level = (
+            self._run_level_status(run) if any(not (m.status or "").strip() for m in listed) else ""
+        )
         unfinished = [
             m
             for m in listed
-            if (m.status or "").replace(" ", "").lower() in UNFINISHED_MACHINE_STATUSES
+            if ((m.status or "").strip() or run_level).replace(" ", "").lower()
+            in UNFINISHED_MACHINE_STATUSES
         ]
         if not unfinished:
             return True
@@ -643,6 +648,18 @@ class Orchestrator:
             f"{self.policy.wrap_up_wait}; wrapping up anyway",
         )
         return True
+
+    def _run_level_status(self, run: Run) -> str:
+        """For machines whose record has no status: the post event's status, else the run's
+        record in Resource Graph now; "" when neither says (the post event, or the reconciler
+        that started wrap-up, already said the run ended: do not wait on a missing field)."""
+        if (run.post_event_status or "").strip():
+            return run.post_event_status or ""
+        configuration = run.run_id.configuration
+        for record in self.graph.list_runs([configuration], [configuration.subscription_id]):
+            if record.run_id == run.run_id:
+                return record.status or ""
+        return ""
 
     def _hand_over(self, run_id: RunId, row: MachineRecord) -> bool:
         """Pass a VM this run started to another active run that needs it; True if passed."""
@@ -786,7 +803,7 @@ class Orchestrator:
         if health is None:
             self.queue.send(task.next_round(), self.policy.arg_retry)
             return
-        patches = list(self.graph.list_patch_results(run.run_id, run.subscription_ids))
+        patches = matched_patch_results(self.graph, run, rows)
         final = self._update_run(
             run.run_id,
             lambda r: replace(r, status=RunStatus.COMPLETED, completed_at=now, updated_at=now),

@@ -120,14 +120,16 @@ class RunMachinesSource(Protocol):
         """The machines of a run."""
         ...
 
-    def list_patch_results(self, run: RunId, subscriptions: Sequence[str]) -> Iterator[PatchResult]:
-        """Patch installation results of a run."""
+    def list_patch_results(
+        self, run: RunId, subscriptions: Sequence[str], since: datetime, until: datetime
+    ) -> Iterator[PatchResult]:
+        """Patch installation results naming the run, or from the span `since`..`until`."""
         ...
 
     def list_runs(
-        self, configurations: Sequence[Any] | None, subscriptions: Sequence[str]
+        self, configurations: Sequence[Any], subscriptions: Sequence[str]
     ) -> Iterator[PlatformRun]:
-        """Run-level records."""
+        """Run-level records of these configurations only."""
         ...
 
 

@@ -2,12 +2,15 @@
 date, and is the safety net for what events cannot be trusted with.
 
 Each tick:
-- reads the run-level records of every configuration in scope in one query (paged);
+- reads the run-level records of the configurations this app manages (those in the ledger and
+  TARGET_CONFIGURATION_IDS) in one query (paged); other configurations in the target
+  subscriptions are never read, so other teams' runs never enter the ledger;
 - records each run's platform status (normalised; unknown words kept) and where a cancel came
   from (this app's API or gate, a user elsewhere, or a platform failure);
 - hands every finished or cancelled run that still owns VMs, and has had no wrap-up, to wrap-up
   (a lost post event);
-- records runs under way or finished whose pre event never came ("pre event missed");
+- records runs whose pre event never came once their cancel window has closed ("pre event
+  missed"; a status word such as InProgress seen before T does not decide it);
 - re-drives a task stuck past its deadline once, then reports it.
 
 Ticks that overlap (past_due, two instances) are kept apart by a lease in the ledger; every
@@ -28,7 +31,7 @@ from shared.domain.platform import PlatformRun
 from shared.domain.policy import OrchestrationPolicy
 from shared.domain.runs import NoteLevel, Run, RunNote, RunStatus
 from shared.domain.tasks import Task, TaskKind
-from shared.domain.timeline import Clock, preparation_due
+from shared.domain.timeline import CancelWindow, Clock, WindowPosition, preparation_due
 from shared.services.cancellation import CancelSource
 from shared.services.ports import RunLedger, RunMachinesSource, TaskQueue
 
@@ -69,7 +72,6 @@ FINISHED = frozenset(
     }
 )
 CANCELLED = frozenset({"Cancel", "Cancelled"})
-UNDER_WAY = FINISHED | {"InProgress"}
 
 
 def normalise_status(word: str | None) -> str | None:
@@ -109,7 +111,6 @@ class Reconciler:
     queue: TaskQueue
     clock: Clock
     policy: OrchestrationPolicy
-    target_subscriptions: tuple[str, ...] = ()
     target_configurations: tuple[ConfigurationId, ...] = ()
 
     def tick(self, past_due: bool = False) -> TickSummary:
@@ -149,17 +150,22 @@ class Reconciler:
         return summary
 
     def _platform_runs(self, known: Iterable[Run]) -> list[PlatformRun]:
+        """Run records of the configurations this app manages (the ledger's and
+        TARGET_CONFIGURATION_IDS), never of every configuration in the target subscriptions:
+        those say where machines may be, not which runs are ours."""
+        configurations = self._managed_configurations(known)
+        if not configurations:
+            return []
+        subscriptions = sorted({c.subscription_id for c in configurations.values()})
+        listed = self.graph.list_runs(list(configurations.values()), subscriptions)
+        # Kept to our configurations even if a query answers wider than it was asked.
+        return [r for r in listed if r.run_id.configuration.key in configurations]
+
+    def _managed_configurations(self, known: Iterable[Run]) -> dict[str, ConfigurationId]:
         configurations = {c.key: c for c in self.target_configurations}
-        subscriptions = set(self.target_subscriptions)
         for run in known:
             configurations.setdefault(run.run_id.configuration.key, run.run_id.configuration)
-            subscriptions.add(run.run_id.configuration.subscription_id)
-        subscriptions.update(c.subscription_id for c in configurations.values())
-        if not subscriptions:
-            return []
-        # Target subscriptions: every configuration in them; otherwise only the known ones.
-        scope = None if self.target_subscriptions else list(configurations.values())
-        return list(self.graph.list_runs(scope, sorted(subscriptions)))
+        return configurations
 
     def _record(
         self, run: Run | None, record: PlatformRun, now: datetime, summary: TickSummary
@@ -172,7 +178,13 @@ class Reconciler:
         changed = replace(run, platform_status=status or run.platform_status)
         if status in CANCELLED and run.cancel_source is None:
             changed = replace(changed, cancel_source=cancel_source_of(record.message))
-        missed = status in UNDER_WAY and run.pre_event_at is None and not run.pre_event_missed
+        missed = (
+            run.pre_event_at is None
+            and not run.pre_event_missed
+            and status not in CANCELLED
+            and run.status is not RunStatus.CANCELLED
+            and self._window_closed(run, now)
+        )
         if missed:
             changed = replace(changed, pre_event_missed=True)
         if changed == run and run.version is not None:
@@ -188,9 +200,21 @@ class Reconciler:
             self._note(
                 run.run_id,
                 NoteLevel.WARNING,
-                f"the platform shows the run {status} but no pre event was received",
+                f"no pre event was received and the cancel window closed at "
+                f"{self._window(run).closes_at.isoformat()}; the platform shows the run "
+                f"{status or 'without a status'}",
             )
         return stored
+
+    def _window(self, run: Run) -> CancelWindow:
+        return CancelWindow.for_run(
+            run.scheduled_start, run.cancellation_cutoff, self.policy.cancel_safety_margin
+        )
+
+    def _window_closed(self, run: Run, now: datetime) -> bool:
+        """A pre event counts as missed only once the cancel window has closed without it: a
+        platform word such as InProgress before T says nothing (it may show from T−40)."""
+        return self._window(run).position(now) is WindowPosition.CLOSED
 
     def _hand_over(self, run: Run, now: datetime, summary: TickSummary) -> None:
         """A finished or cancelled run whose post event never came: start its wrap-up."""

@@ -7,11 +7,31 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from shared.domain.platform import PatchResult
+from shared.domain.ids import MachineId
+from shared.domain.platform import PatchMatch, PatchResult, match_patch_results, patch_window
 from shared.domain.runs import MachineRecord, Run
-from shared.services.ports import RunLedger
+from shared.services.ports import RunLedger, RunMachinesSource
 
 REPORT_VERSION = 1
+NO_PATCH_RESULTS = (
+    "no patch results matched (by run id, run name, or machine and the run's time window)"
+)
+
+
+def matched_patch_results(
+    graph: RunMachinesSource, run: Run, machines: Sequence[MachineRecord]
+) -> list[tuple[PatchResult, PatchMatch]]:
+    """The run's patch results from Resource Graph: those naming the run by CorrelationId or
+    run name, else those of its machines within its time window (`maintenanceRunId`'s format is
+    undocumented; the one public sample is a timestamp)."""
+    since, until = patch_window(run.scheduled_start, run.end)
+    ids = {m.resource_id.lower() for m in machines}
+    subscriptions = list(run.subscription_ids) or sorted(
+        {run.run_id.configuration.subscription_id}
+        | {MachineId.parse(m.resource_id).subscription_id for m in machines}
+    )
+    listed = graph.list_patch_results(run.run_id, subscriptions, since, until)
+    return match_patch_results(listed, run.run_id, ids, since, until)
 
 
 def build_report(
@@ -19,11 +39,12 @@ def build_report(
     machines: Sequence[MachineRecord],
     ledger: RunLedger,
     *,
-    patches: Sequence[PatchResult] = (),
+    patches: Sequence[tuple[PatchResult, PatchMatch]] | None = None,
     health: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything that happened in the run, in one document."""
-    patch_by_machine = {p.machine.key: p for p in patches}
+    """Everything that happened in the run, in one document. `patches` None: not looked up
+    yet (the run is not finished)."""
+    patch_by_machine = {p.machine.key: (p, how) for p, how in patches or ()}
     actions = Counter(m.action.value for m in machines)
     return {
         "reportVersion": REPORT_VERSION,
@@ -77,8 +98,9 @@ def build_report(
         "summary": {
             "machines": len(machines),
             "actions": dict(sorted(actions.items())),
-            "patchResults": dict(Counter(p.status or "Unknown" for p in patches)),
+            "patchResults": dict(Counter(p.status or "Unknown" for p, _ in patches or ())),
         },
+        "patchResults": _patch_summary(patches),
         "machines": [
             _machine(m, patch_by_machine.get(m.resource_id.lower()))
             for m in sorted(machines, key=lambda m: m.resource_id.lower())
@@ -91,7 +113,21 @@ def build_report(
     }
 
 
-def _machine(machine: MachineRecord, patch: PatchResult | None) -> dict[str, Any]:
+def _patch_summary(patches: Sequence[tuple[PatchResult, PatchMatch]] | None) -> dict[str, Any]:
+    if patches is None:
+        return {"lookedUp": False}
+    return {
+        "lookedUp": True,
+        "matched": len(patches),
+        "matchedBy": dict(sorted(Counter(how.value for _, how in patches).items())),
+        "note": None if patches else NO_PATCH_RESULTS,
+    }
+
+
+def _machine(
+    machine: MachineRecord, matched: tuple[PatchResult, PatchMatch] | None
+) -> dict[str, Any]:
+    patch = matched[0] if matched else None
     return {
         "resourceId": machine.resource_id,
         "kind": machine.kind.value,
@@ -114,6 +150,8 @@ def _machine(machine: MachineRecord, patch: PatchResult | None) -> dict[str, Any
             "rebootStatus": patch.reboot_status,
             "windowExceeded": patch.window_exceeded,
             "lastModified": patch.last_modified,
+            "maintenanceRunId": patch.maintenance_run_id,
+            "matchedBy": matched[1].value if matched else None,
         },
     }
 
@@ -133,6 +171,13 @@ def summary_message(run: Run, report: Mapping[str, Any] | None) -> dict[str, Any
         + (f" ({run.gate_detail})" if run.gate_detail else ""),
         "Machines: " + (", ".join(f"{k} {v}" for k, v in sorted(actions.items())) or "none"),
     ]
+    patch_results = (report or {}).get("patchResults", {})
+    if patch_results.get("lookedUp"):
+        lines.append(
+            f"Patch results: {patch_results.get('matched')} matched"
+            if patch_results.get("matched")
+            else f"Patch results: {NO_PATCH_RESULTS}"
+        )
     errors = [n for n in (report or {}).get("notes", []) if n.get("level") == "Error"]
     if errors:
         lines.append(f"Errors: {len(errors)}; first: {errors[0].get('message')}")

@@ -167,12 +167,43 @@ def test_runs_patch_results_and_assignments_are_read(
     )
     runs = {r.run_id: r for r in graph.list_runs([CONFIGURATION], [SUBSCRIPTION])}
     assert runs[run].status == "Succeeded"
-    patches = {p.machine: p for p in graph.list_patch_results(run, [SUBSCRIPTION])}
+    start = fake.model.get_run(run.text).scheduled_start
+    since, until = start - timedelta(minutes=15), start + timedelta(hours=5)
+    patches = {p.machine: p for p in graph.list_patch_results(run, [SUBSCRIPTION], since, until)}
     assert patches[BATCH].status == "Failed"
     assert patches[BATCH].failed == 2
     assert patches[WEB].status == "Succeeded"
+    # The default maintenanceRunId is a bare timestamp, as in the one public sample.
+    assert patches[WEB].maintenance_run_id == start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert patches[WEB].started == patches[WEB].maintenance_run_id
     assignments = list(graph.list_assignments(CONFIGURATION, [SUBSCRIPTION]))
     assert assignments  # the small scenario assigns by tag (a dynamic scope)
+
+
+@pytest.mark.parametrize("variant", ["timestamp", "correlation_id", "run_name", "absent"])
+def test_patch_results_are_found_by_name_or_time_whatever_maintenance_run_id_holds(
+    fake: FakeAzure, graph: ResourceGraphMachines, variant: str
+) -> None:
+    fake.model.settings.maintenance_run_id = variant
+    run = run_of(fake, [WEB.text, BATCH.text], minutes=-120)
+    earlier = run_of(fake, [WEB.text], minutes=-3 * 24 * 60)
+    start = fake.model.get_run(run.text).scheduled_start
+    fake.model.complete_run(run.text, status="Succeeded", results_lag=0)
+    long_ago = fake.model.get_run(earlier.text).scheduled_start + timedelta(hours=1)
+    fake.model.complete_run(
+        earlier.text,
+        status="Succeeded",
+        default_result={"last_modified_date_time": long_ago},
+        results_lag=0,
+    )
+    found = list(
+        graph.list_patch_results(
+            run, [SUBSCRIPTION], start - timedelta(minutes=15), start + timedelta(hours=5)
+        )
+    )
+    # The run's two results, never the one from three days before.
+    assert sorted(p.machine.key for p in found) == sorted([WEB.key, BATCH.key])
+    assert all(p.started == start.strftime("%Y-%m-%dT%H:%M:%SZ") for p in found)
 
 
 def test_an_arg_refusal_keeps_its_status_code_and_message(

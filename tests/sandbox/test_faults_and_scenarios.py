@@ -151,6 +151,8 @@ def test_a_generated_fleet_of_3000_vms_spreads_its_power_states(
         ({"unknown_key": 1}, "unknown scenario keys"),
         ({"faults": {"latenzy": {}}}, "unknown fault settings"),
         ({"heartbeats": [{"machine": "ghost"}]}, "ghost"),
+        ({"settings": {"maintenance_run_id": "guid"}}, "maintenance_run_id must be one of"),
+        ({"settings": {"machine_status_field": "sometimes"}}, "must be one of"),
     ],
 )
 def test_a_broken_scenario_is_refused_with_the_reason(
@@ -196,3 +198,23 @@ def test_the_module_runs_standalone_and_writes_the_ready_file(tmp_path: Path) ->
     assert process.returncode == 0
     assert "fake Azure listening on https://127.0.0.1:" in stdout
     assert not ready.exists()
+
+
+def test_variant_settings_default_to_the_most_hostile_and_a_scenario_can_choose_each() -> None:
+    defaults = FakeAzure(Scenario.from_dict({})).model.settings
+    assert (
+        defaults.status_before_start,
+        defaults.machine_status_field,
+        defaults.maintenance_run_id,
+    ) == ("InProgress", "absent", "timestamp")
+    chosen = {
+        "status_before_start": "Pending",
+        "machine_status_field": "present",
+        "maintenance_run_id": "run_name",
+    }
+    settings = FakeAzure(Scenario.from_dict({"settings": chosen})).model.settings
+    assert (
+        settings.status_before_start,
+        settings.machine_status_field,
+        settings.maintenance_run_id,
+    ) == ("Pending", "present", "run_name")

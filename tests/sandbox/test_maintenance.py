@@ -132,13 +132,15 @@ def test_cancel_through_the_sdk_answers_cancelled_and_the_run_reads_cancelled_in
     )
     assert run["status"] == "Cancelled"
     assert "cancellation API" in run["properties"]["error"]["message"]
-    machines = arg_rows(
-        fake,
+    query = (
         "maintenanceresources | where type =~ 'microsoft.maintenance/applyupdates' "
         f"| where properties.correlationId =~ '{run_id}' "
-        "| project status = tostring(properties.status)",
+        "| project status = tostring(properties.status)"
     )
-    assert {m["status"] for m in machines} == {"Cancelled"}
+    # By default per-machine records carry no status (undocumented); the variant shows it.
+    assert {m["status"] for m in arg_rows(fake, query)} == {""}
+    fake.model.settings.machine_status_field = "present"
+    assert {m["status"] for m in arg_rows(fake, query)} == {"Cancelled"}
 
 
 def test_by_default_a_cancel_is_answered_as_the_spec_example_202_cancel(
@@ -246,7 +248,7 @@ def test_an_api_version_without_cancel_is_refused_with_400(
     ):
         cancel(sdk)
     assert raised.value.status_code == 400
-    assert fake.model.run_status(run_id) == "Pending"
+    assert fake.model.run_status(run_id) == "InProgress"  # T−30: the default variant
 
 
 def test_path_segments_and_body_keys_match_case_insensitively(fake: FakeAzure, run_id: str) -> None:
@@ -269,7 +271,7 @@ def test_a_cancel_after_the_cut_off_is_refused_with_409(
     assert raised.value.error is not None
     assert raised.value.error.code == "CancellationNotAllowed"
     assert "cut-off" in str(raised.value.error.message)
-    assert fake.model.run_status(run_id) == "Pending"
+    assert fake.model.run_status(run_id) == "InProgress"  # T−30: the default variant
 
 
 def test_a_cancel_at_the_cut_off_itself_is_still_honoured(
@@ -306,7 +308,7 @@ def test_a_forced_refusal_answers_the_configured_error(
         400,
         "BadRequest",
     )
-    assert fake.model.run_status(run_id) == "Pending"
+    assert fake.model.run_status(run_id) == "InProgress"  # T−30: the default variant
 
 
 def test_a_put_that_is_not_a_cancel_is_refused(fake: FakeAzure, run_id: str) -> None:
@@ -329,9 +331,48 @@ def test_get_returns_the_run(
         assert got.name == RUN_NAME
         return None if got.properties is None else got.properties.status
 
+    assert status() == "InProgress"  # T−30: by default the run reads InProgress from T−40
+    fake.model.settings.status_before_start = "Pending"
     assert status() == "Pending"
     clock.set(START + dt.timedelta(minutes=1))
     assert status() == "InProgress"
+
+
+@pytest.mark.parametrize("variant", ["InProgress", "Pending"])
+def test_before_t_minus_40_a_run_reads_pending_and_from_t_in_progress(
+    fake: FakeAzure, run_id: str, clock: ManualClock, variant: str
+) -> None:
+    fake.model.settings.status_before_start = variant
+    clock.set(START - dt.timedelta(minutes=41))
+    assert fake.model.run_status(run_id) == "Pending"
+    clock.set(START - dt.timedelta(minutes=40))
+    assert fake.model.run_status(run_id) == variant
+    clock.set(START - dt.timedelta(seconds=1))
+    assert fake.model.run_status(run_id) == variant
+    clock.set(START)
+    assert fake.model.run_status(run_id) == "InProgress"
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        ("timestamp", "2026-12-01T03:00:00Z"),
+        ("correlation_id", "run id"),
+        ("run_name", RUN_NAME),
+        ("absent", None),
+    ],
+)
+def test_maintenance_run_id_of_patch_results_follows_the_variant(
+    fake: FakeAzure, run_id: str, clock: ManualClock, variant: str, expected: str | None
+) -> None:
+    fake.model.settings.maintenance_run_id = variant
+    clock.set(START + dt.timedelta(hours=1))
+    fake.model.complete_run(run_id, status="Succeeded", results_lag=0)
+    rows = arg_rows(fake, "patchinstallationresources | project properties, id | order by id asc")
+    assert len(rows) == 5
+    wanted = run_id if expected == "run id" else expected
+    assert {r["properties"].get("maintenanceRunId") for r in rows} == {wanted}
+    assert all(("maintenanceRunId" in r["properties"]) is (wanted is not None) for r in rows)
 
 
 def test_a_completed_run_has_patch_results_and_machine_statuses_in_resource_graph(
@@ -348,6 +389,8 @@ def test_a_completed_run_has_patch_results_and_machine_statuses_in_resource_grap
             )
         },
     )
+    fake.model.settings.maintenance_run_id = "correlation_id"
+    fake.model.settings.machine_status_field = "present"
     results = arg_rows(
         fake,
         "patchinstallationresources | where type has 'patchinstallationresults' "

@@ -30,7 +30,30 @@ def test_runs_query_covers_all_configurations_in_one_query() -> None:
     query = kql.runs_of_configurations([ConfigurationId.parse(CONFIGURATION), other])
     assert f"in~ ('{CONFIGURATION}', '{other.text}')" in query
     assert "maintenanceconfigurations/applyupdates" in query
-    assert "in~" not in kql.runs_of_configurations(None)
+
+
+def test_runs_query_always_names_its_configurations() -> None:
+    # Never "every configuration in the subscriptions": other teams' runs live there too.
+    query = kql.runs_of_configurations([ConfigurationId.parse(CONFIGURATION)])
+    assert f"| where properties.maintenanceConfigurationId in~ ('{CONFIGURATION}')" in query
+
+
+def test_patch_results_query_matches_run_id_run_name_or_the_time_window() -> None:
+    query = kql.patch_results_of_run(
+        RUN, datetime(2026, 12, 1, 2, 45, tzinfo=UTC), datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    )
+    assert f"runId =~ '{CORRELATION_ID}'" in query
+    assert f"runId =~ '{RUN.run_name}'" in query
+    window = (
+        "between (datetime(2026-12-01T02:45:00.000000Z) .. datetime(2026-12-01T08:00:00.000000Z))"
+    )
+    assert f"todatetime(properties.startDateTime) {window}" in query
+    assert f"todatetime(properties.lastModifiedDateTime) {window}" in query
+
+
+def test_patch_results_query_refuses_a_naive_time() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        kql.patch_results_of_run(RUN, datetime(2026, 12, 1), datetime(2026, 12, 2, tzinfo=UTC))
 
 
 def test_heartbeat_query_uses_utc_and_the_machine_ids() -> None:

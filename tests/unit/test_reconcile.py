@@ -11,7 +11,7 @@ from typing import Any
 from shared.domain.ids import ConfigurationId, RunId
 from shared.domain.machines import PowerState
 from shared.domain.platform import PlatformRun
-from shared.domain.runs import MachineAction, RunStatus
+from shared.domain.runs import MachineAction, Run, RunStatus
 from shared.domain.tasks import TaskKind
 from shared.services.reconcile import (
     LEASE,
@@ -96,17 +96,88 @@ def test_a_platform_cancelled_run_is_wrapped_up_and_its_source_recorded() -> Non
     assert world.machines.count("deallocate", web) == 1
 
 
-def test_a_run_under_way_without_a_pre_event_is_reported_once() -> None:
+def test_a_run_without_a_pre_event_is_reported_missed_once_its_window_has_closed() -> None:
     world = World()
-    world.clock.current = START + timedelta(minutes=5)
+    ours = reconciler(world, target_configurations=(RUN.configuration,))
+    # From T−40 the run may already read InProgress: that says nothing about the pre event.
+    world.clock.current = START - timedelta(minutes=38)
     world.graph.runs = [platform("InProgress")]
-    first = reconciler(world, target_subscriptions=(SUBSCRIPTION,)).tick()
-    assert first.missed_pre_events == [RUN.text]
+    assert ours.tick().missed_pre_events == []
+    run = world.ledger.find_run(RUN)
+    assert run is not None
+    assert (run.platform_status, run.pre_event_missed) == ("InProgress", False)
+    # One second before the window closes (T−10 minus the 60 s margin): still not missed.
+    world.clock.current = START - timedelta(minutes=11, seconds=1)
+    assert ours.tick().missed_pre_events == []
+    world.clock.current = START - timedelta(minutes=11)
+    assert ours.tick().missed_pre_events == [RUN.text]
     run = world.ledger.find_run(RUN)
     assert run is not None
     assert run.pre_event_missed
+    assert ours.tick().missed_pre_events == []
+    notes = [n.message for n in world.ledger.notes if "no pre event" in n.message]
+    assert len(notes) == 1
+    assert "cancel window closed at 2026-12-01T02:49:00+00:00" in notes[0]
+
+
+def test_a_pre_event_that_came_is_never_reported_missed_whatever_the_platform_says() -> None:
+    world = World()
+    world.graph.runs = [platform("InProgress")]
+    world.deliver(PRE)
+    world.clock.current = START + timedelta(minutes=5)
     assert reconciler(world).tick().missed_pre_events == []
-    assert sum("no pre event" in n.message for n in world.ledger.notes) == 1
+
+
+def test_a_pending_run_past_its_window_without_a_pre_event_is_reported_missed() -> None:
+    world = World()
+    world.clock.current = START - timedelta(minutes=5)
+    world.graph.runs = [platform("Pending")]
+    summary = reconciler(world, target_configurations=(RUN.configuration,)).tick()
+    assert summary.missed_pre_events == [RUN.text]
+
+
+def test_a_cancelled_run_without_a_pre_event_is_not_reported_missed() -> None:
+    world = World()
+    world.clock.current = START + timedelta(minutes=5)
+    world.graph.runs = [platform("Cancelled", "Maintenance cancelled due to platform failure")]
+    summary = reconciler(world, target_configurations=(RUN.configuration,)).tick()
+    assert summary.missed_pre_events == []
+
+
+def test_a_run_the_app_cancelled_before_its_pre_event_is_not_reported_missed() -> None:
+    world = World()
+    world.ledger.save_run(
+        dataclasses.replace(Run.first_seen(RUN, world.clock.now()), status=RunStatus.CANCELLED)
+    )
+    world.clock.current = START - timedelta(minutes=5)
+    world.graph.runs = [platform("InProgress")]  # Resource Graph has not caught up yet
+    assert reconciler(world).tick().missed_pre_events == []
+
+
+def test_runs_of_configurations_the_app_does_not_manage_are_never_recorded() -> None:
+    world = World()
+    world.deliver(PRE)
+    world.clock.current = START + timedelta(hours=2)
+    foreign_configuration = ConfigurationId.parse(CONFIGURATION.replace("weekly-linux", "theirs"))
+    foreign = RunId.parse(RUN.text.replace("weekly-linux", "theirs"))
+    # A query that answers wider than asked (or an old infra that scoped by subscription).
+    world.graph.runs = [
+        platform("Succeeded"),
+        platform("Cancelled", "Maintenance cancelled using cancellation API", run=foreign),
+        platform("Failed", run=RunId.parse(foreign.text.replace(RUN.run_name, "20261201040000"))),
+    ]
+    summary = reconciler(world).tick()
+    assert summary.platform_runs == 1
+    assert [r.run_id.configuration.key for r in world.ledger.list_runs()] == [RUN.configuration.key]
+    assert world.graph.runs_asked == [({RUN.configuration.key}, [SUBSCRIPTION])]
+    assert foreign_configuration.key not in world.graph.runs_asked[0][0]
+    assert not any(foreign.key in t.run_id.key for t in world.queue.sent)
+
+
+def test_with_no_configuration_to_manage_nothing_is_read() -> None:
+    world = World()
+    assert reconciler(world).tick().platform_runs == 0
+    assert world.graph.runs_asked == []
 
 
 def test_runs_of_known_configurations_are_read_in_one_query_scoped_to_them() -> None:
