@@ -6,7 +6,9 @@ Used by the end-to-end tests, the fan-out benchmark and `make run` / `make serve
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -14,12 +16,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
+from azure.core.exceptions import ResourceExistsError
 
 from sandbox.azurite import running_azurite
 from sandbox.fake_azure import FakeAzure
 from sandbox.fake_azure.model import MaintenanceRun
 from sandbox.local_host import LocalHost
 
+WEBHOOK_SINK = "/_sandbox/webhook/notifications"
+EVENTS_QUEUE = "maintenance-events"  # shared/entrypoints/events.py
 PRE = "Microsoft.Maintenance.PreMaintenanceEvent"
 POST = "Microsoft.Maintenance.PostMaintenanceEvent"
 # The sandbox's managed identity and workspace (see sandbox/scenarios/*.json).
@@ -64,40 +69,79 @@ class Stack:
 
     # Event Grid ---------------------------------------------------------------------------
 
-    def event(self, kind: str, run: MaintenanceRun, **data: Any) -> dict[str, Any]:
-        """The pre or post event of a run, in the Event Grid schema, as the platform sends it."""
-        payload: dict[str, Any] = {
-            "CorrelationId": run.correlation_id,
-            "MaintenanceConfigurationId": run.configuration_id,
-            "StartDateTime": _iso(run.scheduled_start),
-            "EndDateTime": _iso(run.scheduled_end),
-            "ResourceSubscriptionIds": list(run.subscription_ids),
-        }
-        if kind == PRE:
-            payload["CancellationCutOffDateTime"] = _iso(run.cancellation_cutoff)
-        else:
-            payload["Status"] = "Succeeded"
-        payload.update(data)
-        return {
-            "id": run.correlation_id,
-            "topic": run.configuration_id,
-            "subject": run.configuration_id.rsplit("/", 1)[-1],
-            "eventType": kind,
-            "eventTime": _iso(datetime.now(UTC)),
-            "dataVersion": "1.0",
-            "metadataVersion": "1",
-            "data": payload,
-        }
+    def event(
+        self,
+        kind: str,
+        run: MaintenanceRun,
+        *,
+        schema: str = "EventGrid",
+        key_case: str = "pascal",
+        **data: Any,
+    ) -> dict[str, Any]:
+        """The pre or post event of a run as the platform sends it (the fake plays the
+        scenario's variants); `data` replaces fields, named in PascalCase."""
+        envelope = self.fake.model.maintenance_event(
+            run.correlation_id,
+            "pre" if kind == PRE else "post",
+            schema=schema,
+            key_case=key_case,
+            now=datetime.now(UTC),
+        )
+        by_lower = {k.lower(): k for k in envelope["data"]}
+        for name, value in data.items():
+            envelope["data"][by_lower.get(name.lower(), name)] = value
+        return envelope
 
-    def deliver(self, kind: str, run: MaintenanceRun, **data: Any) -> requests.Response:
-        """POST the event to its function's webhook, as an Event Grid subscription does."""
+    def deliver(
+        self,
+        kind: str,
+        run: MaintenanceRun,
+        *,
+        schema: str = "EventGrid",
+        key_case: str = "pascal",
+        envelope: Mapping[str, Any] | None = None,
+        **data: Any,
+    ) -> requests.Response:
+        """POST the event to its function's webhook, as an Event Grid subscription does: an
+        array for the Event Grid schema, one structured-mode event for CloudEvents."""
         function = "on_pre_maintenance_event" if kind == PRE else "on_post_maintenance_event"
+        event = dict(envelope or self.event(kind, run, schema=schema, key_case=key_case, **data))
+        cloud = "specversion" in event
         return self.session.post(
             self.host.webhook_url(function),
-            json=[self.event(kind, run, **data)],
-            headers={"aeg-event-type": "Notification"},
+            data=json.dumps(event if cloud else [event]).encode("utf-8"),
+            headers={
+                "aeg-event-type": "Notification",
+                "Content-Type": (
+                    "application/cloudevents+json; charset=utf-8"
+                    if cloud
+                    else "application/json; charset=utf-8"
+                ),
+            },
             timeout=30,
         )
+
+    def deliver_to_queue(self, envelope: Mapping[str, Any]) -> None:
+        """Put the event on the events queue, as a Storage-queue event subscription does
+        (base64 text, as host.json's messageEncoding expects)."""
+        from azure.storage.queue import QueueClient
+
+        client = QueueClient.from_connection_string(self.storage_connection_string, EVENTS_QUEUE)
+        with contextlib.suppress(ResourceExistsError):
+            client.create_queue()
+        text = json.dumps(envelope)
+        client.send_message(base64.b64encode(text.encode("utf-8")).decode("ascii"))
+
+    def refused_events(self) -> list[dict[str, Any]]:
+        """GET /api/events/refused."""
+        answer = self.session.get(
+            f"{self.host.url}/api/events/refused",
+            headers={"x-functions-key": self.host.function_key},
+            timeout=30,
+        )
+        answer.raise_for_status()
+        refused: list[dict[str, Any]] = answer.json()["refusedEvents"]
+        return refused
 
     # Operator API -------------------------------------------------------------------------
 
@@ -161,8 +205,13 @@ def running_stack(
     *,
     settings: Mapping[str, str] | None = None,
     storage_connection_string: str | None = None,
+    notify_webhook: bool = False,
 ) -> Iterator[Stack]:
-    """Start the fake Azure (and Azurite, unless given) and the local host serving the app."""
+    """Start the fake Azure (and Azurite, unless given) and the local host serving the app.
+
+    With `notify_webhook` the app's NOTIFY_WEBHOOK_URL is the fake's webhook sink
+    (`fake.requests_matching("POST", "webhook")` shows what the app sent).
+    """
     with contextlib.ExitStack() as stack:
         if storage_connection_string is None:
             storage_connection_string = stack.enter_context(running_azurite()).connection_string
@@ -182,6 +231,7 @@ def running_stack(
             "NO_PROXY": "127.0.0.1,localhost,::1",
             **fake.environment(),
             **FAST_SETTINGS,
+            **({"NOTIFY_WEBHOOK_URL": f"{fake.url}{WEBHOOK_SINK}"} if notify_webhook else {}),
             **(settings or {}),
         }
         _reset_container()
@@ -205,7 +255,3 @@ def _reset_container() -> None:
     from shared import bootstrap
 
     bootstrap.use(None)
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

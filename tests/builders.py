@@ -17,6 +17,7 @@ from shared.domain.runs import (
     EventRecord,
     MachineClaim,
     MachineRecord,
+    RefusedEvent,
     Run,
     RunNote,
 )
@@ -103,6 +104,7 @@ class InMemoryRunLedger:
         self.cancels: list[CancelRequest] = []
         self.claims: dict[str, MachineClaim] = {}
         self.notes: list[RunNote] = []
+        self.refused: list[RefusedEvent] = []
         self.leases: dict[str, tuple[str, datetime]] = {}
         self._counter = 0
         # Writers on several threads (tests of races) must see check-and-write as one step,
@@ -211,6 +213,15 @@ class InMemoryRunLedger:
 
     def list_cancel_requests(self, run_id: RunId) -> Iterator[CancelRequest]:
         return iter([c for c in self.cancels if c.run_id == run_id])
+
+    def add_refused_event(self, refusal: RefusedEvent) -> RefusedEvent:
+        stored = dataclasses.replace(refusal, record_id=f"r{len(self.refused) + 1}")
+        self.refused.append(stored)
+        return stored
+
+    def list_refused_events(self, limit: int) -> list[RefusedEvent]:
+        newest_first = sorted(self.refused, key=lambda r: r.refused_at, reverse=True)
+        return newest_first[:limit]
 
     @staticmethod
     def _check(stored: Run | MachineRecord | MachineClaim | None, version: str | None) -> None:

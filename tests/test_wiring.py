@@ -46,6 +46,12 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "methods": ["GET"],
         "authLevel": "FUNCTION",
     },
+    "list_refused_events": {
+        "type": "httpTrigger",
+        "route": "events/refused",
+        "methods": ["GET"],
+        "authLevel": "FUNCTION",
+    },
     "openapi": {
         "type": "httpTrigger",
         "route": "openapi.json",

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+import json
 import threading
 import uuid
+import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -71,6 +73,31 @@ SCOPE_FROZEN_BEFORE_START = dt.timedelta(minutes=40)
 # Variants the scenario's settings choose between; the first of each is the default.
 MACHINE_STATUS_FIELD_VARIANTS = ("absent", "present")
 MAINTENANCE_RUN_ID_VARIANTS = ("timestamp", "correlation_id", "run_name", "absent")
+# Run names in UTC (the Event Grid schema example) or in the configuration's time zone.
+RUN_NAME_CLOCKS = ("utc", "configuration")
+# ResourceSubscriptionIds as the schema example's array, or as the schema table's string.
+EVENT_SUBSCRIPTION_IDS = ("array", "string", "comma", "json-string", "empty")
+# Maintenance configurations name their time zone the Windows way; the few the sandbox plays.
+WINDOWS_TIME_ZONES = {
+    "UTC": "UTC",
+    "W. Europe Standard Time": "Europe/Berlin",
+    "Pacific Standard Time": "America/Los_Angeles",
+    "Tokyo Standard Time": "Asia/Tokyo",
+    "India Standard Time": "Asia/Kolkata",
+    "AUS Eastern Standard Time": "Australia/Sydney",
+}
+MAINTENANCE_EVENT_TYPES = {
+    "pre": "Microsoft.Maintenance.PreMaintenanceEvent",
+    "post": "Microsoft.Maintenance.PostMaintenanceEvent",
+}
+
+
+def time_zone_of(name: str) -> dt.tzinfo:
+    """A configuration's time zone: a Windows name the sandbox knows, or an IANA name."""
+    try:
+        return zoneinfo.ZoneInfo(WINDOWS_TIME_ZONES.get(name, name))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as error:
+        raise ValueError(f"unknown time zone {name!r}") from error
 
 
 class Clock(Protocol):
@@ -462,6 +489,19 @@ class ModelSettings:
     # patchinstallationresources' maintenanceRunId: "timestamp" (default: the one public
     # sample), "correlation_id", "run_name" or "absent".
     maintenance_run_id: str = MAINTENANCE_RUN_ID_VARIANTS[0]
+    # Undocumented: which clock a run name (yyyyMMddHHmmss) is written in. "utc" (as every
+    # published example) or "configuration" (the configuration's own time zone).
+    run_name_clock: str = "utc"
+    # How events carry ResourceSubscriptionIds: the schema table says a string, its examples an
+    # array. "array" (the examples), "string" (one id, or the first), "comma" (ids joined by
+    # commas), "json-string" (a JSON array inside a string) or "empty".
+    event_subscription_ids: str = "array"
+
+    def __post_init__(self) -> None:
+        if self.run_name_clock not in RUN_NAME_CLOCKS:
+            raise ValueError(f"run_name_clock must be one of {RUN_NAME_CLOCKS}")
+        if self.event_subscription_ids not in EVENT_SUBSCRIPTION_IDS:
+            raise ValueError(f"event_subscription_ids must be one of {EVENT_SUBSCRIPTION_IDS}")
 
 
 class AzureModel:
@@ -984,13 +1024,15 @@ class AzureModel:
         arg_lag: dt.timedelta | float | None = None,
         machines_lag: dt.timedelta | float | None = None,
         correlation_id_style: str = "lower",
+        run_name_clock: str | None = None,
     ) -> MaintenanceRun:
         """Create a run of a configuration for ``machine_ids`` starting at ``scheduled_start``.
 
         ``arg_lag`` delays the run record in Resource Graph, ``machines_lag`` the per-machine
         records (defaults: ``settings.arg_lag_seconds``). ``correlation_id_style`` "lower" writes
         ``microsoft.maintenance/applyupdates`` as the platform's events do; "pascal" writes
-        ``Microsoft.Maintenance/applyUpdates``.
+        ``Microsoft.Maintenance/applyUpdates``. ``run_name_clock`` overrides the setting of the
+        same name: "configuration" names the run in the configuration's time zone.
         """
         with self._lock:
             configuration = self._configurations.get(key(configuration_id))
@@ -1002,7 +1044,13 @@ class AzureModel:
                 if correlation_id_style == "lower"
                 else "providers/Microsoft.Maintenance/applyUpdates"
             )
-            correlation_id = f"{configuration.id}/{segment}/{start.strftime('%Y%m%d%H%M%S')}"
+            clock = run_name_clock or self.settings.run_name_clock
+            if clock not in RUN_NAME_CLOCKS:
+                raise ValueError(f"run_name_clock must be one of {RUN_NAME_CLOCKS}")
+            named_at = start
+            if clock == "configuration":
+                named_at = start.astimezone(time_zone_of(configuration.time_zone))
+            correlation_id = f"{configuration.id}/{segment}/{named_at.strftime('%Y%m%d%H%M%S')}"
             if key(correlation_id) in self._runs:
                 raise ValueError(f"run already exists: {correlation_id}")
             now = self.now()
@@ -1039,6 +1087,62 @@ class AzureModel:
         """The run with that CorrelationId (case-insensitive), or None."""
         with self._lock:
             return self._runs.get(key(correlation_id))
+
+    def maintenance_event(
+        self,
+        correlation_id: str,
+        kind: str,
+        *,
+        schema: str = "EventGrid",
+        key_case: str = "pascal",
+        now: dt.datetime | None = None,
+    ) -> dict[str, Any]:
+        """The pre or post event the platform sends for a run, as the scenario plays it.
+
+        ``kind`` is "pre" or "post"; ``schema`` "EventGrid" or "CloudEvents"; ``key_case`` the
+        letter case of the ``data`` keys: "pascal" (the English schema page), "camel" (a
+        translated page), "lower" or "upper".
+        """
+        run = self.get_run(correlation_id)
+        event_type = MAINTENANCE_EVENT_TYPES[kind]
+        data: dict[str, Any] = {
+            "CorrelationId": run.correlation_id,
+            "MaintenanceConfigurationId": run.configuration_id,
+            "StartDateTime": _event_time(run.scheduled_start),
+            "EndDateTime": _event_time(run.scheduled_end),
+            "ResourceSubscriptionIds": _subscriptions_as(
+                run.subscription_ids, self.settings.event_subscription_ids
+            ),
+        }
+        if kind == "pre":
+            data["CancellationCutOffDateTime"] = _event_time(run.cancellation_cutoff)
+        else:
+            data["Status"] = run.final_status or "Succeeded"
+        data = {_key_in_case(k, key_case): v for k, v in data.items()}
+        sent_at = _event_time(now or self.now())
+        subject = run.configuration_id.rsplit("/", 1)[-1]
+        if schema == "CloudEvents":
+            return {
+                "specversion": "1.0",
+                "id": run.correlation_id,
+                "source": run.configuration_id,
+                "subject": subject,
+                "type": event_type,
+                "time": sent_at,
+                "data": data,
+            }
+        if schema != "EventGrid":
+            raise ValueError("schema must be EventGrid or CloudEvents")
+        return {
+            "id": run.correlation_id,
+            "topic": run.configuration_id,
+            "subject": subject,
+            "eventType": event_type,
+            "eventTime": sent_at,
+            "dataVersion": "1.0",
+            "metadataVersion": "1",
+            "data": data,
+        }
 
     def get_run(self, correlation_id: str) -> MaintenanceRun:
         """The run with that CorrelationId; raises KeyError when unknown."""
@@ -1628,3 +1732,33 @@ def _as_delta(value: dt.timedelta | float | None, default: dt.timedelta) -> dt.t
     if value is None:
         return default
     return value if isinstance(value, dt.timedelta) else dt.timedelta(seconds=value)
+
+
+def _event_time(value: dt.datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _subscriptions_as(subscription_ids: Sequence[str], style: str) -> Any:
+    if style == "array":
+        return list(subscription_ids)
+    if style == "string":
+        return subscription_ids[0] if subscription_ids else ""
+    if style == "comma":
+        return ",".join(subscription_ids)
+    if style == "json-string":
+        return json.dumps(list(subscription_ids))
+    if style == "empty":
+        return []
+    raise ValueError(f"event_subscription_ids must be one of {EVENT_SUBSCRIPTION_IDS}")
+
+
+def _key_in_case(name: str, case: str) -> str:
+    if case == "pascal":
+        return name
+    if case == "camel":
+        return name[0].lower() + name[1:]
+    if case == "lower":
+        return name.lower()
+    if case == "upper":
+        return name.upper()
+    raise ValueError("key_case must be pascal, camel, lower or upper")

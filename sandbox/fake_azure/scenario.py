@@ -16,8 +16,10 @@ from typing import Any
 
 from .faults import FaultPlan
 from .model import (
+    EVENT_SUBSCRIPTION_IDS,
     MACHINE_STATUS_FIELD_VARIANTS,
     MAINTENANCE_RUN_ID_VARIANTS,
+    RUN_NAME_CLOCKS,
     AzureModel,
     ModelSettings,
     PowerState,
@@ -54,13 +56,21 @@ _MODEL_SETTINGS = {
     "default_run_minutes",
 }
 # Words, not timings: kept as strings.
-_MODEL_WORD_SETTINGS = {"status_before_start", "machine_status_field", "maintenance_run_id"}
+_MODEL_WORD_SETTINGS = {
+    "status_before_start",
+    "machine_status_field",
+    "maintenance_run_id",
+    "run_name_clock",
+    "event_subscription_ids",
+}
 _SERVER_SETTINGS = {"token_lifetime_seconds", "lro_retry_after_seconds", "check_audience"}
 # Word settings with a closed set of variants (README "Variants"): name -> the words allowed,
 # the default first. The run status before T takes any word.
 _VARIANT_SETTINGS = {
     "machine_status_field": MACHINE_STATUS_FIELD_VARIANTS,
     "maintenance_run_id": MAINTENANCE_RUN_ID_VARIANTS,
+    "run_name_clock": RUN_NAME_CLOCKS,
+    "event_subscription_ids": EVENT_SUBSCRIPTION_IDS,
 }
 
 

@@ -252,6 +252,13 @@ class FakeAzureService:
             route("GET", r"/_sandbox/health", "sandbox.health", self.health, auth=None),
             route("GET", r"/msi/token", "token", self.msi_token, auth=None),
             route(
+                "POST",
+                r"/_sandbox/webhook/(?P<hook>[^/]+)",
+                "sandbox.webhook",
+                self.webhook_sink,
+                auth=None,
+            ),
+            route(
                 "POST", r"/providers/Microsoft\.ResourceGraph/resources", "arg", self.arg_resources
             ),
             route("GET", _VM_BASE, "compute.get", self.vm_get),
@@ -611,6 +618,11 @@ class FakeAzureService:
     def health(self, request: Request) -> Response:
         """Readiness probe for scripts that start the fake in another process."""
         return Response(200, {"status": "ok", **self.model.summary()})
+
+    def webhook_sink(self, request: Request) -> Response:
+        """A Teams/Slack-style incoming webhook: accepts any JSON post; the request log keeps
+        it, so tests read what the app notified (``requests_matching("POST", "webhook")``)."""
+        return Response(200, {"accepted": True})
 
     def msi_token(self, request: Request) -> Response:
         """App Service managed identity protocol (api-version 2019-08-01, X-IDENTITY-HEADER)."""

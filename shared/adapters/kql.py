@@ -2,13 +2,14 @@
 
 Neither service binds parameters, so every value that enters a query is first validated into a
 domain id (RunId, ConfigurationId, MachineId, subscription GUID) and then written as a literal
-by `_literal`, which refuses anything outside the characters ARM ids are made of. A value that
-fails never reaches a request.
+by `_literal`, which quotes it with KQL's own string-literal escaping: a backslash and a single
+quote are escaped, so no value can end the literal early, whatever ARM lets a name hold (letters
+outside ASCII, dots, parentheses). Control and other non-printable characters are refused: no id
+holds them, and a value that fails never reaches a request.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -17,14 +18,18 @@ from shared.domain.ids import ConfigurationId, InvalidId, MachineId, RunId
 RUN_TYPE = "microsoft.maintenance/maintenanceconfigurations/applyupdates"
 MACHINE_RUN_TYPE = "microsoft.maintenance/applyupdates"
 ASSIGNMENT_TYPE = "microsoft.maintenance/configurationassignments"
-_SAFE_LITERAL = re.compile(r"[A-Za-z0-9_./()\-]{1,512}")
+MAX_LITERAL_LENGTH = 2048
+# KQL's escapes inside a '...' literal; everything else printable stands for itself.
+_KQL_ESCAPES = {"\\": "\\\\", "'": "\\'"}
 
 
 def _literal(value: str) -> str:
-    """A KQL string literal of an already-validated id; refuses anything else."""
-    if not _SAFE_LITERAL.fullmatch(value):
-        raise InvalidId("value is not safe in a query")
-    return f"'{value}'"
+    """A single-quoted KQL string literal holding exactly `value` (KQL escaping rules)."""
+    if not value or len(value) > MAX_LITERAL_LENGTH:
+        raise InvalidId(f"a query value must be 1..{MAX_LITERAL_LENGTH} characters")
+    if not value.isprintable():
+        raise InvalidId("a query value must not hold control or other non-printable characters")
+    return "'" + "".join(_KQL_ESCAPES.get(ch, ch) for ch in value) + "'"
 
 
 def _literal_list(values: Sequence[str]) -> str:

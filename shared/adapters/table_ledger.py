@@ -11,6 +11,7 @@ entity-group transaction:
 | same | `cancel|<requested at>|<request id>` | a cancel request and its audit |
 | same | `note|<at>|<id>` | a note: an error, a warning, a decision |
 | `claim|<sha256(machine id)>` | `claim` | which run owns a VM the app started, which runs need it |
+| `refused` | `refused|<inverted time>|<id>` | an event the app refused (newest first) |
 
 State changes are ETag-checked (If-Match), so two instances cannot overwrite each other.
 """
@@ -49,6 +50,7 @@ from shared.domain.runs import (
     MachineKind,
     MachineRecord,
     NoteLevel,
+    RefusedEvent,
     Run,
     RunNote,
     RunStatus,
@@ -62,6 +64,9 @@ RowT = TypeVar("RowT", Run, MachineRecord)
 
 RUN_ROW = "run"
 CLAIM_ROW = "claim"
+REFUSED_PARTITION = "refused"
+# Row keys sort ascending; counting down from this many microseconds lists the newest first.
+_INVERTED_TIME_BASE = 10**19
 LEASE_PARTITION = "lease"
 TRANSACTION_LIMIT = 100  # entities in one entity-group transaction
 MAX_NOTE_LENGTH = 4000
@@ -355,6 +360,46 @@ class TableRunLedger:
         for entity in self._query(partition_key(run_id), "cancel|"):
             yield _cancel_from(entity, run_id)
 
+    # Refused events -----------------------------------------------------------------------
+
+    def add_refused_event(self, refusal: RefusedEvent) -> RefusedEvent:
+        """Keep a refused delivery; returns it with its record id."""
+        at = refusal.refused_at.astimezone(UTC)
+        micros = int(at.timestamp() * 1_000_000)
+        record_id = f"{_INVERTED_TIME_BASE - micros:020d}-{uuid.uuid4().hex[:12]}"
+        entity = _drop_none(
+            {
+                "PartitionKey": REFUSED_PARTITION,
+                "RowKey": f"refused|{record_id}",
+                "Kind": "refused",
+                "RefusedAt": at,
+                "Channel": refusal.channel[:MAX_NOTE_LENGTH],
+                "Reason": refusal.reason[:MAX_NOTE_LENGTH],
+                "EventId": refusal.event_id,
+                "Excerpt": refusal.excerpt[:MAX_NOTE_LENGTH],
+            }
+        )
+        self._write(entity, None)
+        return dataclasses.replace(refusal, record_id=record_id)
+
+    def list_refused_events(self, limit: int) -> list[RefusedEvent]:
+        """The newest `limit` refused deliveries, newest first."""
+        refused: list[RefusedEvent] = []
+        for entity in self._query(REFUSED_PARTITION, "refused|"):
+            refused.append(
+                RefusedEvent(
+                    refused_at=_required_when(entity, "RefusedAt"),
+                    channel=entity.get("Channel", ""),
+                    reason=entity.get("Reason", ""),
+                    event_id=entity.get("EventId"),
+                    excerpt=entity.get("Excerpt", ""),
+                    record_id=str(entity["RowKey"]).removeprefix("refused|"),
+                )
+            )
+            if len(refused) >= limit:
+                break
+        return refused
+
     # Storage ------------------------------------------------------------------------------
 
     def _get(self, partition: str, row: str) -> Mapping[str, Any] | None:
@@ -499,6 +544,7 @@ def _run_entity(run: Run) -> dict[str, Any]:
             "WrapUpRequestedAt": _utc(run.wrap_up_requested_at),
             "RedrivenAt": _utc(run.redriven_at),
             "StuckReported": run.stuck_reported or None,
+            "StartDateTime": _utc(run.start),
         }
     )
 
@@ -529,6 +575,7 @@ def _run_from(entity: Mapping[str, Any]) -> Run:
         wrap_up_requested_at=_when(entity, "WrapUpRequestedAt"),
         redriven_at=_when(entity, "RedrivenAt"),
         stuck_reported=bool(entity.get("StuckReported", False)),
+        start=_when(entity, "StartDateTime"),
         version=_etag(entity),
     )
 

@@ -1,7 +1,9 @@
 """Maintenance events from Event Grid: parsing and validation (reference §1).
 
 Accepts the Event Grid schema and CloudEvents 1.0, reads `data` keys case-insensitively, and
-refuses anything malformed with an InvalidEvent that says why in one line.
+refuses anything malformed with an InvalidEvent that says why in one line. What Azure may
+legitimately vary (a run name that is not UTC, ResourceSubscriptionIds as a string, a list or
+empty) is accepted and written down in the event's `oddities`, never refused.
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class MaintenanceEvent:
     cancellation_cutoff: datetime | None
     subscription_ids: tuple[str, ...]
     status: str | None
+    # Things Azure may send that the documents do not promise, accepted and worth a run note.
+    oddities: tuple[str, ...] = ()
 
     @property
     def configuration(self) -> ConfigurationId:
@@ -179,23 +183,33 @@ def _parse_envelope(
         raise InvalidEvent("event has no data object", event_id)
     data = _case_insensitive(raw_data, event_id)
 
+    oddities: list[str] = []
     try:
         run = RunId.parse(_required(data, "CorrelationId", event_id))
         configuration = ConfigurationId.parse(
             _required(data, "MaintenanceConfigurationId", event_id)
         )
-        subscriptions = _subscription_ids(_required(data, "ResourceSubscriptionIds", event_id))
+        subscriptions = _subscription_ids(data.get("resourcesubscriptionids"), oddities)
     except InvalidId as e:
         raise InvalidEvent(str(e), event_id) from e
     if configuration != run.configuration:
         raise InvalidEvent("MaintenanceConfigurationId does not match the CorrelationId", event_id)
+    _check_topic(envelope, schema, configuration, event_id)
+    if not subscriptions:
+        subscriptions = (configuration.subscription_id,)
+        oddities.append(
+            "ResourceSubscriptionIds is empty or missing; the machines are looked for in the "
+            f"configuration's own subscription {configuration.subscription_id}"
+        )
 
     start = _time(data, "StartDateTime", event_id)
     end = _time(data, "EndDateTime", event_id)
     if start != run.scheduled_start:
-        raise InvalidEvent(
-            f"StartDateTime {start.isoformat()} does not match the run name {run.run_name}",
-            event_id,
+        # Run names are not documented to be UTC; a configuration has its own time zone.
+        oddities.append(
+            f"StartDateTime {start.isoformat()} differs from the run name {run.run_name} read as "
+            "UTC (it may be in the configuration's time zone); T is taken from StartDateTime, "
+            "the run name still identifies the run"
         )
     if end <= start:
         raise InvalidEvent("EndDateTime is not after StartDateTime", event_id)
@@ -226,7 +240,35 @@ def _parse_envelope(
         cancellation_cutoff=cutoff,
         subscription_ids=subscriptions,
         status=status,
+        oddities=tuple(oddities),
     )
+
+
+def _check_topic(
+    envelope: Mapping[str, Any],
+    schema: EnvelopeSchema,
+    configuration: ConfigurationId,
+    event_id: str,
+) -> None:
+    """The envelope's topic (Event Grid) or source (CloudEvents) names the configuration.
+
+    A maintenance configuration's system topic always sets it to the configuration's id; an
+    event from any other topic is not one the platform sent about this configuration.
+    """
+    name = "source" if schema is EnvelopeSchema.CLOUD_EVENTS else "topic"
+    value = envelope.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidEvent(f"event has no {name}", event_id)
+    try:
+        topic = ConfigurationId.parse(value.strip())
+    except InvalidId:
+        topic = None
+    if topic != configuration:
+        raise InvalidEvent(
+            f"event {name} {describe_for_log(value)} is not the system topic of "
+            f"{configuration.text}",
+            event_id,
+        )
 
 
 def _kind_of(event_type: object, event_id: str) -> EventKind:
@@ -269,12 +311,40 @@ def _wrap(parse: Callable[[], datetime], event_id: str) -> datetime:
         raise InvalidEvent(e.reason, event_id) from e
 
 
-def _subscription_ids(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise InvalidId("ResourceSubscriptionIds is not an array")
-    if len(value) > MAX_SUBSCRIPTIONS:
+_SUBSCRIPTION_SEPARATORS = re.compile(r"[\s,;]+")
+
+
+def _subscription_ids(value: object, oddities: list[str]) -> tuple[str, ...]:
+    """ResourceSubscriptionIds in any shape Azure's documents show: the schema table says a
+    string, its examples an array; a string may hold one id, several separated by commas, or a
+    JSON array. Empty or missing gives an empty tuple (the caller falls back)."""
+    if value is None:
+        return ()
+    items: list[object]
+    if isinstance(value, list):
+        items = list(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                decoded = json.loads(text)
+            except ValueError as e:
+                raise InvalidId("ResourceSubscriptionIds is not a JSON array of ids") from e
+            if not isinstance(decoded, list):
+                raise InvalidId("ResourceSubscriptionIds is not a JSON array of ids")
+            items = decoded
+        else:
+            items = [part for part in _SUBSCRIPTION_SEPARATORS.split(text) if part]
+        if items:  # an empty string is noted as empty by the caller
+            oddities.append(
+                "ResourceSubscriptionIds came as a string, not an array; read "
+                f"{len(items)} subscription id(s) from it"
+            )
+    else:
+        raise InvalidId("ResourceSubscriptionIds is neither an array nor a string")
+    if len(items) > MAX_SUBSCRIPTIONS:
         raise InvalidId(f"ResourceSubscriptionIds holds more than {MAX_SUBSCRIPTIONS} ids")
-    return tuple(dict.fromkeys(parse_subscription_id(item) for item in value))
+    return tuple(dict.fromkeys(parse_subscription_id(item) for item in items))
 
 
 __all__ = [

@@ -1,7 +1,10 @@
 """ARM ids the app trusts: subscriptions, maintenance configurations and runs (applyupdates).
 
-Every id that later reaches a query or a URL passes through here first. The patterns are strict
-on purpose: quotes, pipes, newlines, `..` and other query or path characters never validate.
+Every id that later reaches a query or a URL passes through here first. The patterns follow ARM's
+naming rules (resource-name-rules: resource groups take Unicode letters and digits, '_', '-',
+'.', '(' and ')', and do not end in '.'), so a name ARM accepts is never refused here; quotes,
+pipes, slashes, whitespace, control characters and `..` never validate. Query text still quotes
+every value with KQL's own escaping (shared/adapters/kql.py) rather than trusting these patterns.
 ARM ids are compared case-insensitively; the original text is kept for calls.
 """
 
@@ -14,10 +17,12 @@ from datetime import UTC, datetime
 from shared.domain.timeline import within_calendar
 
 GUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+# `\w` is Unicode-aware: letters and digits of any script, and '_' (ARM's Char.IsLetterOrDigit).
 # Resource group names: letters, digits, '_', '-', '.', '(' and ')'; at most 90; no trailing '.'.
-RESOURCE_GROUP_PATTERN = r"[A-Za-z0-9_.()-]{0,89}[A-Za-z0-9_()-]"
-# Maintenance configuration names: letters, digits, '_', '-', '.'; at most 128.
-CONFIGURATION_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+RESOURCE_GROUP_PATTERN = r"[\w.()-]{0,89}[\w()-]"
+# Maintenance configuration names: ARM's general rule (the Maintenance provider documents none):
+# the resource group's characters, at most 128, no trailing '.'.
+CONFIGURATION_NAME_PATTERN = r"[\w.()-]{0,127}[\w()-]"
 RUN_NAME_PATTERN = r"[0-9]{14}"
 RUN_NAME_FORMAT = "%Y%m%d%H%M%S"
 
@@ -163,8 +168,10 @@ class RunId:
         return hash(self.key)
 
 
-# VM names: up to 64 letters, digits, '_', '-', '.'; Arc machine names: up to 54 of the same.
-MACHINE_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
+# VM names: up to 64 (Linux; 15 for Windows) letters, digits, '_', '-', '.'; Arc machine names up
+# to 54 of the same. Parentheses are accepted too, as ARM's generic rule allows them; no trailing
+# '.'.
+MACHINE_NAME_PATTERN = r"[\w.()-]{0,63}[\w()-]"
 _MACHINE = re.compile(
     rf"/subscriptions/(?P<sub>{GUID_PATTERN})"
     rf"/resourcegroups/(?P<rg>{RESOURCE_GROUP_PATTERN})"

@@ -107,6 +107,9 @@ class Run:
     wrap_up_requested_at: datetime | None = None
     redriven_at: datetime | None = None
     stuck_reported: bool = False
+    # T as the platform's events give it (StartDateTime). The run name is not documented to be
+    # UTC, so it only stands in for T until an event has been seen.
+    start: datetime | None = None
     version: str | None = None
 
     @property
@@ -121,8 +124,8 @@ class Run:
 
     @property
     def scheduled_start(self) -> datetime:
-        """T: when patching starts."""
-        return self.run_id.scheduled_start
+        """T: when patching starts (StartDateTime of the events; the run name until one came)."""
+        return self.start or self.run_id.scheduled_start
 
     @classmethod
     def first_seen(cls, run_id: RunId, now: datetime) -> Run:
@@ -132,11 +135,14 @@ class Run:
     def after_event(self, event: MaintenanceEvent, received_at: datetime) -> Run:
         """This run once `event` is taken into account. Order of delivery does not matter."""
         subscriptions = tuple(dict.fromkeys(self.subscription_ids + event.subscription_ids))
+        # The pre event's StartDateTime is T; a post event only fills it in when no pre came.
+        start = event.start if event.kind is EventKind.PRE or self.start is None else self.start
         changed = dataclasses.replace(
             self,
             end=event.end,
             subscription_ids=subscriptions,
             updated_at=received_at,
+            start=start,
         )
         if event.kind is EventKind.PRE:
             status = self.status
@@ -191,6 +197,21 @@ class EventRecord:
             subscription_ids=event.subscription_ids,
             status=event.status,
         )
+
+
+@dataclass(frozen=True)
+class RefusedEvent:
+    """A delivery the app could not use, kept so an operator can see what was turned away.
+
+    `event_id` and `excerpt` are sanitised (printable, bounded): they come from the sender.
+    """
+
+    refused_at: datetime
+    channel: str
+    reason: str
+    event_id: str | None
+    excerpt: str
+    record_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,16 @@
 """Maintenance events in: two Event Grid triggers (pre, post) and a Storage-queue trigger for
 event subscriptions that deliver to a queue.
 
-A malformed or wrong-type event is refused with one log line and no exception: raising would make
-Event Grid retry it for 24 hours. An infrastructure failure (ledger storage) raises, so the
-delivery is retried.
+An event the app cannot use (malformed, not a maintenance event, a configuration it does not
+manage, a topic that is not the configuration's system topic) is refused loudly (an ERROR line,
+a refused-event record listed by GET /api/events/refused, the webhook) and without an exception:
+raising would make Event Grid retry it for 24 hours. An infrastructure failure (ledger storage)
+raises, so the delivery is retried.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -24,7 +27,14 @@ from shared.domain.events import (
     parse_delivery,
     parse_event,
 )
-from shared.services.intake import IntakeOutcome, follow_up, preparation_delay, take_in_event
+from shared.services.intake import (
+    IntakeOutcome,
+    follow_up,
+    preparation_delay,
+    refuse_event,
+    take_in_event,
+    unmanaged_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +50,24 @@ bp = func.Blueprint()
 @bp.event_grid_trigger(arg_name="event")
 def on_pre_maintenance_event(event: func.EventGridEvent) -> None:
     """Pre maintenance event delivered by an Event Grid subscription."""
-    _take_in(lambda: parse_event(envelope_of(event), PRE_ONLY), "Event Grid (pre)")
+    _take_in(
+        lambda: parse_event(envelope_of(event), PRE_ONLY),
+        "Event Grid (pre)",
+        lambda: _envelope_text(event),
+        event.id,
+    )
 
 
 @bp.function_name("on_post_maintenance_event")
 @bp.event_grid_trigger(arg_name="event")
 def on_post_maintenance_event(event: func.EventGridEvent) -> None:
     """Post maintenance event delivered by an Event Grid subscription."""
-    _take_in(lambda: parse_event(envelope_of(event), POST_ONLY), "Event Grid (post)")
+    _take_in(
+        lambda: parse_event(envelope_of(event), POST_ONLY),
+        "Event Grid (post)",
+        lambda: _envelope_text(event),
+        event.id,
+    )
 
 
 @bp.function_name("on_maintenance_event_message")
@@ -57,6 +77,8 @@ def on_maintenance_event_message(message: func.QueueMessage) -> None:
     _take_in(
         lambda: parse_delivery(message.get_body(), ANY_KIND),
         f"queue {EVENTS_QUEUE} (message {message.id})",
+        lambda: message.get_body().decode("utf-8", errors="replace"),
+        None,
     )
 
 
@@ -87,25 +109,37 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _take_in(parse: Callable[[], MaintenanceEvent], channel: str) -> IntakeOutcome | None:
+def _envelope_text(event: func.EventGridEvent | func.CloudEvent) -> str:
+    try:
+        return json.dumps(envelope_of(event), default=str)
+    except (TypeError, ValueError) as e:  # data that is not JSON: keep what can be said
+        return f"(event {event.id!r}: its data could not be read: {type(e).__name__})"
+
+
+def _take_in(
+    parse: Callable[[], MaintenanceEvent],
+    channel: str,
+    payload: Callable[[], str],
+    envelope_id: str | None,
+) -> IntakeOutcome | None:
+    services = bootstrap.container()
     try:
         event = parse()
     except InvalidEvent as refusal:
-        log.error(
-            "Refused maintenance event from %s: %s (event id %s)",
-            channel,
-            refusal.reason,
-            describe_for_log(refusal.event_id),
-        )
+        _refuse(channel, refusal.reason, refusal.event_id or envelope_id, payload())
         return None
-    services = bootstrap.container()
+    unmanaged = unmanaged_reason(event, services.settings.target_configuration_ids or None)
+    if unmanaged is not None:
+        _refuse(channel, unmanaged, event.event_id, payload())
+        return None
     # Resource Graph is asked (and its client built) only about a post event before its run.
-    early_post = event.kind is EventKind.POST and services.clock.now() < event.run.scheduled_start
+    early_post = event.kind is EventKind.POST and services.clock.now() < event.start
     graph = services.resource_graph if early_post else None
     outcome = take_in_event(event, services.ledger, services.clock, graph)
     task = follow_up(event, outcome)
     if task is not None:
-        services.task_queue.send(task, preparation_delay(task, services.clock.now()))
+        start = outcome.run.scheduled_start if outcome.run else event.start
+        services.task_queue.send(task, preparation_delay(task, services.clock.now(), start))
     log.info(
         "Took in %s event %s for run %s from %s: %s",
         event.kind.short,
@@ -119,3 +153,16 @@ def _take_in(parse: Callable[[], MaintenanceEvent], channel: str) -> IntakeOutco
         else "recorded",
     )
     return outcome
+
+
+def _refuse(channel: str, reason: str, event_id: str | None, payload: str) -> None:
+    services = bootstrap.container()
+    refuse_event(
+        channel=channel,
+        reason=reason,
+        event_id=event_id,
+        payload=payload,
+        ledger=services.ledger,
+        clock=services.clock,
+        notifier=services.notifier,
+    )

@@ -1,5 +1,6 @@
 """The operator API (auth level FUNCTION, never anonymous): cancel a run, list runs, show one,
-and the OpenAPI document. Every error is application/problem+json, from one table."""
+list the events the app refused, and the OpenAPI document. Every error is
+application/problem+json, from one table."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from shared.domain.events import InvalidEvent, parse_time
 from shared.domain.ids import InvalidId, RunId, describe_for_log, parse_run_name
 from shared.domain.json_input import UnreadableJson, load_json
 from shared.services import cancellation, run_queries
+from shared.services.intake import refusal_document
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ PROBLEM = "application/problem+json"
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 MAX_BODY_BYTES = 16 * 1024
 MAX_REASON = 500
+MAX_REFUSED_PAGE = 200
 OID_CLAIMS = ("http://schemas.microsoft.com/identity/claims/objectidentifier", "oid")
 NAME_CLAIMS = (
     "name",
@@ -347,6 +350,25 @@ def _get(req: func.HttpRequest) -> func.HttpResponse:
             matches=[r.run_id.text for r in found],
         )
     return answer(run_queries.run_document(found[0], services.ledger, services.reports))
+
+
+# GET /api/events/refused -------------------------------------------------------------------
+
+
+@bp.function_name("list_refused_events")
+@bp.route(route="events/refused", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def list_refused_events(req: func.HttpRequest) -> func.HttpResponse:
+    """Maintenance events the app refused (newest first), with the reason for each."""
+    return _guarded(_list_refused, req)
+
+
+def _list_refused(req: func.HttpRequest) -> func.HttpResponse:
+    raw = req.params.get("top", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_REFUSED_PAGE:
+        raise BadRequest(f"top must be a whole number from 1 to {MAX_REFUSED_PAGE}")
+    services = bootstrap.container()
+    refused = services.ledger.list_refused_events(int(raw))
+    return answer({"refusedEvents": [refusal_document(r) for r in refused]})
 
 
 # GET /api/openapi.json ---------------------------------------------------------------------

@@ -126,7 +126,7 @@ def cancel_run(
     for _ in range(MAX_ATTEMPTS):
         now = clock.now()
         run = ledger.find_run(run_id)
-        # T: the Run's own (from the event's StartDateTime) when the ledger has one.
+        # T from the run's events (StartDateTime); the run name only when none was seen.
         start = run.scheduled_start if run else run_id.scheduled_start
         window = CancelWindow.for_run(
             start, run.cancellation_cutoff if run else None, context.safety_margin

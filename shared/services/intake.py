@@ -1,18 +1,20 @@
-"""Use case: take in a maintenance event and record it in the run ledger exactly once."""
+"""Use case: take in a maintenance event and record it in the run ledger exactly once, or
+refuse it loudly (ERROR line, a refused-event record, the webhook) when it cannot be used."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from shared.domain.errors import AzureCallFailed, DuplicateEvent, LedgerConflict
 from shared.domain.events import EventKind, MaintenanceEvent
-from shared.domain.ids import RunId, describe_for_log
-from shared.domain.runs import EventRecord, NoteLevel, Run, RunNote, RunStatus
+from shared.domain.ids import ConfigurationId, RunId, describe_for_log
+from shared.domain.runs import EventRecord, NoteLevel, RefusedEvent, Run, RunNote, RunStatus
 from shared.domain.tasks import MAX_TASK_DELAY, Task, TaskKind
 from shared.domain.timeline import Clock, preparation_due
-from shared.services.ports import RunLedger, RunMachinesSource
+from shared.services.ports import Notifier, RunLedger, RunMachinesSource
 from shared.services.reconcile import CANCELLED, FINISHED, normalise_status
 
 log = logging.getLogger(__name__)
@@ -46,11 +48,7 @@ def take_in_event(
     waits for T−40 (`preparation_delay`).
     """
     seen_status = None
-    if (
-        graph is not None
-        and event.kind is EventKind.POST
-        and clock.now() < event.run.scheduled_start
-    ):
+    if graph is not None and event.kind is EventKind.POST and clock.now() < event.start:
         seen_status = _platform_status(graph, event.run)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         now = clock.now()
@@ -82,7 +80,8 @@ def take_in_event(
             event.run.text,
             stored.status.value,
         )
-        due = preparation_due(event.run.scheduled_start)
+        _note_oddities(event, ledger, now)
+        due = preparation_due(stored.scheduled_start)
         if event.kind is EventKind.PRE and now < due:
             _note(
                 ledger,
@@ -103,7 +102,8 @@ def is_early_post_event(
     seen ended in Resource Graph (`seen_status` now, or the ledger's last reading): no real run
     has ended yet, so it must not end this one (its wrap-up would then ignore the real pre
     event)."""
-    if event.kind is not EventKind.POST or now >= event.run.scheduled_start:
+    # T is the event's StartDateTime: the run name is not documented to be UTC.
+    if event.kind is not EventKind.POST or now >= event.start:
         return False
     if run is not None and not run.is_active:
         return False  # cancelled, or wrap-up already under way: nothing left to protect
@@ -141,7 +141,7 @@ def _hold_early_post_event(
     message = (
         f"post event {describe_for_log(event.event_id)} (status {describe_for_log(event.status)})"
         f" received at {now.isoformat()}, before the run's start "
-        f"{event.run.scheduled_start.isoformat()}: recorded and held; the run is wrapped up "
+        f"{event.start.isoformat()}: recorded and held; the run is wrapped up "
         "after a post event that comes after its start, or once Resource Graph shows it ended"
     )
     log.warning("Run %s: %s", event.run.text, message)
@@ -149,12 +149,13 @@ def _hold_early_post_event(
     return run
 
 
-def preparation_delay(task: Task, now: datetime) -> timedelta:
-    """How long to hold a task before it is worth running: a prepare task waits for T−40
-    (in one hop of at most MAX_TASK_DELAY); everything else goes at once."""
+def preparation_delay(task: Task, now: datetime, start: datetime) -> timedelta:
+    """How long to hold a task before it is worth running: a prepare task waits for T−40 of its
+    run starting at `start` (in one hop of at most MAX_TASK_DELAY); everything else goes at
+    once."""
     if task.kind is not TaskKind.PREPARE:
         return timedelta(0)
-    wait = preparation_due(task.run_id.scheduled_start) - now
+    wait = preparation_due(start) - now
     return max(timedelta(0), min(wait, MAX_TASK_DELAY))
 
 
@@ -180,3 +181,106 @@ def follow_up(event: MaintenanceEvent, outcome: IntakeOutcome) -> Task | None:
     if event.kind is EventKind.POST and run.status is RunStatus.POST_EVENT_RECEIVED:
         return Task(TaskKind.WRAP_UP, run.run_id)
     return None
+
+
+def _note_oddities(event: MaintenanceEvent, ledger: RunLedger, now: datetime) -> None:
+    """What the event held that Azure's documents do not promise: a line in the run's notes
+    (and so its report), so an operator sees what the app tolerated."""
+    for oddity in event.oddities:
+        log.warning("Run %s: %s event: %s", event.run.text, event.kind.short, oddity)
+        ledger.add_note(
+            RunNote(event.run, now, NoteLevel.WARNING, f"{event.kind.short} event", oddity)
+        )
+
+
+def unmanaged_reason(
+    event: MaintenanceEvent, managed: Collection[ConfigurationId] | None
+) -> str | None:
+    """Why the app must not act on `event`'s configuration, or None when it may.
+
+    With TARGET_CONFIGURATION_IDS set, only those configurations are ours.
+    """
+    if managed is None or event.configuration in managed:
+        return None
+    return (
+        f"maintenance configuration {event.configuration.text} is not one the app manages "
+        "(TARGET_CONFIGURATION_IDS)"
+    )
+
+
+# What of a refused payload is kept: enough to recognise it, never the whole body.
+MAX_EXCERPT = 1000
+MAX_REFUSED_ID = 512  # as long as an event id may be (events.MAX_EVENT_ID_LENGTH)
+
+
+def sanitised(text: str, limit: int) -> str:
+    """Untrusted text made printable (escapes for the rest) and cut to `limit` characters."""
+    printable = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text[: limit * 2])
+    return printable if len(printable) <= limit else printable[: limit - 3] + "..."
+
+
+def refuse_event(
+    *,
+    channel: str,
+    reason: str,
+    event_id: str | None,
+    payload: str,
+    ledger: RunLedger,
+    clock: Clock,
+    notifier: Notifier | None,
+) -> RefusedEvent:
+    """Refuse a delivery loudly: an ERROR line, a record the operator can list, the webhook.
+
+    Never raises for the event itself (Event Grid would only retry it); a storage failure does
+    raise, so the delivery comes again and the refusal is not lost.
+    """
+    safe_id = None if event_id is None else sanitised(event_id, MAX_REFUSED_ID)
+    log.error(
+        "Refused maintenance event %s from %s: %s",
+        safe_id if safe_id is not None else "(no id)",
+        channel,
+        sanitised(reason, 500),
+    )
+    stored = ledger.add_refused_event(
+        RefusedEvent(
+            refused_at=clock.now(),
+            channel=channel,
+            reason=sanitised(reason, 2000),
+            event_id=safe_id,
+            excerpt=sanitised(payload, MAX_EXCERPT),
+        )
+    )
+    if notifier is not None:
+        try:
+            notifier.send(refusal_message(stored))
+        except Exception as e:  # the record is kept; a webhook outage must not retry the event
+            log.error(
+                "Could not notify about refused event %s: %s (record %s is kept)",
+                safe_id if safe_id is not None else "(no id)",
+                type(e).__name__,
+                stored.record_id,
+            )
+    return stored
+
+
+def refusal_message(refusal: RefusedEvent) -> dict[str, object]:
+    """The webhook message for a refused event."""
+    return {
+        "text": (
+            f"Refused a maintenance event from {refusal.channel}: {refusal.reason} "
+            f"(event id {refusal.event_id or '(none)'}). GET /api/events/refused lists them."
+        ),
+        "refusedEvent": refusal_document(refusal),
+    }
+
+
+def refusal_document(refusal: RefusedEvent) -> dict[str, object]:
+    """A refused event as the HTTP API and the webhook show it."""
+    return {
+        "id": refusal.record_id,
+        "refusedAt": refusal.refused_at.isoformat(),
+        "channel": refusal.channel,
+        "reason": refusal.reason,
+        "eventId": refusal.event_id,
+        "excerpt": refusal.excerpt,
+    }

@@ -22,6 +22,7 @@ from shared.domain.runs import (
     EventRecord,
     MachineClaim,
     MachineRecord,
+    RefusedEvent,
     Run,
     RunNote,
 )
@@ -102,6 +103,14 @@ class RunLedger(Protocol):
 
     def list_cancel_requests(self, run_id: RunId) -> Iterator[CancelRequest]:
         """The run's cancel requests, oldest first."""
+        ...
+
+    def add_refused_event(self, refusal: RefusedEvent) -> RefusedEvent:
+        """Keep a delivery the app refused; returns it with its record id."""
+        ...
+
+    def list_refused_events(self, limit: int) -> list[RefusedEvent]:
+        """The newest `limit` refused deliveries, newest first."""
         ...
 
 

@@ -436,3 +436,31 @@ def test_without_a_platform_identity_no_credential_probes_imds(
     kinds = [type(c).__name__ for c in credential.credentials]
     assert "ManagedIdentityCredential" not in kinds
     assert "WorkloadIdentityCredential" not in kinds
+
+
+ARM_NAMES = [
+    ("rg-Ünïcødé.(prod)_東京", "wëb.01(a)-", "wöchentlich.linux(1)"),
+    ("rg.with.dots", "vm.with.dots", "mc.v2.0"),
+    ("(paren)", "vm(1)", "(weekly)"),
+]
+
+
+@pytest.mark.parametrize(("group", "vm", "configuration_name"), ARM_NAMES)
+def test_names_arm_accepts_are_quoted_into_queries_and_found(
+    fake: FakeAzure, graph: ResourceGraphMachines, group: str, vm: str, configuration_name: str
+) -> None:
+    from sandbox.fake_azure.model import VmSpec
+
+    fake.model.add_vms([VmSpec(subscription_id=SUBSCRIPTION, resource_group=group, name=vm)])
+    configuration = fake.model.add_maintenance_configuration(
+        SUBSCRIPTION, group, configuration_name
+    )
+    machine = MachineId.parse(vm_id(SUBSCRIPTION, group, vm))
+    start = (datetime.now(UTC) + timedelta(minutes=35)).replace(second=0, microsecond=0)
+    created = fake.model.create_run(configuration.id, start, [machine.text], arg_lag=0)
+    run = RunId.parse(created.correlation_id)
+    fake.clear_requests()
+    assert [m.machine for m in graph.list_run_machines(run, [SUBSCRIPTION])] == [machine]
+    assert [r.run_id for r in graph.list_runs([configuration.id], [SUBSCRIPTION])] == [run]
+    queries = [c.body["query"] for c in fake.requests_matching("POST", "ResourceGraph")]
+    assert all(configuration_name in q for q in queries)

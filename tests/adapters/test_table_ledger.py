@@ -24,6 +24,7 @@ from shared.domain.runs import (
     MachineKind,
     MachineRecord,
     NoteLevel,
+    RefusedEvent,
     Run,
     RunNote,
     RunStatus,
@@ -299,3 +300,37 @@ def test_run_fields_of_later_steps_round_trip(ledger: TableRunLedger) -> None:
     )
     stored = ledger.save_run(run)
     assert ledger.find_run(RUN) == stored
+
+
+def test_refused_events_round_trip_newest_first(ledger: TableRunLedger) -> None:
+    stored = [
+        ledger.add_refused_event(
+            RefusedEvent(
+                refused_at=NOW + timedelta(seconds=seconds),
+                channel="Event Grid (pre)",
+                reason=f"reason {seconds}",
+                event_id=None if seconds == 2 else f"id-{seconds}",
+                excerpt='{"id": "x"}',
+            )
+        )
+        for seconds in (1, 3, 2)
+    ]
+    assert all(r.record_id for r in stored)
+    listed = ledger.list_refused_events(10)
+    assert [r.reason for r in listed] == ["reason 3", "reason 2", "reason 1"]
+    assert listed[1].event_id is None
+    assert listed[0] == stored[1]
+    assert [r.reason for r in ledger.list_refused_events(2)] == ["reason 3", "reason 2"]
+    assert ledger.find_run(RUN) is None  # refusals never make a run
+
+
+def test_a_run_keeps_t_from_its_events_not_its_name(ledger: TableRunLedger) -> None:
+    local = CORRELATION_ID.replace("20261201030000", "20261201040000")
+    event = parse_event(event_grid_event(PRE, CorrelationId=local), ANY)
+    run = Run.first_seen(event.run, NOW).after_event(event, NOW)
+    ledger.record_event(EventRecord.of(event, NOW), run)
+    again = ledger.find_run(event.run)
+    assert again is not None
+    assert again.run_id.run_name == "20261201040000"
+    assert again.start == START
+    assert again.scheduled_start == START

@@ -19,13 +19,14 @@ from azure.functions.queue import QueueMessage
 
 from shared import bootstrap
 from shared.config import ConfigError, Settings
-from shared.domain.errors import LedgerUnavailable
+from shared.domain.errors import LedgerUnavailable, NotificationFailed
 from shared.entrypoints.events import (
     on_maintenance_event_message,
     on_post_maintenance_event,
     on_pre_maintenance_event,
 )
 from tests.builders import (
+    CONFIGURATION,
     CORRELATION_ID,
     POST,
     PRE,
@@ -35,7 +36,7 @@ from tests.builders import (
     event_grid_event,
 )
 
-LOGGER = "shared.entrypoints.events"
+LOGGER = "shared"
 
 
 def delivered(envelope: dict[str, Any]) -> Any:
@@ -119,16 +120,26 @@ def test_queue_delivery_feeds_the_same_intake(storage: TableServiceClient, table
     assert statuses == {"pre", "post"}
 
 
-def test_wrong_event_type_is_refused_with_one_log_line(
+def refused_rows(storage: TableServiceClient, table_name: str) -> list[dict[str, Any]]:
+    return [r for r in rows(storage, table_name) if r["Kind"] == "refused"]
+
+
+def test_wrong_event_type_is_refused_with_one_error_line_and_a_record(
     storage: TableServiceClient, table_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     on_pre_maintenance_event(delivered(event_grid_event(POST)))
-    refusals = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(refusals) == 1
-    assert "Refused maintenance event from Event Grid (pre)" in refusals[0].getMessage()
-    assert "PostMaintenanceEvent" in refusals[0].getMessage()
-    assert rows(storage, table_name) == []
+    refusals = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.levelno for r in refusals] == [logging.ERROR]
+    message = refusals[0].getMessage()
+    assert message.startswith(f"Refused maintenance event {CORRELATION_ID} from Event Grid (pre)")
+    assert "PostMaintenanceEvent" in message
+    [refused] = rows(storage, table_name)
+    assert refused["Kind"] == "refused"
+    assert refused["EventId"] == CORRELATION_ID
+    assert refused["Channel"] == "Event Grid (pre)"
+    assert "PostMaintenanceEvent" in refused["Reason"]
+    assert CORRELATION_ID in refused["Excerpt"]
 
 
 def oversized() -> bytes:
@@ -172,8 +183,11 @@ BAD_BODIES = {
         event_grid_event(PRE, CorrelationId=CORRELATION_ID.replace("weekly-linux", "a%2F..%2Fb"))
     ).encode(),
     "bad time": json.dumps(event_grid_event(PRE, EndDateTime="soon")).encode(),
-    "start not run name": json.dumps(
-        event_grid_event(PRE, StartDateTime="2026-12-01T03:30:00Z")
+    "foreign topic": json.dumps(
+        {
+            **event_grid_event(PRE),
+            "topic": CONFIGURATION.replace("weekly-linux", "someone-elses"),
+        }
     ).encode(),
     "1 MB payload": oversized(),
     "binary": b"\x00\xff\xfe" * 10,
@@ -181,30 +195,113 @@ BAD_BODIES = {
 
 
 @pytest.mark.parametrize("name", list(BAD_BODIES))
-def test_bad_queue_messages_are_refused_without_raising_or_writing(
+def test_bad_queue_messages_are_refused_loudly_without_raising_or_a_run(
     name: str, storage: TableServiceClient, table_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     on_maintenance_event_message(queue_message(BAD_BODIES[name]))
-    refusals = [r for r in caplog.records if r.name == LOGGER]
+    refusals = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.levelno for r in refusals] == [logging.ERROR]
     message = refusals[0].getMessage()
-    assert "\n" not in message and len(message) < 600
-    assert rows(storage, table_name) == []
+    assert "\n" not in message and len(message) < 1200
+    [refused] = rows(storage, table_name)
+    assert refused["Kind"] == "refused"
+    assert refused["Channel"].startswith("queue maintenance-events")
+    assert len(refused["Excerpt"]) <= 1000 and refused["Excerpt"].isprintable()
 
 
 @pytest.mark.parametrize(
     "name",
-    ["missing data", "wrong type", "quote in id", "bad time", "start not run name", "1 MB payload"],
+    ["missing data", "wrong type", "quote in id", "bad time", "foreign topic", "1 MB payload"],
 )
-def test_bad_event_grid_events_are_refused_without_raising_or_writing(
+def test_bad_event_grid_events_are_refused_loudly_without_raising_or_a_run(
     name: str, storage: TableServiceClient, table_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     envelope = json.loads(BAD_BODIES[name])
     on_pre_maintenance_event(delivered(envelope))
-    assert [r.levelno for r in caplog.records if r.name == LOGGER] == [logging.ERROR]
-    assert rows(storage, table_name) == []
+    assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == [logging.ERROR]
+    assert [r["Kind"] for r in rows(storage, table_name)] == ["refused"]
+
+
+class RecordingNotifier:
+    def __init__(self, fails: bool = False) -> None:
+        self.sent: list[Any] = []
+        self.fails = fails
+
+    def send(self, summary: Any) -> None:
+        self.sent.append(summary)
+        if self.fails:
+            raise NotificationFailed("webhook answered 500")
+
+
+def guarded_container(
+    azurite_connection_string: str, table_name: str, notifier: RecordingNotifier
+) -> bootstrap.Container:
+    settings = Settings.from_environ(
+        {
+            "AzureWebJobsStorage": azurite_connection_string,
+            "LEDGER_TABLE_NAME": table_name,
+            "TARGET_CONFIGURATION_IDS": CONFIGURATION,
+            "NOTIFY_WEBHOOK_URL": "https://hooks.example.invalid/secret-path",
+        }
+    )
+    container = bootstrap.Container(settings=settings, clock=FixedClock())
+    container.provide("notifier", notifier)
+    return container
+
+
+def test_an_event_of_a_configuration_the_app_does_not_manage_is_refused_and_notified(
+    azurite_connection_string: str,
+    table_name: str,
+    storage: TableServiceClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notifier = RecordingNotifier()
+    bootstrap.use(guarded_container(azurite_connection_string, table_name, notifier))
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    foreign = CONFIGURATION.replace("weekly-linux", "monthly")
+    foreign_run = CORRELATION_ID.replace("weekly-linux", "monthly")
+    envelope = event_grid_event(PRE, CorrelationId=foreign_run, MaintenanceConfigurationId=foreign)
+    envelope["topic"] = foreign
+    on_pre_maintenance_event(delivered(envelope))
+    [refused] = rows(storage, table_name)
+    assert refused["Kind"] == "refused"
+    assert "not one the app manages" in refused["Reason"]
+    [message] = notifier.sent
+    assert message["refusedEvent"]["eventId"] == foreign_run
+    assert "TARGET_CONFIGURATION_IDS" in message["text"]
+    # Our own configuration's event is still taken in.
+    on_pre_maintenance_event(delivered(event_grid_event(PRE)))
+    kinds = sorted(r["Kind"] for r in rows(storage, table_name))
+    assert kinds == ["event", "refused", "run"]
+    assert "secret-path" not in caplog.text
+
+
+def test_a_webhook_that_fails_does_not_fail_the_refusal(
+    azurite_connection_string: str,
+    table_name: str,
+    storage: TableServiceClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notifier = RecordingNotifier(fails=True)
+    bootstrap.use(guarded_container(azurite_connection_string, table_name, notifier))
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    on_pre_maintenance_event(delivered(event_grid_event(POST)))
+    assert len(notifier.sent) == 1
+    assert [r["Kind"] for r in rows(storage, table_name)] == ["refused"]
+    assert "Could not notify about refused event" in caplog.text
+    assert "secret-path" not in caplog.text and "hooks.example" not in caplog.text
+
+
+def test_oddities_of_an_accepted_event_become_run_notes(
+    storage: TableServiceClient, table_name: str
+) -> None:
+    on_pre_maintenance_event(delivered(event_grid_event(PRE, ResourceSubscriptionIds="")))
+    notes = [r for r in rows(storage, table_name) if r["Kind"] == "note"]
+    [note] = notes
+    assert note["Level"] == "Warning"
+    assert "configuration's own subscription" in note["Message"]
 
 
 def test_queue_message_as_the_host_decodes_base64(
@@ -229,6 +326,9 @@ def test_storage_unreachable_raises_so_event_grid_retries(table_name: str) -> No
     try:
         with pytest.raises(LedgerUnavailable):
             on_pre_maintenance_event(delivered(event_grid_event(PRE)))
+        # A refusal that cannot be recorded is retried too, so it is never lost.
+        with pytest.raises(LedgerUnavailable):
+            on_pre_maintenance_event(delivered(event_grid_event(POST)))
         with pytest.raises(LedgerUnavailable):
             on_maintenance_event_message(queue_message(json.dumps(event_grid_event(PRE)).encode()))
     finally:

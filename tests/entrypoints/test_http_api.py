@@ -17,8 +17,14 @@ from shared.config import Settings
 from shared.domain.errors import AzureCallFailed, LedgerUnavailable
 from shared.domain.ids import RunId
 from shared.domain.platform import PlatformRun
-from shared.domain.runs import Run
-from shared.entrypoints.http_api import cancel_run, get_run, list_runs, openapi
+from shared.domain.runs import RefusedEvent, Run, RunStatus
+from shared.entrypoints.http_api import (
+    cancel_run,
+    get_run,
+    list_refused_events,
+    list_runs,
+    openapi,
+)
 from tests.builders import CORRELATION_ID, PRE, START, FixedClock, InMemoryRunLedger
 from tests.fakes import FakeCanceller, FakeGraph, FakeReports, ScheduledQueue
 from tests.unit.test_orchestration import World
@@ -405,8 +411,59 @@ def test_the_openapi_document_is_served_and_lists_every_route() -> None:
         "/runs/cancel",
         "/runs",
         "/runs/{configuration}/{runName}",
+        "/events/refused",
         "/openapi.json",
     }
+
+
+def test_refused_events_are_listed_newest_first_with_their_reason(api: Api) -> None:
+    for minutes, reason in ((1, "first"), (2, "second"), (3, "third")):
+        api.ledger.add_refused_event(
+            RefusedEvent(
+                refused_at=START + timedelta(minutes=minutes),
+                channel="Event Grid (pre)",
+                reason=reason,
+                event_id=f"id-{minutes}",
+                excerpt="{}",
+            )
+        )
+    response = get(list_refused_events, "http://localhost/api/events/refused", {"top": "2"})
+    assert response.status_code == 200
+    refused = document(response)["refusedEvents"]
+    assert [r["reason"] for r in refused] == ["third", "second"]
+    assert refused[0] == {
+        "id": "r3",
+        "refusedAt": (START + timedelta(minutes=3)).isoformat(),
+        "channel": "Event Grid (pre)",
+        "reason": "third",
+        "eventId": "id-3",
+        "excerpt": "{}",
+    }
+
+
+@pytest.mark.parametrize("top", ["0", "201", "x", "-3", "1.5", ""])
+def test_a_bad_page_size_for_refused_events_is_a_400_problem(api: Api, top: str) -> None:
+    response = get(list_refused_events, "http://localhost/api/events/refused", {"top": top})
+    assert "top" in assert_problem(response, 400)["detail"]
+
+
+def test_the_cancel_window_comes_from_the_run_s_start_not_its_name(api: Api) -> None:
+    # The run name reads 04:00 (the configuration's time zone); StartDateTime said 03:00 UTC.
+    local = RunId.parse(CORRELATION_ID.replace("20261201030000", "20261201040000"))
+    api.ledger.save_run(
+        Run(
+            run_id=local,
+            status=RunStatus.PREPARED,
+            created_at=START - timedelta(hours=1),
+            updated_at=START - timedelta(hours=1),
+            start=START,
+        )
+    )
+    body = document(api.cancel({"correlationId": local.text}))
+    # The fake answers as the spec's example does (202 "Cancel"): an accepted cancel.
+    assert body["outcome"] == "CancelRequested", body
+    assert body["windowOpensAt"] == "2026-12-01T02:20:00+00:00"
+    assert body["windowClosesAt"] == "2026-12-01T02:49:00+00:00"
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,6 @@ def test_missing_data_is_refused() -> None:
         "MaintenanceConfigurationId",
         "StartDateTime",
         "EndDateTime",
-        "ResourceSubscriptionIds",
     ],
 )
 def test_missing_required_fields_are_named(field: str) -> None:
@@ -172,10 +171,89 @@ def test_times_that_do_not_parse_are_refused(field: str, value: object) -> None:
     refusal(event_grid_event(PRE, **{field: value}))
 
 
-def test_start_that_does_not_match_the_run_name_is_refused() -> None:
-    assert "does not match the run name" in refusal(
-        event_grid_event(PRE, StartDateTime="2026-12-01T04:00:00Z")
+def test_start_that_differs_from_the_run_name_is_accepted_as_t_and_noted() -> None:
+    # A configuration in UTC+1 names its 04:00 local run 20261201040000 while T is 03:00 UTC.
+    local_name = CORRELATION_ID.replace("20261201030000", "20261201040000")
+    event = parse_event(event_grid_event(PRE, CorrelationId=local_name), ANY)
+    assert event.start == START
+    assert event.run.run_name == "20261201040000"
+    [oddity] = event.oddities
+    assert "differs from the run name 20261201040000" in oddity
+    assert "T is taken from StartDateTime" in oddity
+
+
+def test_an_event_whose_start_matches_its_run_name_has_no_oddities() -> None:
+    assert parse_event(event_grid_event(PRE), ANY).oddities == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (SUBSCRIPTION, (SUBSCRIPTION,)),
+        (f"{SUBSCRIPTION},{OTHER_SUBSCRIPTION}", (SUBSCRIPTION, OTHER_SUBSCRIPTION)),
+        (f" {SUBSCRIPTION} , {OTHER_SUBSCRIPTION.upper()} ", (SUBSCRIPTION, OTHER_SUBSCRIPTION)),
+        (f'["{SUBSCRIPTION}", "{OTHER_SUBSCRIPTION}"]', (SUBSCRIPTION, OTHER_SUBSCRIPTION)),
+    ],
+)
+def test_subscription_ids_as_a_string_are_read_and_noted(value: str, expected: object) -> None:
+    event = parse_event(event_grid_event(PRE, ResourceSubscriptionIds=value), ANY)
+    assert event.subscription_ids == expected
+    assert any("came as a string" in o for o in event.oddities)
+
+
+@pytest.mark.parametrize("value", [[], "", "   ", None])
+def test_empty_or_missing_subscription_ids_fall_back_to_the_configuration_s(
+    value: object,
+) -> None:
+    envelope = event_grid_event(PRE)
+    envelope["data"]["ResourceSubscriptionIds"] = value
+    if value is None:
+        del envelope["data"]["ResourceSubscriptionIds"]
+    event = parse_event(envelope, ANY)
+    assert event.subscription_ids == (SUBSCRIPTION,)
+    assert any("configuration's own subscription" in o for o in event.oddities)
+
+
+def test_a_topic_that_is_not_the_configuration_is_refused_in_both_schemas() -> None:
+    other = CORRELATION_ID.split("/providers/microsoft.maintenance/applyupdates")[0].replace(
+        "weekly-linux", "someone-elses"
     )
+    grid = event_grid_event(PRE)
+    grid["topic"] = other
+    assert "is not the system topic of" in refusal(grid)
+    cloud = cloud_event(PRE)
+    cloud["source"] = "/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/accounts/z"
+    assert "source" in refusal(cloud)
+
+
+def test_an_event_without_topic_or_source_is_refused() -> None:
+    grid = event_grid_event(PRE)
+    del grid["topic"]
+    assert "no topic" in refusal(grid)
+    cloud = cloud_event(PRE)
+    cloud["source"] = ""
+    assert "no source" in refusal(cloud)
+
+
+def test_topic_is_compared_case_insensitively() -> None:
+    grid = event_grid_event(PRE)
+    grid["topic"] = grid["topic"].lower()
+    assert parse_event(grid, ANY).kind is EventKind.PRE
+
+
+def test_names_arm_accepts_outside_ascii_with_dots_and_parentheses_are_accepted() -> None:
+    configuration = (
+        f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-Ünïcødé.(prod)_東京/providers/"
+        "Microsoft.Maintenance/maintenanceConfigurations/wöchentlich.linux(1)-"
+    )
+    correlation = f"{configuration}/providers/microsoft.maintenance/applyupdates/20261201030000"
+    envelope = event_grid_event(
+        PRE, CorrelationId=correlation, MaintenanceConfigurationId=configuration
+    )
+    envelope["topic"] = configuration
+    event = parse_event(envelope, ANY)
+    assert event.configuration.resource_group == "rg-Ünïcødé.(prod)_東京"
+    assert event.configuration.name == "wöchentlich.linux(1)-"
 
 
 def test_end_before_start_and_cutoff_after_start_are_refused() -> None:
@@ -186,7 +264,8 @@ def test_end_before_start_and_cutoff_after_start_are_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "subscriptions", ["1b7a", ["not-a-guid"], [SUBSCRIPTION + "'"], [None], ["a"] * 1001]
+    "subscriptions",
+    ["1b7a", ["not-a-guid"], [SUBSCRIPTION + "'"], [None], ["a"] * 1001, "[1, 2", 42, {"a": 1}],
 )
 def test_bad_subscription_ids_are_refused(subscriptions: object) -> None:
     refusal(event_grid_event(PRE, ResourceSubscriptionIds=subscriptions))

@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 
-from shared.domain.errors import AzureCallFailed, LedgerConflict
+from shared.domain.errors import AzureCallFailed, LedgerConflict, LedgerUnavailable
 from shared.domain.events import EventKind, parse_event
-from shared.domain.ids import RunId
+from shared.domain.ids import ConfigurationId, RunId
 from shared.domain.platform import PlatformRun
 from shared.domain.runs import NoteLevel, Run, RunStatus
 from shared.domain.tasks import MAX_TASK_DELAY, Task, TaskKind
@@ -16,13 +16,17 @@ from shared.services.intake import (
     follow_up,
     is_early_post_event,
     preparation_delay,
+    refuse_event,
     take_in_event,
+    unmanaged_reason,
 )
 from tests.builders import (
+    CONFIGURATION,
     CORRELATION_ID,
     POST,
     PRE,
     START,
+    SUBSCRIPTION,
     FixedClock,
     InMemoryRunLedger,
     event_grid_event,
@@ -121,6 +125,105 @@ def test_endless_conflicts_give_up_with_a_conflict_error() -> None:
     assert len(calls) == MAX_ATTEMPTS
 
 
+def test_oddities_of_an_event_are_written_once_as_run_notes() -> None:
+    ledger, clock = InMemoryRunLedger(), FixedClock()
+    local = CORRELATION_ID.replace("20261201030000", "20261201040000")
+    event = parse_event(
+        event_grid_event(PRE, CorrelationId=local, ResourceSubscriptionIds=SUBSCRIPTION), ANY
+    )
+    take_in_event(event, ledger, clock)
+    take_in_event(event, ledger, clock)  # a redelivery adds nothing
+    notes = list(ledger.list_notes(RunId.parse(local)))
+    assert [n.level for n in notes] == [NoteLevel.WARNING, NoteLevel.WARNING]
+    assert any("came as a string" in n.message for n in notes)
+    assert any("differs from the run name" in n.message for n in notes)
+    stored = ledger.find_run(RunId.parse(local))
+    assert stored is not None and stored.scheduled_start == START
+
+
+def test_only_configurations_in_the_allow_list_are_managed() -> None:
+    event = parse_event(event_grid_event(PRE), ANY)
+    assert unmanaged_reason(event, None) is None
+    assert (
+        unmanaged_reason(
+            event,
+            [
+                ConfigurationId.parse(
+                    CONFIGURATION.upper().replace("SUBSCRIPTIONS", "subscriptions")
+                )
+            ],
+        )
+        is None
+    )
+    other = ConfigurationId.parse(CONFIGURATION.replace("weekly-linux", "monthly"))
+    reason = unmanaged_reason(event, [other])
+    assert reason is not None and "TARGET_CONFIGURATION_IDS" in reason
+
+
+class Notifications:
+    def __init__(self, fails: bool = False) -> None:
+        self.sent: list[object] = []
+        self.fails = fails
+
+    def send(self, summary: object) -> None:
+        self.sent.append(summary)
+        if self.fails:
+            raise RuntimeError("webhook down")
+
+
+def test_a_refusal_is_recorded_sanitised_and_notified() -> None:
+    ledger, clock, notifier = InMemoryRunLedger(), FixedClock(), Notifications()
+    stored = refuse_event(
+        channel="Event Grid (pre)",
+        reason="event has no data object",
+        event_id="id\nwith\x00controls" + "x" * 1000,
+        payload="{" + "y" * 5000 + "\x07}",
+        ledger=ledger,
+        clock=clock,
+        notifier=notifier,
+    )
+    assert ledger.list_refused_events(10) == [stored]
+    assert stored.event_id is not None and stored.event_id.isprintable()
+    assert len(stored.event_id) <= 512
+    assert len(stored.excerpt) <= 1000 and stored.excerpt.isprintable()
+    assert stored.refused_at == clock.now()
+    [message] = notifier.sent
+    assert isinstance(message, dict) and message["refusedEvent"]["reason"] == stored.reason
+
+
+def test_a_failing_webhook_does_not_undo_or_fail_a_refusal() -> None:
+    ledger, notifier = InMemoryRunLedger(), Notifications(fails=True)
+    refuse_event(
+        channel="queue",
+        reason="payload is not JSON",
+        event_id=None,
+        payload="nope",
+        ledger=ledger,
+        clock=FixedClock(),
+        notifier=notifier,
+    )
+    assert len(ledger.list_refused_events(10)) == 1
+
+
+def test_a_refusal_that_cannot_be_stored_raises_so_the_delivery_is_retried() -> None:
+    ledger = InMemoryRunLedger()
+
+    def unavailable(refusal: object) -> object:
+        raise LedgerUnavailable("storage down")
+
+    ledger.add_refused_event = unavailable  # type: ignore[method-assign,assignment]
+    with pytest.raises(LedgerUnavailable):
+        refuse_event(
+            channel="queue",
+            reason="payload is not JSON",
+            event_id=None,
+            payload="nope",
+            ledger=ledger,
+            clock=FixedClock(),
+            notifier=None,
+        )
+
+
 def test_a_post_event_before_the_start_is_noted_and_held_without_moving_the_run() -> None:
     ledger, clock = InMemoryRunLedger(), FixedClock(START - timedelta(minutes=35))
     outcome = take_in_event(parse_event(event_grid_event(POST), ANY), ledger, clock)
@@ -201,8 +304,8 @@ def test_a_prepare_task_is_held_until_t_minus_40_in_hops_the_queue_allows(
     before_start: timedelta, delay: timedelta
 ) -> None:
     now = START - before_start
-    assert preparation_delay(Task(TaskKind.PREPARE, RUN), now) == delay
-    assert preparation_delay(Task(TaskKind.WRAP_UP, RUN), now) == timedelta(0)
+    assert preparation_delay(Task(TaskKind.PREPARE, RUN), now, START) == delay
+    assert preparation_delay(Task(TaskKind.WRAP_UP, RUN), now, START) == timedelta(0)
 
 
 def test_an_early_post_event_counts_when_resource_graph_already_shows_the_run_ended() -> None:

@@ -2,6 +2,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from sandbox.fake_azure.kql_syntax import tokenize
 from shared.adapters import kql
 from shared.domain.ids import ConfigurationId, InvalidId, MachineId, RunId
 from tests.builders import CONFIGURATION, CORRELATION_ID, SUBSCRIPTION
@@ -62,13 +63,57 @@ def test_heartbeat_query_uses_utc_and_the_machine_ids() -> None:
     assert f"_ResourceId in~ ('{VM.text}')" in query
 
 
-@pytest.mark.parametrize(
-    "value",
-    ["a'b", 'a"b', "a\\b", "a\nb", "a|b", "a b", "", "a;b", "x" * 600, "a`b", "a{b}"],
-)
-def test_literals_refuse_anything_outside_arm_id_characters(value: str) -> None:
+INJECTIONS = [
+    "a'b",
+    'a"b',
+    "a\\b",
+    "a|b",
+    "a b",
+    "a;b",
+    "x" * 600,
+    "a`b",
+    "a{b}",
+    "' or 1==1 //",
+    "\\' | take 1 //",
+    "x\\",
+    "@'verbatim'",
+]
+ARM_NAMES = [
+    "rg-Ünïcødé.(prod)_東京",
+    "wöchentlich.linux(1)-",
+    "name.with.dots",
+    "(parenthesised)",
+]
+
+
+@pytest.mark.parametrize("value", INJECTIONS + ARM_NAMES)
+def test_literals_hold_any_printable_value_as_exactly_one_kql_string(value: str) -> None:
+    literal = kql._literal(value)
+    # The sandbox's KQL lexer follows KQL's string-literal rules: the whole literal is one
+    # string token whose value is the input, so nothing after it can become query text.
+    tokens = tokenize(literal)
+    assert [t.kind for t in tokens] == ["string", "eof"]
+    assert tokens[0].value == value
+    assert tokens[0].text == literal
+
+
+@pytest.mark.parametrize("value", ["", "a\nb", "a\rb", "a\x00b", "a\u2028b", "x" * 3000])
+def test_literals_refuse_empty_oversized_and_non_printable_values(value: str) -> None:
     with pytest.raises(InvalidId):
         kql._literal(value)
+
+
+def test_a_run_of_a_configuration_arm_allows_is_queried_with_its_name_intact() -> None:
+    configuration = (
+        f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-Ünïcødé.(prod)_東京/providers/"
+        "Microsoft.Maintenance/maintenanceConfigurations/wöchentlich.linux(1)-"
+    )
+    run = RunId.parse(
+        f"{configuration}/providers/microsoft.maintenance/applyupdates/20261201030000"
+    )
+    query = kql.machines_of_run(run)
+    strings = [t.value for t in tokenize(query) if t.kind == "string"]
+    assert run.text in strings
 
 
 def test_empty_lists_cannot_be_queried() -> None:

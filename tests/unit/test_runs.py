@@ -42,3 +42,23 @@ def test_machine_kind_is_told_from_the_resource_type() -> None:
     )
     assert MachineKind.of(base + "microsoft.hybridcompute/machines/arc1") is MachineKind.ARC_SERVER
     assert MachineKind.of(base + "Microsoft.Web/sites/x") is MachineKind.OTHER
+
+
+LOCAL_NAME = CORRELATION_ID.replace("20261201030000", "20261201040000")
+
+
+def test_t_is_the_run_name_until_an_event_gives_start_date_time() -> None:
+    local = RunId.parse(LOCAL_NAME)
+    run = Run.first_seen(local, NOW)
+    assert run.scheduled_start == START + timedelta(hours=1)  # the name, read as UTC
+    pre = parse_event(event_grid_event(PRE, CorrelationId=LOCAL_NAME), ANY)
+    assert run.after_event(pre, NOW).scheduled_start == START
+
+
+def test_the_pre_event_s_start_wins_over_a_post_event_s() -> None:
+    pre = parse_event(event_grid_event(PRE), ANY)
+    post = parse_event(event_grid_event(POST, StartDateTime="2026-12-01T03:05:00Z"), ANY)
+    after_post = Run.first_seen(RUN, NOW).after_event(post, NOW)
+    assert after_post.scheduled_start == START + timedelta(minutes=5)
+    assert after_post.after_event(pre, NOW).scheduled_start == START
+    assert after_post.after_event(pre, NOW).after_event(post, NOW).scheduled_start == START
