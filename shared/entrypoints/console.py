@@ -30,6 +30,7 @@ import azure.functions as func
 
 from shared import bootstrap
 from shared.domain.ids import InvalidId, RunId
+from shared.domain.runs import RefusedEvent
 from shared.entrypoints import http_api
 from shared.entrypoints.console_pages import (
     CancelAnswerView,
@@ -289,7 +290,7 @@ def _run_view(correlation_id: str) -> console_views.RunView:
     )
 
 
-def _refused_events(limit: int) -> Sequence[console_views.RefusedEventView]:
+def _refused_events(limit: int) -> Sequence[RefusedEvent]:
     return console_views.refused_events(bootstrap.container().ledger, limit)
 
 

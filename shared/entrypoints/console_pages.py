@@ -15,9 +15,9 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from shared.domain.runs import RunStatus
+from shared.domain.runs import RefusedEvent, RunStatus
 from shared.entrypoints.console_timeline import machine_steps, timeline_svg
-from shared.services.console_views import RefusedEventView, RunsOverview, RunView
+from shared.services.console_views import RunsOverview, RunView
 
 REFRESH_SECONDS = 15
 # The answer fields a cancel shows first, in this order; any other field follows.
@@ -379,7 +379,7 @@ def _events(report: Mapping[str, Any]) -> str:
     )
 
 
-def refused_page(page: Page, refused: Sequence[RefusedEventView]) -> str:
+def refused_page(page: Page, refused: Sequence[RefusedEvent]) -> str:
     """Every maintenance event the app refused, newest first, and why."""
     rows = "".join(
         '<tr class="refused">'

@@ -7,10 +7,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from shared.domain.ids import RunId
-from shared.domain.runs import MachineAction, MachineRecord, NoteLevel, Run, RunStatus
+from shared.domain.runs import (
+    MachineAction,
+    MachineRecord,
+    NoteLevel,
+    RefusedEvent,
+    Run,
+    RunStatus,
+)
 from shared.domain.timeline import CancelWindow
 from shared.services import run_queries
 from shared.services.ports import ReportStore, RunLedger
@@ -43,24 +50,6 @@ FAILED = frozenset({MachineAction.START_FAILED, MachineAction.DEALLOCATE_FAILED}
 STILL_OWNED = frozenset(
     {MachineAction.STARTING, MachineAction.STARTED, MachineAction.DEALLOCATE_FAILED}
 )
-
-
-class RefusedEventView(Protocol):
-    """A maintenance event the app refused, as the ledger keeps it."""
-
-    refused_at: datetime
-    channel: str
-    reason: str
-    event_id: str | None
-    excerpt: str
-
-
-class RefusedEvents(Protocol):
-    """Where refused events are listed (the run ledger)."""
-
-    def list_refused_events(self, limit: int) -> Sequence[RefusedEventView]:
-        """The newest `limit` refused deliveries, newest first."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -111,7 +100,7 @@ def runs_overview(
     top: int,
     token: str | None,
     now: datetime,
-    refused: Sequence[RefusedEventView] = (),
+    refused: Sequence[RefusedEvent] = (),
 ) -> RunsOverview:
     """A page of runs as GET /api/runs lists them, each with its counts and attention marks."""
     page = run_queries.list_runs(ledger, wanted, top, token)
@@ -151,7 +140,7 @@ def attention(
     summary: Mapping[str, Any],
     machines: Sequence[MachineRecord],
     error_notes: int,
-    refused: Sequence[RefusedEventView],
+    refused: Sequence[RefusedEvent],
     now: datetime,
 ) -> tuple[str, ...]:
     """Why an operator should look at this run (empty when nothing is wrong)."""
@@ -178,10 +167,9 @@ def attention(
     return tuple(reasons)
 
 
-def refused_events(ledger: object, limit: int) -> Sequence[RefusedEventView]:
-    """The newest refused events, from a ledger that keeps them."""
-    lister = getattr(ledger, "list_refused_events", None)
-    return () if lister is None else list(lister(limit))
+def refused_events(ledger: RunLedger, limit: int) -> Sequence[RefusedEvent]:
+    """The newest refused events, as GET /api/events/refused lists them."""
+    return ledger.list_refused_events(limit)
 
 
 def run_view(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import timedelta
 
 import azure.functions as func
 import pytest
@@ -21,6 +21,7 @@ from shared.domain.runs import (
     MachineAction,
     MachineRecord,
     NoteLevel,
+    RefusedEvent,
     Run,
     RunNote,
     RunStatus,
@@ -43,29 +44,6 @@ VM = (
     "/subscriptions/1b7a0c4e-5d2f-4e8a-9c31-0a6f2b7d9e10/resourceGroups/rg/providers/"
     "Microsoft.Compute/virtualMachines/vm-01"
 )
-
-
-@dataclass(frozen=True)
-class Refusal:
-    refused_at: datetime
-    channel: str
-    reason: str
-    event_id: str | None
-    excerpt: str
-
-
-class LedgerWithRefusals:
-    """The in-memory ledger, plus refused events."""
-
-    def __init__(self, api: Api, refused: list[Refusal]) -> None:
-        self._inner = api.ledger
-        self._refused = refused
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
-
-    def list_refused_events(self, limit: int) -> list[Refusal]:
-        return self._refused[:limit]
 
 
 @pytest.fixture
@@ -202,9 +180,8 @@ def test_the_runs_page_counts_machines_and_marks_a_run_that_needs_attention(api:
     seeded = api.ledger.find_run(RUN)
     assert seeded is not None
     api.ledger.save_run(replace(seeded, pre_event_missed=True))
-    bootstrap.container().provide(
-        "ledger",
-        LedgerWithRefusals(api, [Refusal(START, "Event Grid", "bad", CORRELATION_ID, "{...}")]),
+    api.ledger.add_refused_event(
+        RefusedEvent(START, "Event Grid", "bad", None, f'{{"CorrelationId": "{CORRELATION_ID}"}}')
     )
     page = text(get(console_runs, "console", code=KEY))
     row = re.search(r'<tr class="run needs-attention".*?</tr>', page, re.S)
@@ -230,10 +207,7 @@ def test_a_run_page_shows_every_ledger_string_as_text(api: Api) -> None:
 
 
 def test_the_refused_events_page_shows_what_came_as_text(api: Api) -> None:
-    bootstrap.container().provide(
-        "ledger",
-        LedgerWithRefusals(api, [Refusal(START, HOSTILE, HOSTILE, HOSTILE, HOSTILE)]),
-    )
+    api.ledger.add_refused_event(RefusedEvent(START, HOSTILE, HOSTILE, HOSTILE, HOSTILE))
     page = text(get(console_refused, "console/refused", code=KEY))
     assert_only_text(page)
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 4
