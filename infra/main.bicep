@@ -49,6 +49,11 @@ param maintenanceApiVersion string = '2023-09-01-preview'
 @description('Blob container for the run reports (REPORT_CONTAINER).')
 param reportContainerName string = 'run-reports'
 
+@description('Days a run is kept: the reconcile timer removes older runs from the ledger (RUN_RETENTION_DAYS) and a storage lifecycle rule deletes their report blobs.')
+@minValue(1)
+@maxValue(3650)
+param runRetentionDays int = 90
+
 @description('Tag that keeps a machine out of the app\'s hands (OPT_OUT_TAG): name=value, or name for any value.')
 param optOutTag string = 'UpdateAutomation=skip'
 
@@ -192,6 +197,7 @@ var appSettings = {
   MAINTENANCE_API_VERSION: maintenanceApiVersion
   CANCEL_SAFETY_MARGIN_SECONDS: string(cancelSafetyMarginSeconds)
   REPORT_CONTAINER: reportContainerName
+  RUN_RETENTION_DAYS: string(runRetentionDays)
   OPT_OUT_TAG: optOutTag
   FAILURE_BUDGET_PERCENT: failureBudgetPercent
   START_BATCH_SIZE: string(startBatchSize)
@@ -225,6 +231,8 @@ module storage 'modules/storage.bicep' = {
     deploymentContainerName: deploymentContainerName
     deadLetterContainerName: deadLetterContainerName
     ledgerTableName: ledgerTableName
+    reportContainerName: reportContainerName
+    reportRetentionDays: runRetentionDays
     eventQueueName: eventQueueName
     taskQueueName: taskQueueName
     appPrincipalId: appIdentity.properties.principalId

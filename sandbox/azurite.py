@@ -78,8 +78,13 @@ def _wait_listening(ports: list[int], process: subprocess.Popen[bytes], timeout:
 
 
 @contextlib.contextmanager
-def running_azurite(timeout: float = 30.0) -> Iterator[AzuriteEndpoints]:
-    """Run Azurite for the duration of the block; always stop it and remove its folder."""
+def running_azurite(
+    timeout: float = 30.0, *, in_memory: bool = False
+) -> Iterator[AzuriteEndpoints]:
+    """Run Azurite for the duration of the block; always stop it and remove its folder.
+
+    `in_memory` keeps its data in memory only (benchmarks with large tables: Azurite's on-disk
+    store rewrites its whole database file as it grows)."""
     if not AZURITE_BIN.exists():
         raise RuntimeError(f"{AZURITE_BIN} is missing: run `npm ci` (or `make test`) first")
     blob, queue, table = _free_ports(3)
@@ -89,7 +94,7 @@ def running_azurite(timeout: float = 30.0) -> Iterator[AzuriteEndpoints]:
         "--silent",
         "--disableTelemetry",
         "--skipApiVersionCheck",
-        "--location", workdir,
+        *(["--inMemoryPersistence"] if in_memory else ["--location", workdir]),
         "--blobHost", "127.0.0.1", "--blobPort", str(blob),
         "--queueHost", "127.0.0.1", "--queuePort", str(queue),
         "--tableHost", "127.0.0.1", "--tablePort", str(table),

@@ -14,21 +14,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shared.config import Settings
 from shared.domain.timeline import Clock, SystemClock
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
     from shared.adapters.compute import ComputeMachines
+    from shared.adapters.http_transport import EndpointTransports
     from shared.adapters.log_analytics import LogAnalyticsHeartbeats
     from shared.adapters.maintenance import MaintenanceRuns
     from shared.adapters.resource_graph import ResourceGraphMachines
+    from shared.config import Settings
     from shared.services.orchestration import Orchestrator
     from shared.services.ports import Notifier, ReportStore, RunLedger, TaskQueue
     from shared.services.reconcile import Reconciler
 
 T = TypeVar("T")
+
+# Queue messages one instance works on at once: host.json's queues batchSize (16) plus its
+# newBatchThreshold (8).
+QUEUE_MESSAGES_IN_FLIGHT = 24
+# HTTP requests and timers served beside them.
+OTHER_CALLS_IN_FLIGHT = 32
+
+
+def http_pool_size(settings: Settings) -> int:
+    """Connections to keep per endpoint: every call the instance can have in flight at once."""
+    return settings.policy.start_concurrency * QUEUE_MESSAGES_IN_FLIGHT + OTHER_CALLS_IN_FLIGHT
+
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +98,9 @@ class Container:
         return self._once(
             "resource_graph",
             lambda: ResourceGraphMachines.build(
-                self.credential, self.settings.arm_endpoint, **self.client_options
+                self.credential,
+                self.settings.arm_endpoint,
+                **self._client_options(self.settings.arm_endpoint),
             ),
         )
 
@@ -97,7 +112,9 @@ class Container:
         return self._once(
             "compute",
             lambda: ComputeMachines.build(
-                self.credential, self.settings.arm_endpoint, **self.client_options
+                self.credential,
+                self.settings.arm_endpoint,
+                **self._client_options(self.settings.arm_endpoint),
             ),
         )
 
@@ -112,7 +129,7 @@ class Container:
                 self.credential,
                 self.settings.arm_endpoint,
                 self.settings.maintenance_api_version,
-                **self.client_options,
+                **self._client_options(self.settings.arm_endpoint),
             ),
         )
 
@@ -124,7 +141,9 @@ class Container:
         return self._once(
             "heartbeats",
             lambda: LogAnalyticsHeartbeats.build(
-                self.credential, self.settings.log_analytics_endpoint, **self.client_options
+                self.credential,
+                self.settings.log_analytics_endpoint,
+                **self._client_options(self.settings.log_analytics_endpoint),
             ),
         )
 
@@ -202,8 +221,22 @@ class Container:
                 clock=self.clock,
                 policy=self.settings.policy,
                 target_configurations=self.settings.target_configuration_ids,
+                retention=self.settings.run_retention,
             ),
         )
+
+    def _client_options(self, endpoint: str) -> dict[str, Any]:
+        """SDK client options, with the endpoint's shared pooled transport."""
+        if "transport" in self.client_options:
+            return dict(self.client_options)
+        return {**self.client_options, "transport": self.transports.for_endpoint(endpoint)}
+
+    @property
+    def transports(self) -> EndpointTransports:
+        """One pooled HTTP transport per endpoint, sized for the calls the app has in flight."""
+        from shared.adapters.http_transport import EndpointTransports
+
+        return self._once("transports", lambda: EndpointTransports(http_pool_size(self.settings)))
 
     def _storage_credential(self) -> TokenCredential | None:
         storage = self.settings.storage
@@ -228,6 +261,8 @@ def container() -> Container:
     """The process-wide container, built from the environment on first call."""
     global _container
     if _container is None:
+        from shared.config import Settings
+
         with _container_lock:
             if _container is None:
                 settings = Settings.from_environ(os.environ)

@@ -129,6 +129,13 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Blob container for the run reports (one JSON document per run).",
     ),
     SettingSpec(
+        "RUN_RETENTION_DAYS",
+        "90",
+        "Runs scheduled longer ago than this are removed from the ledger by the reconcile timer, "
+        "a bounded batch a tick (1-3650). Report blobs expire by the storage lifecycle rule in "
+        "infra/ (keep the two in step).",
+    ),
+    SettingSpec(
         "OPT_OUT_TAG",
         "UpdateAutomation=skip",
         "Machines with this tag are never started or stopped: `name=value`, or `name` for any "
@@ -281,6 +288,7 @@ class Settings:
     cancel_allowed_callers: frozenset[str] | None
     # App Service authentication is on (the platform sets WEBSITE_AUTH_ENABLED=True).
     platform_authentication: bool = False
+    run_retention: timedelta = timedelta(days=90)
     disabled_features: tuple[DisabledFeature, ...] = ()
 
     def disabled(self, setting: str) -> DisabledFeature | None:
@@ -321,6 +329,7 @@ class Settings:
             cancel_allowed_callers=_allowed_callers(reader),
             # Only the platform's own word turns authentication on; anything else is off.
             platform_authentication=reader.get("WEBSITE_AUTH_ENABLED", str.lower) == "true",
+            run_retention=timedelta(days=reader.get("RUN_RETENTION_DAYS", _int_between(1, 3650))),
             disabled_features=tuple(reader.disabled),
         )
 

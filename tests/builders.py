@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.domain.errors import DuplicateEvent, LedgerConflict
-from shared.domain.ids import MachineId, RunId
+from shared.domain.ids import ConfigurationId, MachineId, RunId
 from shared.domain.runs import (
     CancelRequest,
     EventRecord,
@@ -20,6 +20,7 @@ from shared.domain.runs import (
     RefusedEvent,
     Run,
     RunNote,
+    RunStatus,
 )
 
 SUBSCRIPTION = "1b7a0c4e-5d2f-4a8b-9c3d-2e1f0a9b8c7d"
@@ -180,6 +181,69 @@ class InMemoryRunLedger:
 
     def list_runs(self) -> Iterator[Run]:
         return iter(list(self.runs.values()))
+
+    def _newest_first(self) -> list[Run]:
+        return sorted(
+            self.runs.values(), key=lambda r: (r.scheduled_start, r.run_id.key), reverse=True
+        )
+
+    def list_runs_page(
+        self,
+        *,
+        configuration: str | None,
+        status: str | None,
+        start_from: datetime | None,
+        start_to: datetime | None,
+        top: int,
+        after: str | None,
+    ) -> tuple[list[Run], str | None]:
+        def wanted(run: Run) -> bool:
+            c = run.run_id.configuration
+            if configuration and configuration.lower() not in (c.name.lower(), c.key):
+                return False
+            if status and status.lower() not in (
+                run.status.value.lower(),
+                (run.platform_status or "").lower(),
+            ):
+                return False
+            if start_from and run.scheduled_start < start_from:
+                return False
+            return not (start_to and run.scheduled_start >= start_to)
+
+        matching = [r for r in self._newest_first() if wanted(r)]
+        offset = int(after) if after is not None else 0
+        page = matching[offset : offset + top]
+        more = offset + top < len(matching)
+        return page, str(offset + top) if more else None
+
+    def find_runs_named(self, configuration_name: str, run_name: str) -> list[Run]:
+        return [
+            r
+            for r in self.runs.values()
+            if r.run_id.configuration.name.lower() == configuration_name.lower()
+            and r.run_id.run_name == run_name
+        ]
+
+    def list_open_runs(self) -> Iterator[Run]:
+        return iter([r for r in self._newest_first() if r.status is not RunStatus.COMPLETED])
+
+    def list_known_configurations(self) -> list[ConfigurationId]:
+        return list(
+            {
+                r.run_id.configuration.key: r.run_id.configuration for r in self.runs.values()
+            }.values()
+        )
+
+    def ensure_indexed(self) -> int:
+        return 0
+
+    def remove_runs_before(self, cutoff: datetime, limit: int) -> list[RunId]:
+        old = [r for r in reversed(self._newest_first()) if r.scheduled_start < cutoff][:limit]
+        for run in old:
+            del self.runs[run.run_id.key]
+            for key in [k for k in self.machines if k[0] == run.run_id.key]:
+                del self.machines[key]
+        return [r.run_id for r in old]
 
     def find_claim(self, machine: MachineId) -> MachineClaim | None:
         return self.claims.get(machine.key)

@@ -34,6 +34,14 @@ param deadLetterContainerName string
 @description('Table holding the run ledger.')
 param ledgerTableName string
 
+@description('Blob container of the run reports; its blobs expire by the lifecycle rule below.')
+param reportContainerName string
+
+@description('Days after its last change a run report is deleted (the ledger keeps runs as long).')
+@minValue(1)
+@maxValue(3650)
+param reportRetentionDays int
+
 @description('Queue Event Grid delivers maintenance events to when queue delivery is chosen.')
 param eventQueueName string
 
@@ -129,6 +137,41 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
     containerDeleteRetentionPolicy: {
       enabled: true
       days: softDeleteRetentionDays
+    }
+  }
+}
+
+// Run reports expire with their runs: the ledger removes runs older than RUN_RETENTION_DAYS in
+// bounded batches, and this rule deletes their report blobs, so neither grows without end.
+resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'expire-run-reports'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${reportContainerName}/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: reportRetentionDays
+                }
+              }
+            }
+          }
+        }
+      ]
     }
   }
 }

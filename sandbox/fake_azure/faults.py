@@ -53,6 +53,16 @@ DEFAULT_ALLOCATION_FAILED_MESSAGE = (
 )
 
 
+def _bucket(spec: Any, default: tuple[int, float]) -> tuple[int, float]:
+    """A scenario's {"capacity", "refill_per_second"} (or [capacity, refill]) as a tuple."""
+    if spec is None:
+        return default
+    if isinstance(spec, Mapping):
+        return int(spec["capacity"]), float(spec["refill_per_second"])
+    capacity, refill = spec
+    return int(capacity), float(refill)
+
+
 def _require_known_endpoint(pattern: str) -> None:
     # A typo ("compute.strat") would otherwise be a fault that silently never fires.
     if not any(fnmatch.fnmatchcase(name, pattern) for name in ENDPOINTS):
@@ -119,8 +129,12 @@ class ThrottleDecision:
     retry_after: int
 
 
-class WriteThrottle:
-    """ARM's per-subscription write limit as a token bucket (capacity, refill per second)."""
+class TokenBuckets:
+    """Token buckets keyed by scope (capacity, refill per second), each full when first used.
+
+    Azure's ARM and Compute limits are all of this shape; a request spends one token of each
+    bucket that covers it, and is refused (429) when a bucket is empty.
+    """
 
     def __init__(self, capacity: int, refill_per_second: float) -> None:
         if capacity < 1 or refill_per_second <= 0:
@@ -130,13 +144,16 @@ class WriteThrottle:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def take(self, subscription_id: str, now: float | None = None) -> ThrottleDecision:
-        """Spend one token of the subscription's bucket if there is one."""
+    def _level(self, bucket_key: str, moment: float) -> float:
+        tokens, last = self._buckets.get(bucket_key, (float(self.capacity), moment))
+        return min(float(self.capacity), tokens + (moment - last) * self.refill_per_second)
+
+    def take(self, scope: str, now: float | None = None) -> ThrottleDecision:
+        """Spend one token of the scope's bucket if there is one."""
         moment = time.monotonic() if now is None else now
-        bucket_key = subscription_id.lower()
+        bucket_key = scope.lower()
         with self._lock:
-            tokens, last = self._buckets.get(bucket_key, (float(self.capacity), moment))
-            tokens = min(float(self.capacity), tokens + (moment - last) * self.refill_per_second)
+            tokens = self._level(bucket_key, moment)
             if tokens >= 1.0:
                 tokens -= 1.0
                 self._buckets[bucket_key] = (tokens, moment)
@@ -144,6 +161,85 @@ class WriteThrottle:
             self._buckets[bucket_key] = (tokens, moment)
             wait = math.ceil((1.0 - tokens) / self.refill_per_second)
             return ThrottleDecision(False, 0, max(wait, 1))
+
+    def give_back(self, scope: str, now: float | None = None) -> None:
+        """Return a token spent on a request another bucket then refused (it never ran)."""
+        moment = time.monotonic() if now is None else now
+        bucket_key = scope.lower()
+        with self._lock:
+            tokens = self._level(bucket_key, moment)
+            self._buckets[bucket_key] = (min(float(self.capacity), tokens + 1.0), moment)
+
+    def remaining(self, scope: str, now: float | None = None) -> int:
+        """Whole tokens left in the scope's bucket, without spending one."""
+        moment = time.monotonic() if now is None else now
+        with self._lock:
+            return int(self._level(scope.lower(), moment))
+
+
+class WriteThrottle(TokenBuckets):
+    """ARM's per-subscription write limit as a token bucket (capacity, refill per second)."""
+
+
+# learn.microsoft.com, "Understand how Azure Resource Manager throttles requests" (token bucket
+# architecture, 2024 on): per subscription, per principal, per region, per operation type.
+ARM_READ_BUCKET = (250, 25.0)
+ARM_WRITE_BUCKET = (200, 10.0)
+ARM_DELETE_BUCKET = (200, 10.0)
+# learn.microsoft.com, "Compute throttling limits", policy "Update VM" (start, deallocate,
+# powerOff, restart, update): per VM 12 tokens refilled 4/min; per subscription and region 1,500
+# refilled 500/min.
+COMPUTE_UPDATE_VM_RESOURCE_BUCKET = (12, 4.0 / 60.0)
+COMPUTE_UPDATE_VM_SUBSCRIPTION_BUCKET = (1500, 500.0 / 60.0)
+# Header policy names. The format (<provider>/<policy>;<count>) is documented ("Troubleshooting
+# API throttling errors"); these two names are invented: Azure does not list them.
+COMPUTE_UPDATE_VM_RESOURCE_POLICY = "Microsoft.Compute/UpdateVMResource"
+COMPUTE_UPDATE_VM_SUBSCRIPTION_POLICY = "Microsoft.Compute/UpdateVMSubscription"
+COMPUTE_UPDATE_VM_ENDPOINTS = frozenset(["compute.start", "compute.deallocate", "compute.poweroff"])
+
+
+class ArmLimits:
+    """ARM's read, write and delete buckets, per subscription and principal (on by default).
+
+    A loopback fake has one ARM region, so the region part of ARM's key is constant here.
+    """
+
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        reads: tuple[int, float] = ARM_READ_BUCKET,
+        writes: tuple[int, float] = ARM_WRITE_BUCKET,
+        deletes: tuple[int, float] = ARM_DELETE_BUCKET,
+    ) -> None:
+        self.enabled = enabled
+        self.reads = TokenBuckets(*reads)
+        self.writes = TokenBuckets(*writes)
+        self.deletes = TokenBuckets(*deletes)
+
+    def buckets_for(self, method: str) -> tuple[str, TokenBuckets]:
+        """The operation type ("reads", "writes", "deletes") of an HTTP method and its buckets."""
+        upper = method.upper()
+        if upper in ("GET", "HEAD"):
+            return "reads", self.reads
+        if upper == "DELETE":
+            return "deletes", self.deletes
+        return "writes", self.writes
+
+
+class ComputeLimits:
+    """Compute's "Update VM" budgets: per VM and per subscription and region (on by default)."""
+
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        per_vm: tuple[int, float] = COMPUTE_UPDATE_VM_RESOURCE_BUCKET,
+        per_subscription: tuple[int, float] = COMPUTE_UPDATE_VM_SUBSCRIPTION_BUCKET,
+    ) -> None:
+        self.enabled = enabled
+        self.per_vm = TokenBuckets(*per_vm)
+        self.per_subscription = TokenBuckets(*per_subscription)
 
 
 @dataclass
@@ -227,7 +323,11 @@ class FaultPlan:
         self._latency: dict[str, tuple[float, float]] = {}
         self._errors: list[ErrorRule] = []
         self._lro_failures: list[LroFailure] = []
+        # A throttle a test sets on purpose, on top of ARM's documented limits (kept for tests
+        # that want a tiny bucket; the documented ones are in ``arm_limits``).
         self.write_throttle: WriteThrottle | None = None
+        self.arm_limits = ArmLimits()
+        self.compute_limits = ComputeLimits()
         self.arg_quota = ArgQuota()
         self.log_analytics_partial: PartialResultFault | None = None
         self.cancel_policy = CancelPolicy()
@@ -306,9 +406,36 @@ class FaultPlan:
         return throttle
 
     def clear_write_throttle(self) -> None:
-        """Remove the write limit."""
+        """Remove the extra write limit (ARM's documented limits stay, see ``set_arm_limits``)."""
         with self._lock:
             self.write_throttle = None
+
+    def set_arm_limits(
+        self,
+        *,
+        enabled: bool = True,
+        reads: tuple[int, float] = ARM_READ_BUCKET,
+        writes: tuple[int, float] = ARM_WRITE_BUCKET,
+        deletes: tuple[int, float] = ARM_DELETE_BUCKET,
+    ) -> ArmLimits:
+        """Resize (or, for a test that needs a burst beyond Azure's, turn off) ARM's buckets."""
+        limits = ArmLimits(enabled=enabled, reads=reads, writes=writes, deletes=deletes)
+        with self._lock:
+            self.arm_limits = limits
+        return limits
+
+    def set_compute_limits(
+        self,
+        *,
+        enabled: bool = True,
+        per_vm: tuple[int, float] = COMPUTE_UPDATE_VM_RESOURCE_BUCKET,
+        per_subscription: tuple[int, float] = COMPUTE_UPDATE_VM_SUBSCRIPTION_BUCKET,
+    ) -> ComputeLimits:
+        """Resize (or turn off) Compute's Update VM budgets."""
+        limits = ComputeLimits(enabled=enabled, per_vm=per_vm, per_subscription=per_subscription)
+        with self._lock:
+            self.compute_limits = limits
+        return limits
 
     def set_arg_quota(
         self, limit: int = 15, window_seconds: float = 5.0, *, enforce: bool = True
@@ -361,6 +488,9 @@ class FaultPlan:
             self._errors.clear()
             self._lro_failures.clear()
             self.write_throttle = None
+            # Azure's documented limits are not a fault: clearing faults restores them.
+            self.arm_limits = ArmLimits()
+            self.compute_limits = ComputeLimits()
             self.arg_quota = ArgQuota()
             self.log_analytics_partial = None
             self.cancel_policy = CancelPolicy()
@@ -372,6 +502,8 @@ class FaultPlan:
             "latency",
             "errors",
             "write_throttle",
+            "arm_limits",
+            "compute_limits",
             "arg_quota",
             "lro_failures",
             "log_analytics_partial",
@@ -391,6 +523,23 @@ class FaultPlan:
             self.set_write_throttle(
                 int(spec["write_throttle"]["capacity"]),
                 float(spec["write_throttle"]["refill_per_second"]),
+            )
+        if "arm_limits" in spec:
+            arm = spec["arm_limits"] or {}
+            self.set_arm_limits(
+                enabled=bool(arm.get("enabled", True)),
+                reads=_bucket(arm.get("reads"), ARM_READ_BUCKET),
+                writes=_bucket(arm.get("writes"), ARM_WRITE_BUCKET),
+                deletes=_bucket(arm.get("deletes"), ARM_DELETE_BUCKET),
+            )
+        if "compute_limits" in spec:
+            compute = spec["compute_limits"] or {}
+            self.set_compute_limits(
+                enabled=bool(compute.get("enabled", True)),
+                per_vm=_bucket(compute.get("per_vm"), COMPUTE_UPDATE_VM_RESOURCE_BUCKET),
+                per_subscription=_bucket(
+                    compute.get("per_subscription"), COMPUTE_UPDATE_VM_SUBSCRIPTION_BUCKET
+                ),
             )
         if spec.get("arg_quota"):
             quota = spec["arg_quota"]

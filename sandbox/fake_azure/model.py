@@ -10,6 +10,7 @@ tests deterministic.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import heapq
 import json
 import threading
@@ -473,6 +474,10 @@ class ModelSettings:
     """Timings of simulated Azure behaviour (seconds)."""
 
     power_transition_seconds: float = 1.0
+    # Boot and deallocation times, each a number or a [min, max] range spread over the VMs (a
+    # VM's time is fixed by its id, so a run replays). None: ``power_transition_seconds``.
+    start_seconds: float | tuple[float, float] | None = None
+    deallocate_seconds: float | tuple[float, float] | None = None
     snapshot_seconds: float = 0.5
     arg_lag_seconds: float = 0.0
     cancellation_cutoff_minutes: float = 10.0
@@ -745,7 +750,7 @@ class AzureModel:
                 vm.transition = None
             if vm.power_state == target and failure is None:
                 return op  # nothing to do: Azure answers 202 and the operation succeeds at once
-            delay = dt.timedelta(seconds=self.settings.power_transition_seconds)
+            delay = dt.timedelta(seconds=self._transition_seconds(vm.id, operation))
             op.completes_at = now + delay
             op.error = dict(failure) if failure else None
             vm.transition = PowerTransition(
@@ -778,6 +783,19 @@ class AzureModel:
         """All async operations started so far."""
         with self._lock:
             return list(self._operations.values())
+
+    def _transition_seconds(self, vm_id: str, operation: str) -> float:
+        """How long this VM takes to start or deallocate (settings; fixed per VM)."""
+        wanted = {"start": self.settings.start_seconds}.get(
+            operation, self.settings.deallocate_seconds if operation == "deallocate" else None
+        )
+        if wanted is None:
+            return self.settings.power_transition_seconds
+        if isinstance(wanted, int | float):
+            return float(wanted)
+        low, high = float(wanted[0]), float(wanted[1])
+        digest = hashlib.sha256(f"{key(vm_id)}|{operation}".encode()).digest()
+        return low + (high - low) * int.from_bytes(digest[:4], "big") / 0xFFFFFFFF
 
     def _settle(self) -> None:
         """Finish transitions whose time has come (called under the lock)."""

@@ -50,6 +50,8 @@ _TOP_LEVEL_KEYS = {
 _MODEL_SETTINGS = {
     "auto_heartbeat_seconds",
     "power_transition_seconds",
+    "start_seconds",
+    "deallocate_seconds",
     "snapshot_seconds",
     "arg_lag_seconds",
     "cancellation_cutoff_minutes",
@@ -125,13 +127,25 @@ class Scenario:
     def model_settings(self) -> ModelSettings:
         """Timings for :class:`AzureModel`."""
         settings = self.data.get("settings") or {}
-        values: dict[str, Any] = {k: float(v) for k, v in settings.items() if k in _MODEL_SETTINGS}
+        values: dict[str, Any] = {
+            k: _seconds(v) for k, v in settings.items() if k in _MODEL_SETTINGS
+        }
         values.update({k: str(v) for k, v in settings.items() if k in _MODEL_WORD_SETTINGS})
         return ModelSettings(**values)
 
     def setting(self, name: str, default: Any) -> Any:
         """A server setting (token lifetime, LRO Retry-After, audience check)."""
         return (self.data.get("settings") or {}).get(name, default)
+
+
+def _seconds(value: Any) -> float | tuple[float, float]:
+    """A timing setting: a number, or a [min, max] range (boot and deallocation times)."""
+    if isinstance(value, list | tuple):
+        low, high = float(value[0]), float(value[1])
+        if low < 0 or high < low:
+            raise ScenarioError(f"a [min, max] range needs 0 <= min <= max, not {value}")
+        return low, high
+    return float(value)
 
 
 def load_scenario(source: Scenario | Mapping[str, Any] | str | Path | None) -> Scenario:
@@ -406,6 +420,8 @@ def fleet_scenario(
     running_fraction: float = 0.3,
     run_start_in_minutes: float = 32.0,
     power_transition_seconds: float = 0.2,
+    start_seconds: float | tuple[float, float] | None = None,
+    deallocate_seconds: float | tuple[float, float] | None = None,
     arc_count: int = 0,
     name: str = "fleet",
 ) -> dict[str, Any]:
@@ -453,9 +469,17 @@ def fleet_scenario(
         }
         for i in range(arc_count)
     ]
+    settings: dict[str, Any] = {
+        "power_transition_seconds": power_transition_seconds,
+        "snapshot_seconds": 0.1,
+    }
+    if start_seconds is not None:
+        settings["start_seconds"] = start_seconds
+    if deallocate_seconds is not None:
+        settings["deallocate_seconds"] = deallocate_seconds
     return {
         "name": name,
-        "settings": {"power_transition_seconds": power_transition_seconds, "snapshot_seconds": 0.1},
+        "settings": settings,
         "subscriptions": [
             {"id": s, "name": f"fleet-{i + 1}"} for i, s in enumerate(subscription_ids)
         ],

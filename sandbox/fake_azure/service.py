@@ -19,7 +19,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .faults import WRITE_ENDPOINTS, CancelPolicy, ErrorRule, FaultPlan
+from .faults import (
+    COMPUTE_UPDATE_VM_ENDPOINTS,
+    COMPUTE_UPDATE_VM_RESOURCE_POLICY,
+    COMPUTE_UPDATE_VM_SUBSCRIPTION_POLICY,
+    CancelPolicy,
+    ErrorRule,
+    FaultPlan,
+    ThrottleDecision,
+)
 from .identity import ARM_AUDIENCES, LOG_ANALYTICS_AUDIENCES, TokenError, TokenGrant, TokenStore
 from .kql_syntax import parse_datetime_literal
 from .model import AzureModel, MaintenanceRun, ModelError, parse_resource_id
@@ -140,6 +148,15 @@ class Response:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ThrottleView:
+    """A bucket's state when no token was taken from it (another bucket refused first)."""
+
+    remaining: int
+    allowed: bool = True
+    retry_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -384,43 +401,128 @@ class FakeAzureService:
             throttled = self._spend_arg_quota(request)
             if throttled is not None:
                 return throttled
+        limit_headers: dict[str, str] = {}
+        subscription = request.params.get("sub") or self._subscription_of(request)
+        if subscription:
+            # ARM throttles before the request reaches the resource provider.
+            refused = self._spend_arm_budget(request, subscription, limit_headers)
+            if refused is not None:
+                return refused
         rule = self.faults.pick_error(route.endpoint, request.method, request.path)
         if rule is not None and not rule.after_applying:
             injected = self._injected_error(route.endpoint, rule, request)
-            for name, value in request.quota_headers.items():
+            for name, value in {**limit_headers, **request.quota_headers}.items():
                 injected.headers.setdefault(name, value)
             return injected
-        write_headers: dict[str, str] = {}
-        if route.endpoint in WRITE_ENDPOINTS:
-            decision = self.faults.take_write(
-                request.params.get("sub") or self._subscription_of(request)
-            )
-            if decision is not None:
-                write_headers["x-ms-ratelimit-remaining-subscription-writes"] = str(
-                    decision.remaining
-                )
-                if not decision.allowed:
-                    sub = request.params.get("sub") or self._subscription_of(request)
-                    actor = request.grant.object_id if request.grant else "unknown"
-                    return arm_error(
-                        429,
-                        "SubscriptionRequestsThrottled",
-                        f"Number of 'write' requests for subscription '{sub}' actor '{actor}' "
-                        f"exceeded. Please try again after '{decision.retry_after}' seconds after "
-                        "additional tokens are available. Refer to https://aka.ms/arm-throttling "
-                        "for additional information.",
-                        headers={**write_headers, "Retry-After": str(decision.retry_after)},
-                    )
+        if route.endpoint in COMPUTE_UPDATE_VM_ENDPOINTS:
+            refused = self._spend_compute_budget(request, subscription, limit_headers)
+            if refused is not None:
+                return refused
         response = route.handler(request)
         if rule is not None:
             # Azure did the work; the answer is lost on the way back (status 0: the connection
             # ends without any answer).
             if rule.status == 0:
                 return Response(0)
-            return self._injected_error(route.endpoint, rule, request)
-        for name, value in {**write_headers, **request.quota_headers}.items():
+            lost = self._injected_error(route.endpoint, rule, request)
+            for name, value in {**limit_headers, **request.quota_headers}.items():
+                lost.headers.setdefault(name, value)
+            return lost
+        for name, value in {**limit_headers, **request.quota_headers}.items():
             response.headers.setdefault(name, value)
         return response
+
+    def _spend_arm_budget(
+        self, request: Request, subscription: str, headers: dict[str, str]
+    ) -> Response | None:
+        """Spend a token of ARM's subscription bucket for this operation type; 429 when empty.
+
+        The bucket is per subscription and principal, as ARM keys it; the remaining count goes
+        into ``x-ms-ratelimit-remaining-subscription-{reads|writes|deletes}`` on every answer.
+        """
+        limits = self.faults.arm_limits
+        kind, buckets = limits.buckets_for(request.method)
+        if kind == "writes" and self.faults.write_throttle is not None:
+            buckets = self.faults.write_throttle  # a test's own (usually tiny) write bucket
+        elif not limits.enabled:
+            return None
+        grant = request.grant
+        actor = (grant.object_id or grant.client_id or "unknown") if grant else "unknown"
+        decision = buckets.take(f"{subscription}|{actor}")
+        header = f"x-ms-ratelimit-remaining-subscription-{kind}"
+        headers[header] = str(decision.remaining)
+        if decision.allowed:
+            return None
+        operation = {"reads": "read", "writes": "write", "deletes": "delete"}[kind]
+        return arm_error(
+            429,
+            "SubscriptionRequestsThrottled",
+            f"Number of '{operation}' requests for subscription '{subscription}' actor "
+            f"'{actor}' exceeded. Please try again after '{decision.retry_after}' seconds after "
+            "additional tokens are available. Refer to https://aka.ms/arm-throttling for "
+            "additional information.",
+            headers={header: "0", "Retry-After": str(decision.retry_after)},
+        )
+
+    def _spend_compute_budget(
+        self, request: Request, subscription: str, headers: dict[str, str]
+    ) -> Response | None:
+        """Spend Compute's "Update VM" tokens: the subscription's (per region) and the VM's.
+
+        Both remaining counts go into one ``x-ms-ratelimit-remaining-resource`` header in
+        Compute's ``<provider>/<policy>;<count>`` form, comma-separated (as repeated headers
+        fold). A refusal is Compute's 429 ``OperationNotAllowed`` with a ``TooManyRequests``
+        detail naming the policy.
+        """
+        limits = self.faults.compute_limits
+        if not limits.enabled:
+            return None
+        vm_path = request.path.rsplit("/", 1)[0]
+        vm = self.model.find_vm(vm_path)
+        region = vm.location.lower() if vm is not None else "unknown"
+        subscription_scope = f"{subscription}|{region}"
+        on_subscription: ThrottleDecision | ThrottleView = limits.per_subscription.take(
+            subscription_scope
+        )
+        on_vm: ThrottleDecision | ThrottleView = (
+            limits.per_vm.take(vm_path)
+            if on_subscription.allowed
+            else ThrottleView(limits.per_vm.remaining(vm_path))
+        )
+        if on_subscription.allowed and not on_vm.allowed:
+            limits.per_subscription.give_back(subscription_scope)
+            on_subscription = ThrottleView(limits.per_subscription.remaining(subscription_scope))
+        headers["x-ms-ratelimit-remaining-resource"] = (
+            f"{COMPUTE_UPDATE_VM_SUBSCRIPTION_POLICY};{on_subscription.remaining},"
+            f"{COMPUTE_UPDATE_VM_RESOURCE_POLICY};{on_vm.remaining}"
+        )
+        if on_subscription.allowed and on_vm.allowed:
+            return None
+        refused_by, decision = (
+            (COMPUTE_UPDATE_VM_SUBSCRIPTION_POLICY, on_subscription)
+            if not on_subscription.allowed
+            else (COMPUTE_UPDATE_VM_RESOURCE_POLICY, on_vm)
+        )
+        policy = refused_by.split("/", 1)[1]
+        scope = (
+            "subscription" if refused_by == COMPUTE_UPDATE_VM_SUBSCRIPTION_POLICY else "resource"
+        )
+        return arm_error(
+            429,
+            "OperationNotAllowed",
+            "The server rejected the request because too many requests have been received for "
+            f"this {scope}.",
+            headers={**headers, "Retry-After": str(max(decision.retry_after, 1))},
+            details=[
+                {
+                    "code": "TooManyRequests",
+                    "target": policy,
+                    "message": json.dumps(
+                        {"operationGroup": policy, "retryAfterSeconds": decision.retry_after}
+                    ),
+                }
+            ],
+        )
 
     def _spend_arg_quota(self, request: Request) -> Response | None:
         grant = request.grant
@@ -561,8 +663,6 @@ class FakeAzureService:
         if client_request_id:
             response.headers.setdefault("x-ms-client-request-id", client_request_id)
         response.headers.setdefault("Cache-Control", "no-cache")
-        if request.method == "GET" and request.path.lower().startswith("/subscriptions/"):
-            response.headers.setdefault("x-ms-ratelimit-remaining-subscription-reads", "11999")
 
     def _base_url(self, request: Request) -> str:
         host = request.header("Host")

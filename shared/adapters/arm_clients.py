@@ -1,5 +1,5 @@
 """Management SDK clients that need a subscription id are built once per subscription, all
-sharing one HTTP transport (one connection pool) per SDK type."""
+sharing one HTTP transport (one connection pool): the endpoint's, when the caller passes it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from azure.core.pipeline.transport import RequestsTransport
+from shared.adapters.http_transport import pooled_transport
 
 ClientT = TypeVar("ClientT")
 
@@ -17,8 +17,8 @@ class PerSubscription(Generic[ClientT]):
 
     def __init__(self, factory: Callable[..., ClientT], **options: Any) -> None:
         self._factory = factory
+        self._transport = options.pop("transport", None) or pooled_transport()
         self._options = options
-        self._transport = RequestsTransport()
         self._clients: dict[str, ClientT] = {}
         self._lock = threading.Lock()
 

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import azure.functions as func
 
@@ -41,7 +42,11 @@ from shared.entrypoints.console_pages import (
     run_page,
     runs_page,
 )
-from shared.services import console_views, run_queries
+
+if TYPE_CHECKING:
+    from shared.services.console_views import RunView
+
+# The use cases (shared.services) are imported where first used, as in http_api.
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +95,8 @@ def console_runs(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _runs(req: func.HttpRequest, page: Page) -> func.HttpResponse:
+    from shared.services import console_views, run_queries
+
     services = bootstrap.container()
     configuration = req.params.get("configuration", "")[:200]
     status = req.params.get("status", "")[:50]
@@ -217,7 +224,7 @@ def _guarded(
     except ConsoleRefusal as refusal:
         return _html(message_page(page, refusal.title, refusal.detail), page, refusal.status)
     except Exception as error:
-        for kind, status, title in http_api.ERRORS:
+        for kind, status, title in http_api.errors():
             if isinstance(error, kind):
                 if status >= 500:
                     log.error("%s %s failed: %s", req.method, _without_query(req.url), error)
@@ -272,7 +279,9 @@ def _html(document: str, page: Page, status: HTTPStatus = HTTPStatus.OK) -> func
     )
 
 
-def _run_view(correlation_id: str) -> console_views.RunView:
+def _run_view(correlation_id: str) -> RunView:
+    from shared.services import console_views
+
     if not correlation_id:
         raise ConsoleRefusal(HTTPStatus.BAD_REQUEST, "Which run?", "the run parameter is missing")
     try:
@@ -291,6 +300,8 @@ def _run_view(correlation_id: str) -> console_views.RunView:
 
 
 def _refused_events(limit: int) -> Sequence[RefusedEvent]:
+    from shared.services import console_views
+
     return console_views.refused_events(bootstrap.container().ledger, limit)
 
 

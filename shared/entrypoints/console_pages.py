@@ -13,11 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.domain.runs import RefusedEvent, RunStatus
 from shared.entrypoints.console_timeline import machine_steps, timeline_svg
-from shared.services.console_views import RunsOverview, RunView
+
+if TYPE_CHECKING:
+    from shared.services.console_views import RunsOverview, RunView
 
 REFRESH_SECONDS = 15
 # The answer fields a cancel shows first, in this order; any other field follows.

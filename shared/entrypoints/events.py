@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
@@ -27,14 +27,9 @@ from shared.domain.events import (
     parse_delivery,
     parse_event,
 )
-from shared.services.intake import (
-    IntakeOutcome,
-    follow_up,
-    preparation_delay,
-    refuse_event,
-    take_in_event,
-    unmanaged_reason,
-)
+
+if TYPE_CHECKING:
+    from shared.services.intake import IntakeOutcome
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +117,9 @@ def _take_in(
     payload: Callable[[], str],
     envelope_id: str | None,
 ) -> IntakeOutcome | None:
+    # Imported on the first event, not when the worker indexes the functions (cold start).
+    from shared.services.intake import follow_up, preparation_delay, take_in_event, unmanaged_reason
+
     services = bootstrap.container()
     try:
         event = parse()
@@ -156,6 +154,8 @@ def _take_in(
 
 
 def _refuse(channel: str, reason: str, event_id: str | None, payload: str) -> None:
+    from shared.services.intake import refuse_event
+
     services = bootstrap.container()
     refuse_event(
         channel=channel,

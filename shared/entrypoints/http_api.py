@@ -10,14 +10,14 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from functools import cache
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
 from shared import bootstrap
-from shared.config import ConfigError, Settings
 from shared.domain.errors import (
     AzureCallFailed,
     LedgerConflict,
@@ -27,8 +27,13 @@ from shared.domain.errors import (
 from shared.domain.events import InvalidEvent, parse_time
 from shared.domain.ids import InvalidId, RunId, describe_for_log, parse_run_name
 from shared.domain.json_input import UnreadableJson, load_json
-from shared.services import cancellation, run_queries
-from shared.services.intake import refusal_document
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+    from shared.services import cancellation
+
+# The use cases (shared.services) are imported where first used, not when the worker indexes
+# the functions: a cold start pays only for what indexing needs.
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +61,23 @@ class Forbidden(Exception):
     """The caller may not do this (403)."""
 
 
-# One table: domain error → HTTP status and title.
-ERRORS: tuple[tuple[type[BaseException], HTTPStatus, str], ...] = (
-    (BadRequest, HTTPStatus.BAD_REQUEST, "Bad request"),
-    (InvalidId, HTTPStatus.BAD_REQUEST, "Invalid id"),
-    (run_queries.InvalidQuery, HTTPStatus.BAD_REQUEST, "Invalid query"),
-    (Forbidden, HTTPStatus.FORBIDDEN, "Not allowed"),
-    (LedgerConflict, HTTPStatus.CONFLICT, "The run kept changing; try again"),
-    (AzureCallFailed, HTTPStatus.BAD_GATEWAY, "Azure call failed"),
-    (LedgerUnavailable, HTTPStatus.SERVICE_UNAVAILABLE, "Run ledger unavailable"),
-    (StorageUnavailable, HTTPStatus.SERVICE_UNAVAILABLE, "Storage unavailable"),
-    (ConfigError, HTTPStatus.INTERNAL_SERVER_ERROR, "The app is misconfigured"),
-)
+@cache
+def errors() -> tuple[tuple[type[BaseException], HTTPStatus, str], ...]:
+    """One table: domain error → HTTP status and title."""
+    from shared.config import ConfigError
+    from shared.services import run_queries
+
+    return (
+        (BadRequest, HTTPStatus.BAD_REQUEST, "Bad request"),
+        (InvalidId, HTTPStatus.BAD_REQUEST, "Invalid id"),
+        (run_queries.InvalidQuery, HTTPStatus.BAD_REQUEST, "Invalid query"),
+        (Forbidden, HTTPStatus.FORBIDDEN, "Not allowed"),
+        (LedgerConflict, HTTPStatus.CONFLICT, "The run kept changing; try again"),
+        (AzureCallFailed, HTTPStatus.BAD_GATEWAY, "Azure call failed"),
+        (LedgerUnavailable, HTTPStatus.SERVICE_UNAVAILABLE, "Run ledger unavailable"),
+        (StorageUnavailable, HTTPStatus.SERVICE_UNAVAILABLE, "Storage unavailable"),
+        (ConfigError, HTTPStatus.INTERNAL_SERVER_ERROR, "The app is misconfigured"),
+    )
 
 
 def problem(status: HTTPStatus, title: str, detail: str, **extra: Any) -> func.HttpResponse:
@@ -89,7 +99,7 @@ def _guarded(
     try:
         return handler(request)
     except Exception as error:
-        for kind, status, title in ERRORS:
+        for kind, status, title in errors():
             if isinstance(error, kind):
                 if status >= 500:
                     log.error(
@@ -133,6 +143,8 @@ def _cancel(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _cancel_fields(req: func.HttpRequest, body: Mapping[str, Any]) -> func.HttpResponse:
+    from shared.services import cancellation, run_queries
+
     correlation_id = body.get("correlationId")
     if not isinstance(correlation_id, str):
         raise BadRequest("correlationId (string) is required")
@@ -167,6 +179,8 @@ def _cancel_fields(req: func.HttpRequest, body: Mapping[str, Any]) -> func.HttpR
 
 
 def _cancel_answer(result: cancellation.CancelAnswer) -> func.HttpResponse:
+    from shared.services import cancellation
+
     verdict = cancellation.CancelVerdict
     facts: dict[str, Any] = {
         "correlationId": result.run_id.text,
@@ -287,6 +301,8 @@ def list_runs(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _list(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.services import run_queries
+
     params = req.params
     try:
         top = int(params.get("top", "50"))
@@ -323,6 +339,8 @@ def get_run(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _get(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.services import run_queries
+
     configuration = req.route_params.get("configuration", "")
     run_name = req.route_params.get("runName", "")
     parse_run_name(run_name)
@@ -363,6 +381,8 @@ def list_refused_events(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _list_refused(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.services.intake import refusal_document
+
     raw = req.params.get("top", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_REFUSED_PAGE:
         raise BadRequest(f"top must be a whole number from 1 to {MAX_REFUSED_PAGE}")

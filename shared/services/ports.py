@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from shared.domain.ids import MachineId, RunId
+from shared.domain.ids import ConfigurationId, MachineId, RunId
 from shared.domain.machines import MachinePower, OperationResult
 from shared.domain.platform import (
     CancelAcceptance,
@@ -46,7 +46,44 @@ class RunLedger(Protocol):
         ...
 
     def list_runs(self) -> Iterator[Run]:
-        """Every run the ledger knows."""
+        """Every run the ledger knows (reads the whole history: not for requests or ticks)."""
+        ...
+
+    def list_runs_page(
+        self,
+        *,
+        configuration: str | None,
+        status: str | None,
+        start_from: datetime | None,
+        start_to: datetime | None,
+        top: int,
+        after: str | None,
+    ) -> tuple[list[Run], str | None]:
+        """One page of runs, newest scheduled start first, filtered by configuration (name or
+        id), status (the app's or the platform's) and scheduled start in [from, to); the second
+        value continues the listing as `after` (None: no more). ValueError for an `after` that
+        is not from this listing."""
+        ...
+
+    def find_runs_named(self, configuration_name: str, run_name: str) -> list[Run]:
+        """Runs with this run name of every configuration with this name."""
+        ...
+
+    def list_open_runs(self) -> Iterator[Run]:
+        """Runs not completed yet."""
+        ...
+
+    def list_known_configurations(self) -> list[ConfigurationId]:
+        """Every configuration the ledger has a run of."""
+        ...
+
+    def ensure_indexed(self) -> int:
+        """Index runs stored before the ledger had an index (once); how many were indexed."""
+        ...
+
+    def remove_runs_before(self, cutoff: datetime, limit: int) -> list[RunId]:
+        """Delete up to `limit` runs scheduled before `cutoff`, with all their rows; returns
+        the runs removed. Called again until it returns none, it removes them all."""
         ...
 
     def record_event(self, event: EventRecord, run: Run) -> Run:

@@ -41,6 +41,9 @@ LEASE = "reconcile"
 LEASE_DURATION = timedelta(minutes=4)
 # Runs older than this are history: the reconciler does not add them to the ledger.
 LOOKBACK = timedelta(days=2)
+# Runs kept in the ledger (RUN_RETENTION_DAYS), and how many older ones one tick removes.
+DEFAULT_RETENTION = timedelta(days=90)
+RETENTION_BATCH = 50
 # A task that has not moved its run for this long after its deadline is re-driven.
 STUCK_AFTER = timedelta(minutes=10)
 STATUS_WORDS = {
@@ -100,6 +103,7 @@ class TickSummary:
     missed_pre_events: list[str] = field(default_factory=list)
     redriven: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -112,6 +116,7 @@ class Reconciler:
     clock: Clock
     policy: OrchestrationPolicy
     target_configurations: tuple[ConfigurationId, ...] = ()
+    retention: timedelta = DEFAULT_RETENTION
 
     def tick(self, past_due: bool = False) -> TickSummary:
         """One reconcile pass; skipped when another tick holds the lease."""
@@ -124,28 +129,37 @@ class Reconciler:
             log.info("Reconcile tick is past due; running it now")
         summary = TickSummary()
         try:
-            known = {run.run_id.key: run for run in self.ledger.list_runs()}
+            # Open runs and known configurations come from the ledger's index: the tick costs
+            # O(runs under way), not O(history).
+            self.ledger.ensure_indexed()
+            known = {run.run_id.key: run for run in self.ledger.list_open_runs()}
             platform = self._platform_runs(known.values())
             summary.platform_runs = len(platform)
             for record in platform:
-                run = self._record(known.get(record.run_id.key), record, now, summary)
+                stored = known.get(record.run_id.key) or self.ledger.find_run(record.run_id)
+                run = self._record(stored, record, now, summary)
                 if run is not None:
                     known[run.run_id.key] = run
             for key in list(known):
                 self._hand_over(known[key], now, summary)
-            for run in self.ledger.list_runs():
+            for run in self.ledger.list_open_runs():
                 self._redrive(run, now, summary)
+            summary.removed = [
+                r.text
+                for r in self.ledger.remove_runs_before(now - self.retention, RETENTION_BATCH)
+            ]
         finally:
             self.ledger.release_lease(LEASE, holder)
         log.info(
             "Reconcile: %d platform runs, %d updated, %d to wrap-up, %d pre events missed,"
-            " %d re-driven, %d stuck",
+            " %d re-driven, %d stuck, %d removed (retention)",
             summary.platform_runs,
             len(summary.updated),
             len(summary.handed_to_wrap_up),
             len(summary.missed_pre_events),
             len(summary.redriven),
             len(summary.stuck),
+            len(summary.removed),
         )
         return summary
 
@@ -163,6 +177,9 @@ class Reconciler:
 
     def _managed_configurations(self, known: Iterable[Run]) -> dict[str, ConfigurationId]:
         configurations = {c.key: c for c in self.target_configurations}
+        # Every configuration the ledger has a run of (from its index), not only the open runs'.
+        for configuration in self.ledger.list_known_configurations():
+            configurations.setdefault(configuration.key, configuration)
         for run in known:
             configurations.setdefault(run.run_id.configuration.key, run.run_id.configuration)
         return configurations

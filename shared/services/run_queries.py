@@ -67,16 +67,22 @@ def list_runs(ledger: RunLedger, wanted: RunFilter, top: int, token: str | None)
     """Runs matching the filter, `top` at a time; `token` continues a previous page."""
     if not 1 <= top <= MAX_PAGE:
         raise InvalidQuery(f"top must be 1..{MAX_PAGE}")
-    offset = _offset(token)
-    matching = sorted(
-        (r for r in ledger.list_runs() if _matches(r, wanted)),
-        key=lambda r: (r.scheduled_start, r.run_id.key),
-        reverse=True,
-    )
-    page = matching[offset : offset + top]
-    more = offset + top < len(matching)
+    # One key range of the ledger's run index, one page of it: the cost does not grow with
+    # the history.
+    try:
+        page, after = ledger.list_runs_page(
+            configuration=wanted.configuration,
+            status=wanted.status,
+            start_from=wanted.start_from,
+            start_to=wanted.start_to,
+            top=top,
+            after=_position(token),
+        )
+    except ValueError as e:
+        raise InvalidQuery("continuationToken is not one this API gave") from e
     return RunPage(
-        runs=[run_summary(r) for r in page], next_token=_token(offset + top) if more else None
+        runs=[run_summary(r) for r in page if _matches(r, wanted)],
+        next_token=None if after is None else _token(after),
     )
 
 
@@ -90,15 +96,18 @@ def find_runs(
     """Runs of a configuration (by name) with this run name; several when names repeat
     across resource groups or subscriptions."""
     found = []
-    for run in ledger.list_runs():
-        c = run.run_id.configuration
-        if c.name.lower() != configuration.lower() or run.run_id.run_name != run_name:
+    for indexed in ledger.find_runs_named(configuration, run_name):
+        c = indexed.run_id.configuration
+        if c.name.lower() != configuration.lower() or indexed.run_id.run_name != run_name:
             continue
         if subscription_id and c.subscription_id != subscription_id.lower():
             continue
         if resource_group and c.resource_group.lower() != resource_group.lower():
             continue
-        found.append(run)
+        # The run's own partition is the truth; the index row only says where to look.
+        run = ledger.find_run(indexed.run_id)
+        if run is not None:
+            found.append(run)
     return found
 
 
@@ -162,19 +171,19 @@ def _matches(run: Run, wanted: RunFilter) -> bool:
     return not (wanted.start_to and run.scheduled_start >= wanted.start_to)
 
 
-def _token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
+def _token(position: str) -> str:
+    return base64.urlsafe_b64encode(f"k:{position}".encode()).decode()
 
 
-def _offset(token: str | None) -> int:
+def _position(token: str | None) -> str | None:
+    """Where the previous page ended (a key of the ledger's index), from its token."""
     if not token:
-        return 0
+        return None
     try:
         text = base64.urlsafe_b64decode(token.encode()).decode()
-        kind, _, number = text.partition(":")
-        offset = int(number)
     except (ValueError, binascii.Error, UnicodeDecodeError) as e:
         raise InvalidQuery("continuationToken is not one this API gave") from e
-    if kind != "o" or offset < 0:
+    kind, _, position = text.partition(":")
+    if kind != "k" or not position:
         raise InvalidQuery("continuationToken is not one this API gave")
-    return offset
+    return position

@@ -448,3 +448,20 @@ def test_authentication_guards_the_api_and_leaves_the_event_grid_webhook_open() 
 def test_the_app_never_sets_the_platforms_authentication_flag_itself() -> None:
     assert "WEBSITE_AUTH_ENABLED" not in _main_settings()
     assert "WEBSITE_AUTH_ENABLED" not in variable(MAIN, "platformSettings")
+
+
+def test_run_reports_expire_by_a_lifecycle_rule_as_old_as_the_ledgers_retention() -> None:
+    policy = body(resource(STORAGE, "lifecycle"))
+    assert policy["name"] == "default"
+    [rule] = policy["properties"]["policy"]["rules"]
+    assert rule["enabled"] is True and rule["type"] == "Lifecycle"
+    filters = rule["definition"]["filters"]
+    assert filters["blobTypes"] == ["blockBlob"]
+    assert [render(p) for p in filters["prefixMatch"]] == ["${reportContainerName}/"]
+    delete = rule["definition"]["actions"]["baseBlob"]["delete"]
+    assert render(delete["daysAfterModificationGreaterThan"]) == "reportRetentionDays"
+    storage_params = body(module(MAIN, "storage"))["params"]
+    assert render(storage_params["reportContainerName"]) == "reportContainerName"
+    assert render(storage_params["reportRetentionDays"]) == "runRetentionDays"
+    assert _main_settings()["RUN_RETENTION_DAYS"] == "string(runRetentionDays)"
+    assert render(param(MAIN, "runRetentionDays")["default"]) == "90"

@@ -268,3 +268,28 @@ def test_a_pre_event_far_ahead_is_not_stuck_while_it_waits_for_t_minus_40() -> N
     world.clock.current = START - timedelta(minutes=29)
     assert reconciler(world).tick().redriven == [RUN.text]
     assert [t.kind for t in world.queue.sent][-1] is TaskKind.PREPARE
+
+
+def test_runs_older_than_the_retention_are_removed_a_bounded_batch_a_tick() -> None:
+    from shared.domain.runs import Run
+    from shared.services.reconcile import RETENTION_BATCH
+
+    world = World()
+    configuration = ConfigurationId.parse(CONFIGURATION)
+    now = world.clock.now()
+    old = [
+        RunId.of(configuration, (now - timedelta(days=100, hours=n)).strftime("%Y%m%d%H%M%S"))
+        for n in range(RETENTION_BATCH + 3)
+    ]
+    recent = RunId.of(configuration, (now - timedelta(days=80)).strftime("%Y%m%d%H%M%S"))
+    for run_id in [*old, recent]:
+        world.ledger.save_run(
+            dataclasses.replace(Run.first_seen(run_id, now), status=RunStatus.COMPLETED)
+        )
+    first = reconciler(world, retention=timedelta(days=90)).tick()
+    assert len(first.removed) == RETENTION_BATCH
+    second = reconciler(world, retention=timedelta(days=90)).tick()
+    assert len(second.removed) == 3
+    assert {*first.removed, *second.removed} == {r.text for r in old}
+    assert world.ledger.find_run(recent) is not None
+    assert reconciler(world, retention=timedelta(days=90)).tick().removed == []

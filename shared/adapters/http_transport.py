@@ -1,0 +1,97 @@
+"""One pooled HTTP transport per endpoint, shared by every SDK client that calls it.
+
+azure-core's default transport gives each client a requests.Session whose pool keeps 10
+connections per host. The app calls ARM from hundreds of threads at once (start tasks times
+their concurrency), so with the default most calls opened a fresh TLS connection and threw it
+away ("Connection pool is full, discarding connection"). Here one session per endpoint keeps as
+many connections as the app has calls in flight, and the CA bundle's path is checked once per
+process instead of three `stat` calls per request.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from azure.core.pipeline.transport import RequestsTransport
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+# Pools kept per session: one per host the endpoint's clients talk to (ARM has one).
+HOST_POOLS = 4
+# Connections kept when nothing says how many calls run at once.
+DEFAULT_POOL_SIZE = 64
+
+
+@functools.cache
+def ca_bundle_location(path: str) -> tuple[str, bool]:
+    """The CA bundle (file or directory) at ``path``, checked once per process."""
+    if not os.path.exists(path):
+        raise OSError(f"Could not find a suitable TLS CA certificate bundle, invalid path: {path}")
+    return path, os.path.isdir(path)
+
+
+class PooledAdapter(HTTPAdapter):
+    """requests' adapter, with the CA bundle's path checks done once rather than per request."""
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
+    ) -> tuple[Any, Any]:
+        if not isinstance(verify, str) or cert is not None:
+            return super().build_connection_pool_key_attributes(request, verify, cert)
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, True, None)
+        location, is_directory = ca_bundle_location(verify)
+        pool_kwargs["ca_cert_dir" if is_directory else "ca_certs"] = location
+        return host_params, pool_kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: bool | str, cert: Any) -> None:
+        if not isinstance(verify, str) or cert is not None or not url.lower().startswith("https"):
+            super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
+            return
+        location, is_directory = ca_bundle_location(verify)
+        conn.cert_reqs = "CERT_REQUIRED"
+        if is_directory:
+            conn.ca_cert_dir = location
+        else:
+            conn.ca_certs = location
+
+
+def pooled_transport(pool_size: int = DEFAULT_POOL_SIZE) -> RequestsTransport:
+    """A transport whose session keeps ``pool_size`` connections per host, shared by clients.
+
+    azure-core retries on its own (its RetryPolicy), so the adapter does not; the transport
+    does not own the session, so one client closing does not close it under the others.
+    """
+    session = requests.Session()
+    adapter = PooledAdapter(
+        pool_connections=HOST_POOLS,
+        pool_maxsize=max(1, pool_size),
+        max_retries=Retry(total=False, redirect=False, raise_on_status=False),
+    )
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return RequestsTransport(session=session, session_owner=False)
+
+
+class EndpointTransports:
+    """The process's transports, one per endpoint (scheme, host and port)."""
+
+    def __init__(self, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+        self.pool_size = pool_size
+        self._by_endpoint: dict[str, RequestsTransport] = {}
+        self._lock = threading.Lock()
+
+    def for_endpoint(self, url: str) -> RequestsTransport:
+        """The shared transport for ``url``'s endpoint (built on first use)."""
+        parts = urlsplit(url)
+        endpoint = f"{parts.scheme}://{parts.netloc}".lower()
+        with self._lock:
+            transport = self._by_endpoint.get(endpoint)
+            if transport is None:
+                transport = pooled_transport(self.pool_size)
+                self._by_endpoint[endpoint] = transport
+            return transport

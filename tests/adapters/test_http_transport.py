@@ -1,0 +1,117 @@
+"""Connections are reused: one pooled transport per endpoint, sized for the app's concurrency and
+shared by every SDK client that calls the endpoint, and the CA bundle checked once, not per
+request. Real SDK clients over real HTTPS against the fake Azure."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from azure.identity import ManagedIdentityCredential
+
+from sandbox.fake_azure import FakeAzure
+from shared.adapters.compute import ComputeMachines
+from shared.adapters.http_transport import EndpointTransports, PooledAdapter, ca_bundle_location
+from shared.bootstrap import Container, http_pool_size
+from shared.config import Settings
+from shared.domain.ids import MachineId
+from shared.domain.machines import PowerState
+from tests.fake_azure import CLIENT_ID, FAST_RETRIES, SUBSCRIPTION, WORKSPACE_ID, vm_id
+
+WEB = MachineId.parse(vm_id(SUBSCRIPTION, "rg-web", "web-01"))
+THREADS = 40
+
+
+def container_for(fake: FakeAzure, **settings: str) -> Container:
+    return Container(
+        settings=Settings.from_environ(
+            {
+                "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+                "MANAGED_IDENTITY_CLIENT_ID": CLIENT_ID,
+                "ARM_ENDPOINT": fake.url,
+                "LOG_ANALYTICS_ENDPOINT": fake.url,
+                "LOG_ANALYTICS_WORKSPACE_ID": WORKSPACE_ID,
+                **settings,
+            }
+        ),
+        client_options=dict(FAST_RETRIES),
+    )
+
+
+def adapter_of(transports: EndpointTransports, url: str) -> PooledAdapter:
+    session = transports.for_endpoint(url).session
+    assert session is not None
+    adapter = session.get_adapter(url)
+    assert isinstance(adapter, PooledAdapter)
+    return adapter
+
+
+def read_power_from_many_threads(compute: ComputeMachines, times: int) -> None:
+    with ThreadPoolExecutor(THREADS) as pool:
+        powers = list(pool.map(lambda _: compute.get_power(WEB), range(times)))
+    assert {p.state for p in powers} == {PowerState.RUNNING}
+
+
+def test_the_sdk_clients_of_one_endpoint_share_one_transport_sized_for_the_app(
+    fake: FakeAzure,
+) -> None:
+    container = container_for(fake, START_CONCURRENCY="8")
+    arm = container.transports.for_endpoint(fake.url)
+    # Compute, Maintenance and Resource Graph all call ARM: one transport between them.
+    assert container.compute._clients._transport is arm
+    assert container.maintenance._clients._transport is arm
+    assert container.resource_graph._client._client._pipeline._transport is arm
+    assert container.transports.for_endpoint(fake.url + "/anything") is arm
+    assert http_pool_size(container.settings) == 8 * 24 + 32
+    assert adapter_of(container.transports, fake.url)._pool_maxsize == 8 * 24 + 32  # type: ignore[attr-defined]
+
+
+def test_many_threads_reuse_pooled_connections_without_pool_is_full_warnings(
+    fake: FakeAzure, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.faults.set_arm_limits(reads=(1000, 500.0))  # 160 reads in a burst: beyond ARM's 250/s
+    container = container_for(fake)
+    caplog.set_level(logging.WARNING, logger="urllib3.connectionpool")
+    read_power_from_many_threads(container.compute, 4 * THREADS)
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
+    pool = next(
+        iter(adapter_of(container.transports, fake.url).poolmanager.pools._container.values())
+    )
+    # At most one connection per thread was ever opened, and they were kept for reuse.
+    assert pool.num_connections <= THREADS
+    assert pool.pool.qsize() == pool.pool.maxsize
+
+
+def test_a_pool_smaller_than_the_concurrency_is_what_warns(
+    fake: FakeAzure, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The same load through a pool of 4 connections: the warning the app used to log by the
+    # thousand (so the test above would see one if the sizing were wrong).
+    fake.faults.set_arm_limits(reads=(1000, 500.0))
+    transports = EndpointTransports(pool_size=4)
+    compute = ComputeMachines.build(
+        ManagedIdentityCredential(client_id=CLIENT_ID),
+        fake.url,
+        transport=transports.for_endpoint(fake.url),
+        **FAST_RETRIES,
+    )
+    caplog.set_level(logging.WARNING, logger="urllib3.connectionpool")
+    read_power_from_many_threads(compute, 4 * THREADS)
+    assert [r for r in caplog.records if "pool is full" in r.getMessage()]
+
+
+def test_the_ca_bundle_is_checked_once_not_on_every_request(fake: FakeAzure) -> None:
+    ca_bundle_location.cache_clear()
+    container = container_for(fake)
+    for _ in range(20):
+        container.compute.get_power(WEB)
+    checks = ca_bundle_location.cache_info()
+    assert checks.misses == 1  # the path was looked at once...
+    assert checks.hits >= 20  # ...and every request after used what was found
+
+
+def test_a_missing_ca_bundle_still_fails_loudly(tmp_path: object) -> None:
+    ca_bundle_location.cache_clear()
+    with pytest.raises(OSError, match="CA certificate bundle"):
+        ca_bundle_location("/nonexistent/ca.pem")
