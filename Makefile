@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # checkov pins packages that clash with the app's SDKs, so it gets a venv of its own.
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: test lint typecheck unit infra-check fmt clean run serve event
+.PHONY: test lint typecheck unit infra-check fmt clean run serve event browser screenshots
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,17 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
+# Headless Chromium for the console's browser tests: Debian's chromium and chromium-driver,
+# installed once (as root, or with sudo); nothing downloads a browser at run time.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver </dev/null; \
+	fi
+
 # pytest with Azurite started on free loopback ports; Azurite is stopped whatever the result.
-unit: $(VENV)/.installed node_modules/.installed
+unit: $(VENV)/.installed node_modules/.installed browser
 	$(PY) -m sandbox.azurite -- $(PY) -m pytest $(PYTEST_ARGS)
 
 # checkov on infra/, offline; zero failed checks (skips are justified inline).
@@ -47,6 +56,10 @@ run: $(VENV)/.installed node_modules/.installed
 # The same stack, kept up for manual use; `make event KIND=pre RUN=linux` talks to it.
 serve: $(VENV)/.installed node_modules/.installed
 	$(PY) -m sandbox.demo serve
+
+# docs/console-runs.png and docs/console-run.png, after `make run`'s runs.
+screenshots: $(VENV)/.installed node_modules/.installed browser
+	$(PY) -m sandbox.console_screenshots
 
 event: $(VENV)/.installed
 	$(PY) -m sandbox.demo event $(KIND) $(RUN)

@@ -275,6 +275,9 @@ Runs waiting for their events: linux ({runs["linux"].correlation_id}, in 32 min)
        -H 'x-functions-key: {stack.host.function_key}' \\
        -d '{{"correlationId": "{runs["linux"].correlation_id}", "dryRun": true}}'
 
+Operator console (open it in a browser; the key in `code` opens the console's other pages too):
+  {stack.host.url}/api/console?code={stack.host.function_key}
+
 OpenAPI: {stack.host.url}/api/openapi.json. Ctrl+C stops everything.""",
             flush=True,
         )

@@ -58,6 +58,42 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "methods": ["GET"],
         "authLevel": "FUNCTION",
     },
+    "console_runs": {
+        "type": "httpTrigger",
+        "route": "console",
+        "methods": ["GET"],
+        "authLevel": "FUNCTION",
+    },
+    "console_run": {
+        "type": "httpTrigger",
+        "route": "console/run",
+        "methods": ["GET"],
+        "authLevel": "FUNCTION",
+    },
+    "console_report": {
+        "type": "httpTrigger",
+        "route": "console/report",
+        "methods": ["GET"],
+        "authLevel": "FUNCTION",
+    },
+    "console_cancel": {
+        "type": "httpTrigger",
+        "route": "console/cancel",
+        "methods": ["POST"],
+        "authLevel": "FUNCTION",
+    },
+    "console_refused": {
+        "type": "httpTrigger",
+        "route": "console/refused",
+        "methods": ["GET"],
+        "authLevel": "FUNCTION",
+    },
+    "console_static": {
+        "type": "httpTrigger",
+        "route": "console/static/{file}",
+        "methods": ["GET"],
+        "authLevel": "FUNCTION",
+    },
 }
 
 

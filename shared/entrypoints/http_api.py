@@ -129,10 +129,22 @@ def cancel_run(req: func.HttpRequest) -> func.HttpResponse:
     return _guarded(_cancel, req)
 
 
+def cancel_for_console(
+    req: func.HttpRequest, correlation_id: str, reason: str, dry_run: bool
+) -> func.HttpResponse:
+    """POST /api/runs/cancel's own handling and answer for a cancel that came another way (the
+    console's form): the same caller checks, window rules, audit and answer."""
+    fields = {"correlationId": correlation_id, "reason": reason, "dryRun": dry_run}
+    return _guarded(lambda request: _cancel_fields(request, fields), req)
+
+
 def _cancel(req: func.HttpRequest) -> func.HttpResponse:
+    return _cancel_fields(req, _json_body(req))
+
+
+def _cancel_fields(req: func.HttpRequest, body: Mapping[str, Any]) -> func.HttpResponse:
     from shared.services import cancellation, run_queries
 
-    body = _json_body(req)
     correlation_id = body.get("correlationId")
     if not isinstance(correlation_id, str):
         raise BadRequest("correlationId (string) is required")
