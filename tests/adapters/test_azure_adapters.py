@@ -13,7 +13,11 @@ from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
 from sandbox.fake_azure import FakeAzure
 from shared.adapters.compute import ComputeMachines
-from shared.adapters.credentials import azure_credential, running_with_platform_identity
+from shared.adapters.credentials import (
+    OneRequestAtATime,
+    azure_credential,
+    running_with_platform_identity,
+)
 from shared.adapters.log_analytics import LogAnalyticsHeartbeats
 from shared.adapters.maintenance import THROTTLED_CANCEL_TRIES, MaintenanceRuns
 from shared.adapters.resource_graph import ResourceGraphMachines
@@ -495,7 +499,8 @@ def test_with_a_platform_identity_the_app_uses_the_managed_identity(fake: FakeAz
         )
     )
     credential = container.credential
-    assert isinstance(credential, ManagedIdentityCredential)
+    assert isinstance(credential, OneRequestAtATime)
+    assert isinstance(credential._inner, ManagedIdentityCredential)
     assert container.credential is credential  # one credential per process
     assert container.resource_graph is container.resource_graph
     token = credential.get_token(fake.credential_scope)

@@ -115,3 +115,13 @@ def test_a_missing_ca_bundle_still_fails_loudly(tmp_path: object) -> None:
     ca_bundle_location.cache_clear()
     with pytest.raises(OSError, match="CA certificate bundle"):
         ca_bundle_location("/nonexistent/ca.pem")
+
+
+def test_a_cold_instance_fanning_out_asks_the_identity_endpoint_for_a_token_once(
+    fake: FakeAzure,
+) -> None:
+    fake.faults.set_arm_limits(reads=(1000, 500.0))
+    container = container_for(fake)
+    fake.clear_requests()
+    read_power_from_many_threads(container.compute, THREADS)
+    assert len([r for r in fake.requests if r.endpoint == "token"]) == 1
