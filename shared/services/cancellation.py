@@ -326,19 +326,34 @@ def _send(request: _Request, run: Run) -> CancelAnswer:
     )
 
 
+def _accepted_on_read_back(
+    request: _Request, run: Run, platform: str | None, explanation: str
+) -> CancelAnswer | None:
+    """The cancel recorded as accepted when the run read back shows it cancelled, else None."""
+    if _word(platform) not in CANCELLED_WORDS:
+        return None
+    return _accept(
+        request,
+        run.run_id,
+        platform,
+        confirmed=_word(platform) in CANCELLED_STATUS_WORDS,
+        explanation=explanation,
+    )
+
+
 def _after_lost_answer(request: _Request, run: Run, error: AzureCallFailed) -> CancelAnswer:
     """No usable answer (no answer, a 5xx, throttled): read the run back before anything."""
     context = request.context
     platform, readable = _read_back(context, run.run_id)
-    if _word(platform) in CANCELLED_WORDS:
-        return _accept(
-            request,
-            run.run_id,
-            platform,
-            confirmed=_word(platform) in CANCELLED_STATUS_WORDS,
-            explanation=f"Azure's answer to the cancel was lost ({error.status or 'no answer'}); "
-            f"read back, the run shows {platform}: the cancel was accepted",
-        )
+    accepted = _accepted_on_read_back(
+        request,
+        run,
+        platform,
+        f"Azure's answer to the cancel was lost ({error.status or 'no answer'}); "
+        f"read back, the run shows {platform}: the cancel was accepted",
+    )
+    if accepted is not None:
+        return accepted
     if readable:
         # Azure shows the run not cancelled: the request did not land; a later one may.
         _clear_mark(context.ledger, run.run_id, platform)
@@ -379,15 +394,15 @@ def _settle_earlier_attempt(request: _Request, run: Run) -> CancelAnswer | None:
     worker died): read the run back first. None when Azure shows it not cancelled."""
     context = request.context
     platform, readable = _read_back(context, run.run_id)
-    if _word(platform) in CANCELLED_WORDS:
-        return _accept(
-            request,
-            run.run_id,
-            platform,
-            confirmed=_word(platform) in CANCELLED_STATUS_WORDS,
-            explanation=f"an earlier cancel request reached Azure: the run shows {platform}; "
-            "no second cancel was sent",
-        )
+    accepted = _accepted_on_read_back(
+        request,
+        run,
+        platform,
+        f"an earlier cancel request reached Azure: the run shows {platform}; "
+        "no second cancel was sent",
+    )
+    if accepted is not None:
+        return accepted
     if readable:
         return None
     answer = CancelAnswer(
