@@ -301,7 +301,8 @@ def test_an_unreadable_operation_status_is_unknown_not_failed(
 def test_a_start_only_ever_throttled_is_withdrawn_unsent_once_no_longer_wanted(
     fake: FakeAzure, compute: ComputeMachines
 ) -> None:
-    fake.faults.set_write_throttle(capacity=1, refill_per_second=0.2)
+    # Retry-After 1 s: short enough for the pacing retry policy to re-send it in place.
+    fake.faults.set_write_throttle(capacity=1, refill_per_second=1.0)
     compute.begin_start(WEB)  # spends the only token: the next write is throttled
     asked: list[bool] = []
 
