@@ -11,9 +11,9 @@ import pytest
 
 from sandbox.local_host.worker_pool import worker_thread_count
 from tests.local_host.conftest import StartHost, WorkQueues
-from tests.local_host.test_eventgrid_webhook import grid_event, post
 from tests.local_host.http_calls import send
 from tests.local_host.sample_function_app import InvocationRecorder
+from tests.local_host.test_eventgrid_webhook import grid_event, post
 from tests.local_host.test_timers_and_admin_api import run_now
 
 WAIT = 10.0
