@@ -263,6 +263,8 @@ def app_environment(
         "LOG_ANALYTICS_ENDPOINT": fake.url,
         "LOG_ANALYTICS_WORKSPACE_ID": WORKSPACE_ID,
         "MANAGED_IDENTITY_CLIENT_ID": CLIENT_ID,
+        # The worker's thread pool as infra/ sizes it (README: "Threads and queue concurrency").
+        "PYTHON_THREADPOOL_THREAD_COUNT": "32",
         # Loopback only: no proxy may send the SDKs' traffic elsewhere.
         "NO_PROXY": "127.0.0.1,localhost,::1",
         **fake.environment(),
