@@ -327,6 +327,11 @@ class HostProcess:
             time.sleep(0.1)
         self.url = json.loads(ready.read_text(encoding="utf-8"))["url"]
 
+    @property
+    def pid(self) -> int | None:
+        """The running host's process id (None before start)."""
+        return self._process.pid if self._process is not None else None
+
     def kill(self) -> None:
         """SIGKILL: no drain, no goodbye, messages in flight stay leased."""
         if self._process is not None and self._process.poll() is None:
