@@ -41,6 +41,7 @@ from shared.domain.vocabulary import (
     is_cancelled,
     is_confirmed_cancel,
 )
+from shared.services.conflicts import retry_on_conflict
 from shared.services.ports import RunCanceller, RunLedger, RunMachinesSource, TaskQueue
 
 log = logging.getLogger(__name__)
@@ -537,17 +538,13 @@ def _window_of(run: Run, context: CancelContext) -> CancelWindow:
 def _save_platform_status(
     ledger: RunLedger, run_id: RunId, platform: PlatformStatus | str | None
 ) -> None:
-    for _ in range(MAX_ATTEMPTS):
+    def save() -> None:
         run = ledger.find_run(run_id)
-        if run is None:
-            return
-        try:
-            ledger.save_run(
-                replace(run, platform_status=PlatformStatus.of(platform) or run.platform_status)
-            )
-            return
-        except LedgerConflict:
-            continue
+        if run is not None:
+            status = PlatformStatus.of(platform) or run.platform_status
+            ledger.save_run(replace(run, platform_status=status))
+
+    retry_on_conflict(save, what=f"run {run_id.text}", attempts=MAX_ATTEMPTS)
 
 
 def _add_note(context: CancelContext, run_id: RunId, level: NoteLevel, message: str) -> RunNote:
@@ -571,42 +568,39 @@ def _mark_cancelled(
     platform: PlatformStatus | str | None,
     now: datetime,
 ) -> Run:
-    for _ in range(MAX_ATTEMPTS):
+    def mark() -> Run:
         run = ledger.find_run(run_id) or Run.first_seen(run_id, now)
-        try:
-            return ledger.save_run(
-                replace(
-                    run,
-                    status=RunStatus.CANCELLED,
-                    cancel_source=source,
-                    wrap_up_requested_at=now,
-                    platform_status=PlatformStatus.of(platform) or run.platform_status,
-                    updated_at=now,
-                )
+        return ledger.save_run(
+            replace(
+                run,
+                status=RunStatus.CANCELLED,
+                cancel_source=source,
+                wrap_up_requested_at=now,
+                platform_status=PlatformStatus.of(platform) or run.platform_status,
+                updated_at=now,
             )
-        except LedgerConflict:
-            continue
-    raise LedgerConflict(f"run {run_id.text} kept changing after its cancel")
+        )
+
+    return retry_on_conflict(
+        mark, what=f"run {run_id.text} after its cancel", attempts=MAX_ATTEMPTS
+    )
 
 
 def _clear_mark(ledger: RunLedger, run_id: RunId, platform: PlatformStatus | str | None) -> None:
-    for _ in range(MAX_ATTEMPTS):
+    def clear() -> None:
         run = ledger.find_run(run_id)
         if run is None:
             return
-        cancelled = is_cancelled(platform)
-        try:
-            ledger.save_run(
-                replace(
-                    run,
-                    cancel_requested_at=None,
-                    platform_status=PlatformStatus.of(platform) or run.platform_status,
-                    status=RunStatus.CANCELLED if cancelled else run.status,
-                )
+        ledger.save_run(
+            replace(
+                run,
+                cancel_requested_at=None,
+                platform_status=PlatformStatus.of(platform) or run.platform_status,
+                status=RunStatus.CANCELLED if is_cancelled(platform) else run.status,
             )
-            return
-        except LedgerConflict:
-            continue
+        )
+
+    retry_on_conflict(clear, what=f"run {run_id.text}", attempts=MAX_ATTEMPTS)
 
 
 def _audited(
