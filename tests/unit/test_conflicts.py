@@ -36,6 +36,6 @@ def test_other_errors_are_not_retried() -> None:
         tries.append(1)
         raise ValueError("not a race")
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a race"):
         retry_on_conflict(attempt, what="run r")
     assert len(tries) == 1
