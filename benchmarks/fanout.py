@@ -122,6 +122,7 @@ class PreEventProbe:
         self.interval = interval
         self.answers: list[float] = []
         self.sent_at: list[float] = []
+        self._events: list[tuple[Any, dict[str, Any]]] = []
         self.origin = time.perf_counter()
         self.statuses: collections.Counter[int] = collections.Counter()
         self._stop = threading.Event()
@@ -140,15 +141,19 @@ class PreEventProbe:
         self._stop.set()
         self._thread.join(60)
 
-    def _run(self) -> None:
-        index = 0
-        while not self._stop.is_set() and index < MAX_PRE_EVENTS:
-            index += 1
+    def prepare(self, count: int) -> None:
+        """Create the small runs and their events beforehand: while the fan-out runs, the
+        fake Azure (in this process) is busy, and only the app's answer is to be timed."""
+        for index in range(count):
             small = self.stack.schedule(
                 self.configuration, [self.machine], timedelta(minutes=40, seconds=index)
             )
-            # The envelope is built first: only the app's answer is timed, not the fake's.
-            envelope = self.stack.event(PRE, small)
+            self._events.append((small, self.stack.event(PRE, small)))
+
+    def _run(self) -> None:
+        for small, envelope in self._events:
+            if self._stop.is_set():
+                break
             started = time.perf_counter()
             answer = self.stack.deliver(PRE, small, envelope=envelope)
             self.answers.append(time.perf_counter() - started)
@@ -236,6 +241,7 @@ def main() -> int:
         probe = PreEventProbe(
             stack, model.configurations[0].name, already_running[0], args.event_interval
         )
+        probe.prepare(min(MAX_PRE_EVENTS, int(2 * ideal / args.event_interval) + 30))
         cpu_started = time.process_time()
         app_cpu_started = cpu_seconds(app_pid)
         started = time.perf_counter()
