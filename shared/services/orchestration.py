@@ -45,7 +45,7 @@ from shared.domain.runs import (
 from shared.domain.tasks import MAX_TASK_DELAY, Task, TaskKind
 from shared.domain.timeline import Clock, machines_running_deadline, preparation_due
 from shared.domain.vocabulary import CancelSource, CancelVerdict, GateOutcome, PlatformStatus
-from shared.services import cancellation
+from shared.services import cancel_confirmation, cancellation
 from shared.services.ports import (
     Heartbeats,
     Machines,
@@ -675,7 +675,7 @@ class Orchestrator:
     def confirm_cancel(self, task: Task) -> None:
         """Read back a run whose cancel Azure only accepted (or whose answer was lost); a
         report already written gets what Azure finally said."""
-        notes = cancellation.confirm_cancel(task, self.cancel_context())
+        notes = cancel_confirmation.confirm_cancel(task, self.cancel_context())
         run = self.ledger.find_run(task.run_id)
         if not notes or run is None or run.report_location is None:
             return
