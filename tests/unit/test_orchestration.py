@@ -14,7 +14,7 @@ import pytest
 from shared.domain.errors import AzureCallFailed, NotificationFailed
 from shared.domain.events import EventKind, parse_event
 from shared.domain.ids import MachineId, RunId
-from shared.domain.machines import OperationOutcome, OperationResult, PowerState
+from shared.domain.machines import PowerState
 from shared.domain.policy import OptOutTag, OrchestrationPolicy
 from shared.domain.runs import MachineAction, MachineRecord, NoteLevel, RunStatus
 from shared.domain.tasks import Task, TaskKind
@@ -116,13 +116,15 @@ class World:
 
 
 def crash_once_when_start_is_recorded(world: World) -> list[bool]:
-    """Our own ledger fails the first "Started" write: the worker dies after Azure was called
-    and before it recorded so. Returns the list that says whether it crashed."""
+    """Our own ledger fails the first write of an accepted start: the worker dies after Azure
+    accepted the call and before it recorded so. Returns the list that says whether it
+    crashed."""
     crashed: list[bool] = []
     real_save = world.ledger.save_machine
 
     def save(machine: MachineRecord) -> MachineRecord:
-        if machine.action is MachineAction.STARTED and not crashed:
+        accepted = machine.history and machine.history[-1][2] == "start accepted"
+        if machine.action is MachineAction.STARTING and accepted and not crashed:
             crashed.append(True)
             raise RuntimeError("worker died after calling Azure")
         return real_save(machine)
@@ -408,7 +410,7 @@ def test_a_retry_after_the_intent_lease_checks_the_vm_instead_of_starting_it() -
     with pytest.raises(RuntimeError):
         world.work(until_minutes_before_start=34.9)
     world.queue._heap.clear()  # verify was lost too
-    world.clock.advance(timedelta(minutes=6))  # past OPERATION_WAIT_SECONDS + 60 s
+    world.clock.advance(timedelta(minutes=6))  # past the intent's lease
     world.queue.send(Task(TaskKind.START, RUN, (web,)))
     world.work()
     assert world.machines.count("start", web) == 1
@@ -418,7 +420,7 @@ def test_a_retry_after_the_intent_lease_checks_the_vm_instead_of_starting_it() -
 def test_a_worker_that_died_before_its_start_call_is_made_up_for() -> None:
     world = World()
     (web,) = world.fleet(web=PowerState.DEALLOCATED)
-    real_start = world.machines.begin_start
+    real_start = world.machines.start
     died: list[bool] = []
 
     def die_once(machine: MachineId, still_wanted: Any = None) -> Any:
@@ -427,7 +429,7 @@ def test_a_worker_that_died_before_its_start_call_is_made_up_for() -> None:
             raise RuntimeError("worker died after writing Starting")
         return real_start(machine)
 
-    world.machines.begin_start = die_once  # type: ignore[method-assign]
+    world.machines.start = die_once  # type: ignore[method-assign]
     world.deliver(PRE)
     with pytest.raises(RuntimeError):
         world.work()
@@ -515,7 +517,7 @@ def test_throttled_starts_are_retried_later_not_failed() -> None:
     world = World()
     web, api = world.fleet(web=PowerState.DEALLOCATED, api=PowerState.DEALLOCATED)
     throttled: list[str] = []
-    real_start = world.machines.begin_start
+    real_start = world.machines.start
 
     def throttle_first_calls(machine: MachineId, still_wanted: Any = None) -> Any:
         if len(throttled) < 3:
@@ -523,7 +525,7 @@ def test_throttled_starts_are_retried_later_not_failed() -> None:
             raise AzureCallFailed("Compute", 429, "TooManyRequests", "write limit")
         return real_start(machine)
 
-    world.machines.begin_start = throttle_first_calls  # type: ignore[method-assign]
+    world.machines.start = throttle_first_calls  # type: ignore[method-assign]
     world.deliver(PRE)
     world.work()
     assert world.row(web).action is MachineAction.STARTED
@@ -593,5 +595,11 @@ def test_a_start_answer_that_comes_after_wrap_up_began_does_not_undo_it() -> Non
     world.ledger.save_machine(
         world.row(web).moved_to(MachineAction.DEALLOCATED, world.clock.now(), "deallocated")
     )
-    world.orchestrator._record_start(starting, OperationResult(OperationOutcome.SUCCEEDED))
+    world.orchestrator._call(
+        starting,
+        lambda: None,
+        MachineAction.PLANNED,
+        MachineAction.START_FAILED,
+        "start accepted",
+    )
     assert world.row(web).action is MachineAction.DEALLOCATED
