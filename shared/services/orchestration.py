@@ -1300,6 +1300,19 @@ class Orchestrator:
         """Azure accepted the row's call less than a lease ago: the VM may not show it yet."""
         return _accepted(row) and self.clock.now() - row.updated_at < self.policy.task_lease
 
+    def _read_one_by_one(self, machines: Sequence[MachineId]) -> dict[MachineId, MachinePower]:
+        def read(machine: MachineId) -> tuple[MachineId, MachinePower | None]:
+            try:
+                return machine, self.machines.get_machine(machine).power
+            except AzureCallFailed as e:
+                log.warning("Power state of %s unreadable: %s", machine.text, e)
+                if e.is_transient:
+                    return machine, None  # unread this time
+                return machine, MachinePower(state=None, startable=False, note=NOT_LISTED)
+
+        pairs = _parallel(self.policy.start_concurrency, read, machines)
+        return {machine: power for machine, power in pairs if power is not None}
+
     def _read_power(self, machines: Iterable[MachineId]) -> dict[MachineId, MachinePower]:
         """Power states in bulk: one status-only listing per subscription the machines are in
         (no other subscription is read). A subscription whose listing failed leaves its
@@ -1312,7 +1325,18 @@ class Orchestrator:
             try:
                 found = dict(self.machines.list_power_states(subscription, asked))
             except AzureCallFailed as e:
-                log.warning("Power states of subscription %s unreadable: %s", subscription, e)
+                if not e.is_refusal:
+                    log.warning("Power states of subscription %s unreadable: %s", subscription, e)
+                    continue
+                # Refused (e.g. 403: the app's role is assigned per resource group, and the
+                # list is a subscription-wide read): one read per VM, as Azure allows.
+                log.warning(
+                    "Subscription %s refused its VM list (%s); reading %d VMs one by one",
+                    subscription,
+                    e,
+                    len(asked),
+                )
+                powers.update(self._read_one_by_one(asked))
                 continue
             for machine in asked:
                 powers[machine] = found.get(machine) or MachinePower(
