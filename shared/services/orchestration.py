@@ -841,8 +841,12 @@ class Orchestrator:
         row = self.ledger.find_machine(run_id, machine.text)
         if row is None or not row.owned_by_run:
             return row or MachineRecord.planned(run_id, machine.text, self.clock.now())
-        if row.action is MachineAction.DEALLOCATING and self._intent_is_fresh(row):
-            return row  # another worker is deallocating it; finish waits for it
+        if row.action is MachineAction.DEALLOCATING and (
+            self._intent_is_fresh(row) or self._awaiting_power(row)
+        ):
+            # Another worker is deallocating it, or Azure accepted the deallocate moments ago:
+            # finish settles it.
+            return row
         if self._hand_over(run_id, row):
             return self.ledger.find_machine(run_id, machine.text) or row
         now = self.clock.now()
@@ -884,10 +888,10 @@ class Orchestrator:
             )
         if row.action is MachineAction.DEALLOCATING:
             settled = self._settle_deallocation(row, power)
-            if settled.action is not MachineAction.DEALLOCATING or (
-                power.state is PowerState.DEALLOCATING or self._awaiting_power(row)
-            ):
-                return settled  # settled, or the app's deallocate is under way
+            if settled.action is not MachineAction.DEALLOCATING:
+                return settled
+            if power.state is PowerState.DEALLOCATING:
+                return row  # the app's deallocate is under way; finish looks again
         if power.state not in (
             PowerState.RUNNING,
             PowerState.STARTING,
