@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from shared.domain.errors import AzureCallFailed, CallWithdrawn, LedgerConflict
 from shared.domain.ids import InvalidId, MachineId, RunId
-from shared.domain.machines import OperationOutcome, OperationResult, PowerState
+from shared.domain.machines import MachinePower, OperationOutcome, OperationResult, PowerState
 from shared.domain.policy import GateCount, OrchestrationPolicy
 from shared.domain.runs import (
     NOTHING_TO_STOP,
@@ -50,7 +50,6 @@ from shared.services.ports import (
     Heartbeats,
     Machines,
     Notifier,
-    PowerOperationHandle,
     ReportStore,
     RunCanceller,
     RunLedger,
@@ -75,6 +74,12 @@ GATE_COUNTED = (
 # connection, a timeout, an unreadable operation status): the call is over, but whether Azure
 # applied it is unknown, so the VM's power state decides and no worker is waiting on it.
 ANSWER_LOST = "answer lost"
+# The detail of a start or deallocate Azure accepted (200/202): the call is over and nothing
+# waits for the VM; verify (starts) and finish (deallocations) settle it from bulk reads.
+START_ACCEPTED = "start accepted"
+DEALLOCATE_ACCEPTED = "deallocate accepted"
+# A VM its subscription's list of VMs does not hold (deleted, or no VM at all).
+NOT_LISTED = "not in its subscription's list of VMs"
 # Throttled or unanswered machines go into a new task this much later, at most this often.
 TRANSIENT_RETRY = timedelta(seconds=3)
 # The watch loops, in the order a run goes through them (see Orchestrator._take_round).
@@ -216,25 +221,20 @@ class Orchestrator:
             self._start_batch(task, run, renewer)
 
     def _start_batch(self, task: Task, run: Run, renewer: _IntentRenewer) -> None:
-        started = _parallel(
+        """Send the starts; nothing waits for a VM to boot: verify's bulk reads settle them."""
+        rows = _parallel(
             self.policy.start_concurrency,
             lambda m: self._unless_taken(run.run_id, m, lambda: self._start_one(run, m, renewer)),
             task.machines,
         )
         retry = [
             row
-            for row, op in started
-            if op is None
-            and (
-                row.action is MachineAction.PLANNED
-                or (row.action is MachineAction.STARTING and _answer_lost(row))
-            )
+            for row in rows
+            if row.action is MachineAction.PLANNED
+            or (row.action is MachineAction.STARTING and _answer_lost(row))
         ]
         if retry and self._still_starting(run.run_id):
             self._retry_later(task, run, retry)
-        finished = self._wait_all(started)
-        for row, result in finished:
-            self._record_start(row, result)
 
     def _retry_later(self, task: Task, run: Run, rows: Sequence[MachineRecord]) -> None:
         """Machines whose calls were throttled or failed transiently: another task, later."""
@@ -260,19 +260,18 @@ class Orchestrator:
             TRANSIENT_RETRY,
         )
 
-    def _start_one(
-        self, run: Run, machine: MachineId, renewer: _IntentRenewer
-    ) -> tuple[MachineRecord, PowerOperationHandle | None]:
+    def _start_one(self, run: Run, machine: MachineId, renewer: _IntentRenewer) -> MachineRecord:
         now = self.clock.now()
         row = self.ledger.find_machine(run.run_id, machine.text) or self.ledger.save_machine(
             MachineRecord.planned(run.run_id, machine.text, now)
         )
         if row.action not in (MachineAction.PLANNED, MachineAction.STARTING):
-            return row, None  # handled by an earlier delivery
-        if row.action is MachineAction.STARTING and self._intent_is_fresh(row):
-            # Another worker wrote "Starting" moments ago and may be calling Azure right now;
-            # verify settles it. Only an intent older than any call can take is a dead worker's.
-            return row, None
+            return row  # handled by an earlier delivery
+        if row.action is MachineAction.STARTING and (_accepted(row) or self._intent_is_fresh(row)):
+            # Azure accepted the start (verify settles it from the power state), or another
+            # worker wrote "Starting" moments ago and may be calling Azure right now. Only an
+            # intent older than any call can take is a dead worker's.
+            return row
         if row.kind is not MachineKind.VIRTUAL_MACHINE:
             return self.ledger.save_machine(
                 row.moved_to(
@@ -280,13 +279,13 @@ class Orchestrator:
                     now,
                     "Arc-enabled server: the app does not manage its power",
                 )
-            ), None
+            )
         try:
             facts = self.machines.get_machine(machine)
         except AzureCallFailed as e:
             if e.is_transient:
-                return row, None  # still Planned: retried in a later task
-            return self._save_failure(row, MachineAction.START_FAILED, e), None
+                return row  # still Planned: retried in a later task
+            return self._save_failure(row, MachineAction.START_FAILED, e)
         state = facts.power.state
         prior = row.prior_power_state or str(state)
         if row.start_was_sent and state in (PowerState.RUNNING, PowerState.STARTING):
@@ -300,7 +299,7 @@ class Orchestrator:
                     owner_run=run.run_id.text,
                     last_power_state=str(state),
                 )
-            ), None
+            )
         if self.policy.opt_out_tag.matches(facts.tags):
             return self.ledger.save_machine(
                 row.moved_to(
@@ -310,9 +309,9 @@ class Orchestrator:
                     prior_power_state=prior,
                     last_power_state=str(state),
                 )
-            ), None
+            )
         if state in (PowerState.RUNNING, PowerState.STARTING):
-            return self._already_up(run, row, machine, prior, str(state), now), None
+            return self._already_up(run, row, machine, prior, str(state), now)
         if not (isinstance(state, PowerState) and state.startable):
             return self.ledger.save_machine(
                 row.moved_to(
@@ -322,7 +321,7 @@ class Orchestrator:
                     prior_power_state=prior,
                     last_power_state=str(state),
                 )
-            ), None
+            )
         if now >= run.scheduled_start:
             return self.ledger.save_machine(
                 row.moved_to(
@@ -332,7 +331,7 @@ class Orchestrator:
                     prior_power_state=prior,
                     last_power_state=str(state),
                 )
-            ), None
+            )
         if not self._claim_for_start(run.run_id, machine):
             return self.ledger.save_machine(
                 row.moved_to(
@@ -342,7 +341,7 @@ class Orchestrator:
                     prior_power_state=prior,
                     last_power_state=str(state),
                 )
-            ), None
+            )
         if self.policy.snapshot_before_start:
             snapshot = self._snapshot(run.run_id, machine)
             if not snapshot.succeeded:
@@ -355,7 +354,7 @@ class Orchestrator:
                         error_code=snapshot.code,
                         error_message=snapshot.message,
                     )
-                ), None
+                )
         # Written before calling Azure: a retry finds it and checks instead of starting again.
         row = self.ledger.save_machine(
             row.moved_to(
@@ -380,12 +379,13 @@ class Orchestrator:
                     if r.action is MachineAction.STARTING
                     else r
                 ),
-            ), None
+            )
         return self._call(
             row,
-            lambda: self.machines.begin_start(machine, lambda: self._still_starting(run.run_id)),
+            lambda: self.machines.start(machine, lambda: self._still_starting(run.run_id)),
             MachineAction.PLANNED,
             MachineAction.START_FAILED,
+            START_ACCEPTED,
         )
 
     def _still_starting(self, run_id: RunId) -> bool:
@@ -425,67 +425,6 @@ class Orchestrator:
             )
         )
 
-    def _record_start(self, row: MachineRecord, result: OperationResult) -> None:
-        self._record_result(
-            row,
-            result,
-            MachineAction.STARTED,
-            MachineAction.START_FAILED,
-            PowerState.RUNNING,
-            "start",
-        )
-
-    def _record_result(
-        self,
-        row: MachineRecord,
-        result: OperationResult,
-        done: MachineAction,
-        failed: MachineAction,
-        state: PowerState,
-        verb: str,
-    ) -> bool:
-        """Record how a start or deallocate ended; True when it succeeded. Only a row still
-        waiting for this answer takes it: a wrap-up that began meanwhile is not undone."""
-        if result.outcome is OperationOutcome.STILL_RUNNING:
-            return False  # verify (or the next stop task) settles it from the power state
-        waiting = (row.action,)
-        if result.outcome is OperationOutcome.UNKNOWN:
-            # The operation may have worked: its power state decides (verify, or finish's
-            # next stop task), as for a call whose answer was lost.
-            self._mark_answer_lost(row, f"{verb} status unreadable ({result.code})")
-            return False
-        if result.succeeded:
-            self._move(row, done, f"{verb} succeeded", waiting, last_power_state=state.value)
-            return True
-        if done is MachineAction.STARTED and self._came_up(row):
-            # Azure called the start failed, yet the VM is coming up: no "start failed".
-            self._mark_answer_lost(row, f"start reported {result.code}, but the VM is up")
-            return False
-        recorded = self._move(
-            row,
-            failed,
-            f"{verb} failed: {result.code}",
-            waiting,
-            error_code=result.code,
-            error_message=result.message,
-        )
-        if recorded.action is not failed:
-            return False  # the row moved on meanwhile (a wrap-up preempted the start)
-        self._note(
-            row.run_id,
-            NoteLevel.ERROR,
-            verb,
-            f"{row.resource_id}: {verb} failed: {result.code}: {result.message}",
-        )
-        return False
-
-    def _came_up(self, row: MachineRecord) -> bool:
-        try:
-            power = self.machines.get_power(MachineId.parse(row.resource_id))
-        except AzureCallFailed:
-            return False
-        return power.state in (PowerState.RUNNING, PowerState.STARTING)
-
     def _snapshot(self, run_id: RunId, machine: MachineId) -> OperationResult:
         name = f"{machine.name}-osdisk-um-{run_id.run_name}"[:80]
         try:
@@ -514,9 +453,15 @@ class Orchestrator:
             self.queue.send(task.next_round(), delay)
         rows = list(self.ledger.list_machines(run.run_id))
         self._restart_stalled_fan_out(run, rows, task.round)
-        # A start Azure reported failed is read again too: it may have come up after all.
+        # A start Azure reported failed is read again too: it may have come up after all. One
+        # seen running since it was started is settled and not read again.
         watched = [r for r in rows if r.action in WATCHED or r.owned_by_run]
-        updated = _parallel(self.policy.start_concurrency, self._refresh, watched)
+        to_read = [r for r in watched if not _seen_running(r)]
+        powers = self._read_power(_key(r) for r in to_read)
+        updated = [r for r in watched if _seen_running(r)]
+        updated += _parallel(
+            self.policy.start_concurrency, lambda r: self._refresh(r, powers.get(_key(r))), to_read
+        )
         unsettled = [r for r in rows if r.action is MachineAction.PLANNED]
         unsettled += [
             r
@@ -529,6 +474,7 @@ class Orchestrator:
             MachineId.parse(r.resource_id)
             for r in updated
             if r.action is MachineAction.STARTING
+            and not _accepted(r)
             and not self._intent_is_fresh(r)
             and r.last_power_state in (PowerState.DEALLOCATED, PowerState.STOPPED)
         ]
@@ -570,15 +516,22 @@ class Orchestrator:
         for batch in _chunks(machines, self.policy.start_batch_size):
             self.queue.send(Task(TaskKind.START, run.run_id, tuple(batch), round_))
 
-    def _refresh(self, row: MachineRecord) -> MachineRecord:
-        try:
-            power = self.machines.get_power(MachineId.parse(row.resource_id))
-        except AzureCallFailed as e:
-            log.warning("Power state of %s unreadable: %s", row.resource_id, e)
-            return row
+    def _refresh(self, row: MachineRecord, power: MachinePower | None) -> MachineRecord:
+        """Record what a bulk read says of a watched machine; a start Azure accepted is
+        settled here: running, or failed (the VM's last operation failed, or it stayed down
+        for a lease after the start was accepted)."""
+        if power is None or power.state is None:
+            return row  # unread this round, or Azure does not describe it
         state = str(power.state)
         if row.action is MachineAction.STARTING and power.state is PowerState.RUNNING:
             return self._move(row, MachineAction.STARTED, "seen running", last_power_state=state)
+        if (
+            row.action is MachineAction.STARTING
+            and _accepted(row)
+            and power.state in (PowerState.DEALLOCATED, PowerState.STOPPED)
+            and (power.failed_code or self.clock.now() - row.updated_at >= self.policy.task_lease)
+        ):
+            return self._start_failed(row, power)
         if row.action is MachineAction.START_FAILED and power.state is PowerState.RUNNING:
             self._note(
                 row.run_id,
@@ -598,6 +551,30 @@ class Orchestrator:
         # updated_at is left alone: it dates the app's own steps and their leases.
         return self._save_latest(row, lambda r: replace(r, last_power_state=state))
 
+    def _start_failed(self, row: MachineRecord, power: MachinePower) -> MachineRecord:
+        """An accepted start whose VM did not come up: Azure's failure words when it has any."""
+        code = power.failed_code or "NotStarted"
+        message = power.failed_message or (
+            f"the start was accepted, but the VM is still {power.state} a lease later"
+        )
+        recorded = self._move(
+            row,
+            MachineAction.START_FAILED,
+            f"start failed: {code}",
+            (MachineAction.STARTING,),
+            error_code=code,
+            error_message=message,
+            last_power_state=str(power.state),
+        )
+        if recorded.action is MachineAction.START_FAILED:
+            self._note(
+                row.run_id,
+                NoteLevel.ERROR,
+                "start",
+                f"{row.resource_id}: start failed: {code}: {message}",
+            )
+        return recorded
+
     def gate(self, task: Task) -> None:
         """Decide: good enough, or cancel (inside the window), or report it is too late."""
         run = self._run(task)
@@ -613,7 +590,18 @@ class Orchestrator:
             if r.action is not MachineAction.PLANNED
             and not (r.action is MachineAction.STARTED and r.last_power_state == PowerState.RUNNING)
         ]
-        readings = _parallel(self.policy.start_concurrency, self._power_at_gate, doubtful)
+        powers = self._read_power(_key(r) for r in doubtful)
+        # Recorded too: a start seen running (or failed) reads so in the report.
+        _parallel(
+            self.policy.start_concurrency,
+            lambda r: self._refresh(r, powers.get(_key(r))),
+            doubtful,
+        )
+        # None: Azure would not answer (throttled, failing) or does not list the VM.
+        readings = [
+            None if p is None or p.state is None else p.state
+            for p in (powers.get(_key(r)) for r in doubtful)
+        ]
         count = GateCount(
             attempted=len(rows),
             not_running=len(never_started)
@@ -656,21 +644,6 @@ class Orchestrator:
         level = NoteLevel.WARNING if outcome is GateOutcome.CANCELLED else NoteLevel.ERROR
         self._note(run.run_id, level, "gate", f"{detail}; {answer.explanation}")
         self._update_run(run.run_id, lambda r: _gate(r, outcome, f"{detail}; {answer.explanation}"))
-
-    def _power_at_gate(self, row: MachineRecord) -> PowerState | str | None:
-        """The VM's power state now (a word Azure gave, or "unknown" when it gave none), or
-        None when Azure would not answer (throttled, failing)."""
-        try:
-            state = self.machines.get_power(MachineId.parse(row.resource_id)).state
-        except AzureCallFailed as e:
-            log.warning(
-                "Run %s: power of %s unreadable at the gate: %s",
-                row.run_id.text,
-                row.resource_id,
-                e,
-            )
-            return None
-        return "unknown" if state is None else state
 
     def confirm_cancel(self, task: Task) -> None:
         """Read back a run whose cancel Azure only accepted (or whose answer was lost); a
@@ -832,52 +805,50 @@ class Orchestrator:
             self._stop_batch(task, run, renewer)
 
     def _stop_batch(self, task: Task, run: Run, renewer: _IntentRenewer) -> None:
-        started = _parallel(
+        """Read the batch's power states in bulk, send the deallocations; nothing waits for
+        them: finish's bulk reads settle them."""
+        powers = self._read_power(task.machines)
+        rows = _parallel(
             self.policy.start_concurrency,
             lambda m: self._unless_taken(
-                run.run_id, m, lambda: self._stop_one(run.run_id, m, renewer)
+                run.run_id, m, lambda: self._stop_one(run.run_id, m, powers.get(m), renewer)
             ),
             task.machines,
         )
-        self._retry_later(
-            task, run, [row for row, op in started if op is None and row.action in WATCHED]
-        )
-        finished = self._wait_all(started)
-        for row, result in finished:
-            if self._record_result(
-                row,
-                result,
-                MachineAction.DEALLOCATED,
-                MachineAction.DEALLOCATE_FAILED,
-                PowerState.DEALLOCATED,
-                "deallocate",
-            ):
-                self._release(run.run_id, MachineId.parse(row.resource_id))
+        self._retry_later(task, run, [row for row in rows if row.action in WATCHED])
 
     def _stop_one(
-        self, run_id: RunId, machine: MachineId, renewer: _IntentRenewer
-    ) -> tuple[MachineRecord, PowerOperationHandle | None]:
+        self,
+        run_id: RunId,
+        machine: MachineId,
+        power: MachinePower | None,
+        renewer: _IntentRenewer,
+    ) -> MachineRecord:
         row = self.ledger.find_machine(run_id, machine.text)
         if row is None or not row.owned_by_run:
-            return row or MachineRecord.planned(run_id, machine.text, self.clock.now()), None
-        if row.action is MachineAction.DEALLOCATING and self._intent_is_fresh(row):
-            return row, None  # another worker is deallocating it; finish waits for it
+            return row or MachineRecord.planned(run_id, machine.text, self.clock.now())
+        if row.action is MachineAction.DEALLOCATING and (
+            self._intent_is_fresh(row) or self._awaiting_power(row)
+        ):
+            # Another worker is deallocating it, or Azure accepted the deallocate moments ago:
+            # finish settles it.
+            return row
         if self._hand_over(run_id, row):
-            return self.ledger.find_machine(run_id, machine.text) or row, None
+            return self.ledger.find_machine(run_id, machine.text) or row
         now = self.clock.now()
-        try:
-            power = self.machines.get_power(machine)
-        except AzureCallFailed as e:
-            if e.is_transient:
-                return row, None  # retried in a later stop task
-            return self._save_failure(row, MachineAction.DEALLOCATE_FAILED, e), None
+        if power is None:
+            return row  # unread: retried in a later stop task
+        if power.state is None:
+            error = AzureCallFailed("Compute", 404, "ResourceNotFound", power.note)
+            return self._save_failure(row, MachineAction.DEALLOCATE_FAILED, error)
         if row.action is MachineAction.STARTING and power.state in (
             PowerState.DEALLOCATED,
             PowerState.STOPPED,
         ):
-            if self._intent_is_fresh(row):
-                # Its start call may still be on its way to Azure: look again shortly.
-                return row, None
+            if self._intent_is_fresh(row) or self._awaiting_power(row):
+                # Its start call may still be on its way to Azure, or was accepted moments
+                # ago: look again shortly.
+                return row
             self._release(run_id, machine)
             return self.ledger.save_machine(
                 row.moved_to(
@@ -886,7 +857,7 @@ class Orchestrator:
                     f"found {power.state}: the app's start never took effect",
                     last_power_state=str(power.state),
                 )
-            ), None
+            )
         if row.action is MachineAction.START_FAILED and power.state not in (
             PowerState.RUNNING,
             PowerState.STARTING,
@@ -900,20 +871,13 @@ class Orchestrator:
                     NOTHING_TO_STOP,
                     last_power_state=str(power.state),
                 )
-            ), None
-        if row.action is MachineAction.DEALLOCATING and power.state is PowerState.DEALLOCATING:
-            return row, None  # the app's deallocate is under way; finish looks again
-        if row.action is MachineAction.DEALLOCATING and power.state is PowerState.DEALLOCATED:
-            # A deallocate sent before (its worker died, or its answer was lost) did it.
-            self._release(run_id, machine)
-            return self.ledger.save_machine(
-                row.moved_to(
-                    MachineAction.DEALLOCATED,
-                    now,
-                    "found deallocated after the app's deallocate",
-                    last_power_state=str(power.state),
-                )
-            ), None
+            )
+        if row.action is MachineAction.DEALLOCATING:
+            settled = self._settle_deallocation(row, power)
+            if settled.action is not MachineAction.DEALLOCATING:
+                return settled
+            if power.state is PowerState.DEALLOCATING:
+                return row  # the app's deallocate is under way; finish looks again
         if power.state not in (
             PowerState.RUNNING,
             PowerState.STARTING,
@@ -928,7 +892,7 @@ class Orchestrator:
                     f"found {power.state}",
                     last_power_state=str(power.state),
                 )
-            ), None
+            )
         # "stopped" still bills for compute: deallocate it too.
         row = self.ledger.save_machine(
             row.moved_to(MachineAction.DEALLOCATING, now, "deallocate requested")
@@ -936,10 +900,46 @@ class Orchestrator:
         renewer.hold(row)
         return self._call(
             row,
-            lambda: self.machines.begin_deallocate(machine),
+            lambda: self.machines.deallocate(machine),
             MachineAction.STARTED,
             MachineAction.DEALLOCATE_FAILED,
+            DEALLOCATE_ACCEPTED,
         )
+
+    def _settle_deallocation(self, row: MachineRecord, power: MachinePower) -> MachineRecord:
+        """A Deallocating row as the VM's power state tells its end: deallocated (by the app's
+        call, whoever's worker sent it), or failed (Azure's words, for an accepted call)."""
+        if power.state is PowerState.DEALLOCATED:
+            self._release(row.run_id, MachineId.parse(row.resource_id))
+            return self._move(
+                row,
+                MachineAction.DEALLOCATED,
+                "seen deallocated"
+                if _accepted(row)
+                else "found deallocated after the app's deallocate",
+                (MachineAction.DEALLOCATING,),
+                last_power_state=str(power.state),
+            )
+        if _accepted(row) and power.failed_code and power.state is not PowerState.DEALLOCATING:
+            recorded = self._move(
+                row,
+                MachineAction.DEALLOCATE_FAILED,
+                f"deallocate failed: {power.failed_code}",
+                (MachineAction.DEALLOCATING,),
+                error_code=power.failed_code,
+                error_message=power.failed_message,
+                last_power_state=str(power.state),
+            )
+            if recorded.action is MachineAction.DEALLOCATE_FAILED:
+                self._note(
+                    row.run_id,
+                    NoteLevel.ERROR,
+                    "deallocate",
+                    f"{row.resource_id}: deallocate failed: {power.failed_code}: "
+                    f"{power.failed_message}",
+                )
+            return recorded
+        return row
 
     def _release(self, run_id: RunId, machine: MachineId) -> None:
         for _ in range(MAX_CONFLICT_RETRIES):
@@ -970,12 +970,27 @@ class Orchestrator:
         now = self.clock.now()
         started = run.wrap_up_started_at or now
         if busy and now - started < self.policy.wrap_up_wait:
+            # One bulk read settles the deallocations Azure accepted; what is left gets a stop
+            # task when no worker is known to be handling it.
+            powers = self._read_power(_key(r) for r in busy)
+            settled = [
+                self._settle_deallocation(r, powers[_key(r)])
+                if r.action is MachineAction.DEALLOCATING and powers.get(_key(r)) is not None
+                else r
+                for r in busy
+            ]
+            left = [r for r in settled if r.action.owned_by_run]
             again = tuple(
-                MachineId.parse(r.resource_id) for r in busy if self._needs_stop_task(r, started)
+                MachineId.parse(r.resource_id)
+                for r in left
+                if r.action is not MachineAction.DEALLOCATE_FAILED
+                and self._needs_stop_task(r, powers.get(_key(r)), started)
             )
             for batch in _chunks(again, self.policy.start_batch_size):
                 self.queue.send(Task(TaskKind.STOP, run.run_id, tuple(batch), task.round))
-            return
+            if any(r.action is not MachineAction.DEALLOCATE_FAILED for r in left):
+                return
+            rows = list(self.ledger.list_machines(run.run_id))
         if self._note_left_running(run, rows):
             rows = list(self.ledger.list_machines(run.run_id))
         health = self._health(run, rows, now)
@@ -992,11 +1007,17 @@ class Orchestrator:
         self.queue.send(Task(TaskKind.NOTIFY, run.run_id))
         log.info("Run %s completed; report at %s", run.run_id.text, location)
 
-    def _needs_stop_task(self, row: MachineRecord, wrap_up_started: datetime) -> bool:
+    def _needs_stop_task(
+        self, row: MachineRecord, power: MachinePower | None, wrap_up_started: datetime
+    ) -> bool:
         """An owned machine no stop task is known to be handling: started (or its answer
         lost) after wrap-up listed the machines, waiting longer than a stop task takes to be
-        picked up, or a deallocate whose worker is gone."""
+        picked up, a deallocate whose worker is gone, or one Azure accepted a lease ago that
+        the VM shows no sign of."""
         if row.action is MachineAction.DEALLOCATING:
+            if _accepted(row):
+                under_way = power is not None and power.state is PowerState.DEALLOCATING
+                return not under_way and not self._awaiting_power(row)
             return not self._intent_is_fresh(row)
         if _answer_lost(row) or row.updated_at >= wrap_up_started:
             return True
@@ -1007,12 +1028,14 @@ class Orchestrator:
         deallocate is read again first (it may have worked). True if a row changed."""
         changed = False
         left = []
-        for row in (r for r in rows if r.owned_by_run):
+        owned = [r for r in rows if r.owned_by_run]
+        powers = self._read_power(
+            _key(r) for r in owned if r.action is MachineAction.DEALLOCATE_FAILED
+        )
+        for row in owned:
             if row.action is MachineAction.DEALLOCATE_FAILED:
-                try:
-                    state = self.machines.get_power(MachineId.parse(row.resource_id)).state
-                except AzureCallFailed:
-                    state = None
+                power = powers.get(_key(row))
+                state = power.state if power is not None else None
                 if state is PowerState.DEALLOCATED:
                     self._move(
                         row,
@@ -1149,11 +1172,8 @@ class Orchestrator:
                 continue
 
     def _unless_taken(
-        self,
-        run_id: RunId,
-        machine: MachineId,
-        step: Callable[[], tuple[MachineRecord, PowerOperationHandle | None]],
-    ) -> tuple[MachineRecord, PowerOperationHandle | None]:
+        self, run_id: RunId, machine: MachineId, step: Callable[[], MachineRecord]
+    ) -> MachineRecord:
         """Run a start or stop step for one machine; if another delivery of the same work wrote
         the machine's row first (a version conflict), its row decides and nothing was sent."""
         try:
@@ -1161,34 +1181,45 @@ class Orchestrator:
         except LedgerConflict:
             log.info("Run %s: %s is being handled by another worker", run_id.text, machine.text)
             row = self.ledger.find_machine(run_id, machine.text)
-            return (row or MachineRecord.planned(run_id, machine.text, self.clock.now())), None
+            return row or MachineRecord.planned(run_id, machine.text, self.clock.now())
 
     def _call(
         self,
         row: MachineRecord,
-        call: Callable[[], PowerOperationHandle],
+        call: Callable[[], None],
         retry_as: MachineAction,
         failed_as: MachineAction,
-    ) -> tuple[MachineRecord, PowerOperationHandle | None]:
-        """Send a power operation whose intent is recorded; a throttled or unanswered call
-        puts the row back (`retry_as`) for a later task, a refusal records the failure."""
+        accepted: str,
+    ) -> MachineRecord:
+        """Send a power operation whose intent is recorded. Accepted: the row keeps its intent,
+        marked `accepted` (no worker waits on it; a bulk read settles it). A throttled or
+        unanswered call puts the row back (`retry_as`) for a later task, a refusal records the
+        failure."""
         try:
-            return row, call()
+            call()
         except AzureCallFailed as e:
             if isinstance(e, CallWithdrawn):
                 # Only ever throttled, and the run stopped wanting it meanwhile: never sent.
-                return self._move(row, retry_as, "throttled, then withdrawn: not sent"), None
+                return self._move(row, retry_as, "throttled, then withdrawn: not sent")
             if e.status == 429:
                 # Throttled: ARM refused the call before acting on it.
-                detail = f"{e.service} answered {e.status}: will retry"
-                return self._move(row, retry_as, detail), None
+                return self._move(row, retry_as, f"{e.service} answered {e.status}: will retry")
             if e.is_transient:
                 # A 5xx or no answer after the call went out: Azure may have applied it. The
                 # intent stays (the VM stays the run's); its power state decides on retry.
                 return self._mark_answer_lost(
                     row, f"{e.service} answered {e.status or 'nothing'} {e.code or ''}".rstrip()
-                ), None
-            return self._save_failure(row, failed_as, e, refused=True), None
+                )
+            return self._save_failure(row, failed_as, e, refused=True)
+        waiting = row.action
+        return self._save_latest(
+            row,
+            lambda r: (
+                r.answered(accepted, self.clock.now())
+                if r.action is waiting and not _call_over(r)
+                else r
+            ),
+        )
 
     def _mark_answer_lost(self, row: MachineRecord, why: str) -> MachineRecord:
         """Keep the row's intent (Starting/Deallocating), noting that no worker waits on it."""
@@ -1200,16 +1231,6 @@ class Orchestrator:
                 if r.action is waiting
                 else r
             ),
-        )
-
-    def _wait_all(
-        self, started: Sequence[tuple[MachineRecord, PowerOperationHandle | None]]
-    ) -> list[tuple[MachineRecord, OperationResult]]:
-        """Wait for the started operations together (each polls on its own thread)."""
-        waiting = [(row, op) for row, op in started if op is not None]
-        timeout = self.policy.operation_wait_seconds
-        return _parallel(
-            max(1, len(waiting)), lambda pair: (pair[0], pair[1].wait(timeout)), waiting
         )
 
     def _move(
@@ -1258,11 +1279,60 @@ class Orchestrator:
         )
 
     def _intent_is_fresh(self, row: MachineRecord) -> bool:
-        """Written so recently that its worker may still be calling Azure (no call, throttle
-        retries included, outlasts OPERATION_WAIT_SECONDS plus a minute)."""
-        if _answer_lost(row):
+        """Written so recently that its worker may still be calling Azure: its call is not
+        over (accepted or its answer lost), and its worker renews it while it waits for the
+        answer (throttle retries included), so a lapsed one is a dead worker's."""
+        if _call_over(row):
             return False
         return self.clock.now() - row.updated_at < self.policy.task_lease
+
+    def _awaiting_power(self, row: MachineRecord) -> bool:
+        """Azure accepted the row's call less than a lease ago: the VM may not show it yet."""
+        return _accepted(row) and self.clock.now() - row.updated_at < self.policy.task_lease
+
+    def _read_one_by_one(self, machines: Sequence[MachineId]) -> dict[MachineId, MachinePower]:
+        def read(machine: MachineId) -> tuple[MachineId, MachinePower | None]:
+            try:
+                return machine, self.machines.get_machine(machine).power
+            except AzureCallFailed as e:
+                log.warning("Power state of %s unreadable: %s", machine.text, e)
+                if e.is_transient:
+                    return machine, None  # unread this time
+                return machine, MachinePower(state=None, startable=False, note=NOT_LISTED)
+
+        pairs = _parallel(self.policy.start_concurrency, read, machines)
+        return {machine: power for machine, power in pairs if power is not None}
+
+    def _read_power(self, machines: Iterable[MachineId]) -> dict[MachineId, MachinePower]:
+        """Power states in bulk: one status-only listing per subscription the machines are in
+        (no other subscription is read). A subscription whose listing failed leaves its
+        machines out (unread); a VM its subscription does not list reads as state None."""
+        wanted: dict[str, list[MachineId]] = {}
+        for machine in machines:
+            wanted.setdefault(machine.subscription_id, []).append(machine)
+        powers: dict[MachineId, MachinePower] = {}
+        for subscription, asked in wanted.items():
+            try:
+                found = dict(self.machines.list_power_states(subscription, asked))
+            except AzureCallFailed as e:
+                if not e.is_refusal:
+                    log.warning("Power states of subscription %s unreadable: %s", subscription, e)
+                    continue
+                # Refused (e.g. 403: the app's role is assigned per resource group, and the
+                # list is a subscription-wide read): one read per VM, as Azure allows.
+                log.warning(
+                    "Subscription %s refused its VM list (%s); reading %d VMs one by one",
+                    subscription,
+                    e,
+                    len(asked),
+                )
+                powers.update(self._read_one_by_one(asked))
+                continue
+            for machine in asked:
+                powers[machine] = found.get(machine) or MachinePower(
+                    state=None, startable=False, note=NOT_LISTED
+                )
+        return powers
 
     def _renewing(self) -> _IntentRenewer:
         return _IntentRenewer(self._renew, self.policy.task_lease.total_seconds() / 3)
@@ -1274,8 +1344,8 @@ class Orchestrator:
             return
 
         def touch(current: MachineRecord) -> MachineRecord:
-            if current.action is not held.action or _answer_lost(current):
-                return current  # settled meanwhile: nothing of ours to keep alive
+            if current.action is not held.action or _call_over(current):
+                return current  # answered or settled meanwhile: nothing to keep alive
             return replace(current, updated_at=self.clock.now())
 
         self._save_latest(row, touch)
@@ -1419,6 +1489,26 @@ def _still_patching(word: str | None) -> bool:
 def _answer_lost(row: MachineRecord) -> bool:
     """The row's last step is a call whose answer was lost (no worker is waiting on it)."""
     return bool(row.history) and row.history[-1][2].startswith(ANSWER_LOST)
+
+
+def _accepted(row: MachineRecord) -> bool:
+    """The row's last step is a start or deallocate Azure accepted: only its end is awaited,
+    from the VM's power state."""
+    return bool(row.history) and row.history[-1][2] in (START_ACCEPTED, DEALLOCATE_ACCEPTED)
+
+
+def _call_over(row: MachineRecord) -> bool:
+    """No worker is calling Azure for the row's last step any more."""
+    return _answer_lost(row) or _accepted(row)
+
+
+def _seen_running(row: MachineRecord) -> bool:
+    """A start settled: the VM was seen running since the app started it."""
+    return row.action is MachineAction.STARTED and row.last_power_state == PowerState.RUNNING
+
+
+def _key(row: MachineRecord) -> MachineId:
+    return MachineId.parse(row.resource_id)
 
 
 def _to_preparing(run: Run) -> Run:
