@@ -13,8 +13,9 @@ log = logging.getLogger(__name__)
 
 
 class IntentRenewer:
-    """Keeps the Starting/Deallocating intents a task holds fresh while it works, so a lapsed
-    intent means a dead worker (TASK_LEASE_SECONDS) rather than a slow one."""
+    """Keeps the Starting/Deallocating intents a task holds fresh while it sends their calls
+    (azure-core's throttle retries can outlast a lease), so a lapsed intent means a dead worker
+    (TASK_LEASE_SECONDS) rather than a slow one. An answered call is not renewed."""
 
     def __init__(self, renew: Callable[[MachineRecord], None], every_seconds: float) -> None:
         self._renew = renew
