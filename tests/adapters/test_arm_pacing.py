@@ -251,7 +251,7 @@ def start_all(instances: list[ComputeMachines], machines: list[MachineId]) -> li
 
     def start(index: int) -> int | None:
         try:
-            instances[index % len(instances)].begin_start(machines[index])
+            instances[index % len(instances)].start(machines[index])
         except AzureCallFailed as failed:
             return failed.status
         return None
@@ -291,8 +291,8 @@ def test_a_start_that_would_wait_too_long_is_refused_unsent_and_reads_as_throttl
     fake.faults.set_arm_limits(writes=(40, 1.0))
     compute = instance(fake, budgets)
     for machine in fleet[:40]:
-        compute.begin_start(machine)
+        compute.start(machine)
     with pytest.raises(AzureCallFailed) as refused:
-        compute.begin_start(fleet[40])
+        compute.start(fleet[40])
     assert refused.value.status == 429
     assert [r.status for r in fake.requests_matching("POST", r"/start$")] == [202] * 40
