@@ -100,6 +100,8 @@ class _Bucket:
     updated: float
     # How many times a 429 emptied it (places in line given before then are void).
     emptied: int = 0
+    # Requests of this process sent and not yet answered: ARM may not have counted them yet.
+    in_flight: int = 0
 
     def settle(self, now: float) -> None:
         if now > self.updated:
@@ -191,11 +193,14 @@ class ArmBudgets:
                 wait = max(wait, held)
                 emptied = bucket.emptied
             if wait <= 0:
+                with self._lock:
+                    bucket.in_flight += 1
                 return slept
             self._sleep(wait)
             slept += wait
             with self._lock:
                 if bucket.emptied == emptied:
+                    bucket.in_flight += 1
                     return slept
 
     def observe(
@@ -214,6 +219,8 @@ class ArmBudgets:
         with self._lock:
             now = self._monotonic()
             dry: list[str] = []
+            answered = self._bucket(subscription, kind, now)
+            answered.in_flight = max(0, answered.in_flight - 1)
             for each in self._sizes:
                 remaining = _min_count(
                     lowered.get(_REMAINING.format(each)),
@@ -221,7 +228,9 @@ class ArmBudgets:
                 )
                 if remaining is None:
                     continue
-                self._bucket(subscription, each, now).lower_to(remaining, now)
+                bucket = self._bucket(subscription, each, now)
+                # Calls still on their way will spend what ARM reports left.
+                bucket.lower_to(remaining - bucket.in_flight, now)
                 if remaining <= 0:
                     dry.append(each)
             compute_dry = compute and any(
@@ -243,6 +252,12 @@ class ArmBudgets:
             subscription,
             until - now,
         )
+
+    def unanswered(self, subscription: str, kind: str) -> None:
+        """A request taken a token for got no answer (an error): it is no longer on its way."""
+        with self._lock:
+            bucket = self._bucket(subscription.lower(), kind, self._monotonic())
+            bucket.in_flight = max(0, bucket.in_flight - 1)
 
     def level(self, subscription: str, kind: str) -> float:
         """Tokens the process believes are left now (negative: promised to waiting callers)."""
@@ -278,7 +293,11 @@ class ArmPacing(HTTPPolicy[Any, Any]):
             compute_write=compute and kind != READS,
             max_wait=request.context.get(MAX_WAIT_OPTION),
         )
-        response = self.next.send(request)
+        try:
+            response = self.next.send(request)
+        except BaseException:
+            self.budgets.unanswered(subscription, kind)
+            raise
         http_response = response.http_response
         self.budgets.observe(
             subscription, kind, http_response.status_code, http_response.headers, compute=compute

@@ -112,6 +112,19 @@ def test_what_arm_says_remains_lowers_the_level_for_budget_spent_by_other_instan
     assert budgets.level(SUB, WRITES) == pytest.approx(22)
 
 
+def test_calls_still_on_their_way_are_taken_off_what_arm_reports_left() -> None:
+    clock = SteppedClock()
+    budgets = budgets_on(clock)
+    for _ in range(3):
+        budgets.acquire(SUB, WRITES)
+    budgets.observe(SUB, WRITES, 202, {"x-ms-ratelimit-remaining-subscription-writes": "100"})
+    # Two of this process's calls are not answered yet: ARM will count them too.
+    assert budgets.level(SUB, WRITES) == 98
+    budgets.unanswered(SUB, WRITES)
+    budgets.observe(SUB, WRITES, 202, {"x-ms-ratelimit-remaining-subscription-writes": "90"})
+    assert budgets.level(SUB, WRITES) == 90
+
+
 def test_a_remaining_count_above_the_model_never_raises_the_level() -> None:
     clock = SteppedClock()
     budgets = budgets_on(clock)
@@ -268,7 +281,7 @@ def test_400_starts_in_one_subscription_are_paced_to_arms_bucket_with_almost_no_
     assert outcomes == [None] * FLEET
     answers = [r.status for r in fake.requests_matching("POST", r"/start$")]
     assert answers.count(202) == FLEET
-    assert answers.count(429) <= 5
+    assert answers.count(429) <= 10
 
 
 def test_two_instances_sharing_the_budget_keep_to_it_through_the_remaining_headers(
