@@ -65,9 +65,7 @@ class CronSchedule:
     def matches(self, moment: datetime) -> bool:
         """Whether the schedule fires at this second."""
         return bool(
-            croniter.match(
-                " ".join(self.fields), moment, day_or=False, second_at_beginning=True
-            )
+            croniter.match(" ".join(self.fields), moment, day_or=False, second_at_beginning=True)
         )
 
     def next_after(self, moment: datetime) -> datetime:

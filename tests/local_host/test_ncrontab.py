@@ -1,4 +1,4 @@
-"""NCRONTAB schedules (croniter underneath): fields, lists, ranges, steps, names, next occurrences."""
+"""NCRONTAB schedules (croniter underneath): fields, lists, ranges, steps, names, occurrences."""
 
 from __future__ import annotations
 
