@@ -53,6 +53,24 @@ DEFAULT_ALLOCATION_FAILED_MESSAGE = (
 )
 
 
+_FAULT_SETTINGS = frozenset(
+    [
+        "seed",
+        "latency",
+        "errors",
+        "write_throttle",
+        "arm_limits",
+        "compute_limits",
+        "arg_quota",
+        "lro_failures",
+        "log_analytics_partial",
+        "cancel",
+        "lro_retry_after_seconds",
+        "lost_answers",
+    ]
+)
+
+
 def _bucket(spec: Any, default: tuple[int, float]) -> tuple[int, float]:
     """A scenario's {"capacity", "refill_per_second"} (or [capacity, refill]) as a tuple."""
     if spec is None:
@@ -550,21 +568,7 @@ class FaultPlan:
 
     def configure(self, spec: Mapping[str, Any]) -> None:
         """Apply a scenario's ``faults`` object (see the package README for the format)."""
-        known = {
-            "seed",
-            "latency",
-            "errors",
-            "write_throttle",
-            "arm_limits",
-            "compute_limits",
-            "arg_quota",
-            "lro_failures",
-            "log_analytics_partial",
-            "cancel",
-            "lro_retry_after_seconds",
-            "lost_answers",
-        }
-        unknown = set(spec) - known
+        unknown = set(spec) - _FAULT_SETTINGS
         if unknown:
             raise ValueError(f"unknown fault settings: {sorted(unknown)}")
         if "seed" in spec:
@@ -573,11 +577,19 @@ class FaultPlan:
             self.set_latency(endpoint, seconds)
         for rule in spec.get("errors") or []:
             self.add_error(**rule)
+        for failure in spec.get("lro_failures") or []:
+            self.fail_lro(**failure)
+        for lost in spec.get("lost_answers") or []:
+            self.lose_answer(**lost)
         if spec.get("write_throttle"):
-            self.set_write_throttle(
-                int(spec["write_throttle"]["capacity"]),
-                float(spec["write_throttle"]["refill_per_second"]),
-            )
+            self.set_write_throttle(*_bucket(spec["write_throttle"], ARM_WRITE_BUCKET))
+        if spec.get("cancel"):
+            self.cancel_policy = CancelPolicy(**spec["cancel"])
+        if "lro_retry_after_seconds" in spec:
+            self.lro_retry_after_seconds = int(spec["lro_retry_after_seconds"])
+        self._configure_limits(spec)
+
+    def _configure_limits(self, spec: Mapping[str, Any]) -> None:
         if "arm_limits" in spec:
             arm = spec["arm_limits"] or {}
             self.set_arm_limits(
@@ -595,25 +607,17 @@ class FaultPlan:
                     compute.get("per_subscription"), COMPUTE_UPDATE_VM_SUBSCRIPTION_BUCKET
                 ),
             )
-        if spec.get("arg_quota"):
-            quota = spec["arg_quota"]
+        quota = spec.get("arg_quota")
+        if quota:
             self.set_arg_quota(
                 int(quota.get("limit", 15)),
                 float(quota.get("window_seconds", 5.0)),
                 enforce=bool(quota.get("enforce", True)),
             )
-        for failure in spec.get("lro_failures") or []:
-            self.fail_lro(**failure)
-        for lost in spec.get("lost_answers") or []:
-            self.lose_answer(**lost)
         partial = spec.get("log_analytics_partial")
         if partial:
             keep = partial.get("keep_rows") if isinstance(partial, Mapping) else None
             self.set_log_analytics_partial(True, keep_rows=keep)
-        if spec.get("cancel"):
-            self.cancel_policy = CancelPolicy(**spec["cancel"])
-        if "lro_retry_after_seconds" in spec:
-            self.lro_retry_after_seconds = int(spec["lro_retry_after_seconds"])
 
     # -- decisions (used by the server) --------------------------------------------------------
     def latency_for(self, endpoint: str) -> float:

@@ -270,7 +270,8 @@ def test_variant_settings_default_to_the_most_hostile_and_a_scenario_can_choose_
         ),
         (
             {"faults": {"arm_limits": {"writes": [200]}}},
-            r"faults\.arm_limits\.writes: \[200\] is too short",
+            r"faults\.arm_limits\.writes: \[200\] is none of the allowed forms: array \| "
+            r"an object with \['capacity', 'refill_per_second'\]",
         ),
     ],
 )
