@@ -10,8 +10,9 @@ from .maintenance_model import MaintenanceModel, configuration_properties
 from .query_engine import Table
 from .records import (
     ARG_COLUMNS,
+    ConfigurationAssignment,
+    MaintenanceRun,
     PatchResult,
-    ResourceId,
     _iso,
     key,
     parse_resource_id,
@@ -87,96 +88,97 @@ class ResourceGraphModel(MaintenanceModel):
         return rows
 
     def _maintenance_rows(self, now: dt.datetime) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for assignment in self._assignments.values():
-            try:
-                parts: ResourceId | None = parse_resource_id(assignment.resource_id)
-            except ValueError:
-                parts = None
-            subscription = assignment.resource_id.strip("/").split("/")[1]
-            properties: dict[str, Any] = {
-                "maintenanceConfigurationId": assignment.configuration_id,
-                "resourceId": assignment.resource_id,
-            }
-            if assignment.filter is not None:
-                properties["filter"] = assignment.filter
-            rows.append(
-                self._record(
-                    id=assignment.id,
-                    name=assignment.name,
-                    type="microsoft.maintenance/configurationassignments",
-                    location=assignment.location,
-                    resourceGroup=parts.resource_group.lower() if parts else "",
-                    subscriptionId=subscription,
-                    properties=properties,
-                )
-            )
+        rows = [self._assignment_row(a) for a in self._assignments.values()]
         for run in self._runs.values():
             if now < run.visible_at:
                 continue
-            configuration = self._configurations.get(key(run.configuration_id))
             status = run.status(now, self.settings.status_before_start)
-            run_properties: dict[str, Any] = {
-                "correlationId": run.correlation_id,
-                "maintenanceConfigurationId": run.configuration_id,
-                "resourceId": run.configuration_id,
-                "status": status,
-                "startDateTime": _iso(run.scheduled_start),
-                "endDateTime": _iso(run.completed_at or run.cancelled_at or run.scheduled_end),
-                "lastUpdateTime": _iso(run.cancelled_at or run.completed_at or run.created_at),
-                "maintenanceScope": "InGuestPatch",
-                "resourceSubscriptionIds": list(run.subscription_ids),
+            rows.append(self._run_row(run, status))
+            if now >= run.machine_visible_at:
+                rows.extend(self._machine_run_rows(run, status))
+        return rows
+
+    def _assignment_row(self, assignment: ConfigurationAssignment) -> dict[str, Any]:
+        try:
+            resource_group = parse_resource_id(assignment.resource_id).resource_group.lower()
+        except ValueError:
+            resource_group = ""
+        properties: dict[str, Any] = {
+            "maintenanceConfigurationId": assignment.configuration_id,
+            "resourceId": assignment.resource_id,
+        }
+        if assignment.filter is not None:
+            properties["filter"] = assignment.filter
+        return self._record(
+            id=assignment.id,
+            name=assignment.name,
+            type="microsoft.maintenance/configurationassignments",
+            location=assignment.location,
+            resourceGroup=resource_group,
+            subscriptionId=assignment.resource_id.strip("/").split("/")[1],
+            properties=properties,
+        )
+
+    def _run_row(self, run: MaintenanceRun, status: str) -> dict[str, Any]:
+        configuration = self._configurations.get(key(run.configuration_id))
+        properties: dict[str, Any] = {
+            "correlationId": run.correlation_id,
+            "maintenanceConfigurationId": run.configuration_id,
+            "resourceId": run.configuration_id,
+            "status": status,
+            "startDateTime": _iso(run.scheduled_start),
+            "endDateTime": _iso(run.completed_at or run.cancelled_at or run.scheduled_end),
+            "lastUpdateTime": _iso(run.cancelled_at or run.completed_at or run.created_at),
+            "maintenanceScope": "InGuestPatch",
+            "resourceSubscriptionIds": list(run.subscription_ids),
+        }
+        if run.message:
+            properties["error"] = {
+                "code": "MaintenanceCancelled" if run.cancelled_at else "MaintenanceRunMessage",
+                "message": run.message,
             }
-            if run.message:
-                run_properties["error"] = {
-                    "code": "MaintenanceCancelled" if run.cancelled_at else "MaintenanceRunMessage",
-                    "message": run.message,
-                }
-            config_parts = parse_resource_id(run.configuration_id)
+        parts = parse_resource_id(run.configuration_id)
+        return self._record(
+            id=run.correlation_id,
+            name=run.name,
+            type="microsoft.maintenance/maintenanceconfigurations/applyupdates",
+            location=configuration.location if configuration else "",
+            resourceGroup=parts.resource_group.lower(),
+            subscriptionId=parts.subscription_id,
+            properties=properties,
+        )
+
+    def _machine_run_rows(self, run: MaintenanceRun, status: str) -> list[dict[str, Any]]:
+        results = {
+            key(r.machine_id): r for r in self._patch_results.get(key(run.correlation_id), [])
+        }
+        rows = []
+        for machine_id in run.machine_ids:
+            parts = parse_resource_id(machine_id)
+            machine = self._vms.get(key(machine_id)) or self._arc.get(key(machine_id))
+            result = results.get(key(machine_id))
+            properties: dict[str, Any] = {
+                "correlationId": run.correlation_id,
+                "resourceId": machine_id,
+                "maintenanceConfigurationId": run.configuration_id,
+                "startDateTime": _iso(run.scheduled_start),
+                "endDateTime": _iso(run.completed_at or run.scheduled_end),
+                "lastUpdateTime": _iso(run.cancelled_at or run.completed_at or run.created_at),
+            }
+            if self.settings.machine_status_field == "present":
+                finished = result is not None and run.cancelled_at is None
+                properties["status"] = result.status if finished and result else status
             rows.append(
                 self._record(
-                    id=run.correlation_id,
+                    id=f"{machine_id}/providers/microsoft.maintenance/applyupdates/{run.name}",
                     name=run.name,
-                    type="microsoft.maintenance/maintenanceconfigurations/applyupdates",
-                    location=configuration.location if configuration else "",
-                    resourceGroup=config_parts.resource_group.lower(),
-                    subscriptionId=config_parts.subscription_id,
-                    properties=run_properties,
+                    type="microsoft.maintenance/applyupdates",
+                    location=machine.location if machine else "",
+                    resourceGroup=parts.resource_group.lower(),
+                    subscriptionId=parts.subscription_id,
+                    properties=properties,
                 )
             )
-            if now < run.machine_visible_at:
-                continue
-            results = {
-                key(r.machine_id): r for r in self._patch_results.get(key(run.correlation_id), [])
-            }
-            for machine_id in run.machine_ids:
-                machine_parts = parse_resource_id(machine_id)
-                machine = self._vms.get(key(machine_id)) or self._arc.get(key(machine_id))
-                result = results.get(key(machine_id))
-                machine_status = status
-                if result is not None and run.cancelled_at is None:
-                    machine_status = result.status
-                machine_properties: dict[str, Any] = {
-                    "correlationId": run.correlation_id,
-                    "resourceId": machine_id,
-                    "maintenanceConfigurationId": run.configuration_id,
-                    "startDateTime": _iso(run.scheduled_start),
-                    "endDateTime": _iso(run.completed_at or run.scheduled_end),
-                    "lastUpdateTime": _iso(run.cancelled_at or run.completed_at or run.created_at),
-                }
-                if self.settings.machine_status_field == "present":
-                    machine_properties["status"] = machine_status
-                rows.append(
-                    self._record(
-                        id=f"{machine_id}/providers/microsoft.maintenance/applyupdates/{run.name}",
-                        name=run.name,
-                        type="microsoft.maintenance/applyupdates",
-                        location=machine.location if machine else "",
-                        resourceGroup=machine_parts.resource_group.lower(),
-                        subscriptionId=machine_parts.subscription_id,
-                        properties=machine_properties,
-                    )
-                )
         return rows
 
     def _patch_rows(self, now: dt.datetime) -> list[dict[str, Any]]:
