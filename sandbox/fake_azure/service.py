@@ -122,6 +122,41 @@ class FakeAzureService(
             return arm_error(
                 404, "NotFound", f"The fake Azure serves no '{request.method} {request.path}'."
             )
+        limit_headers: dict[str, str] = {}
+        refused = self._admit(request, route, limit_headers)
+        if refused is not None:
+            return refused
+        rule = self.faults.pick_error(route.endpoint, request.method, request.path)
+        if rule is not None and not rule.after_applying:
+            return _with_headers(
+                self._injected_error(route.endpoint, rule, request), request, limit_headers
+            )
+        if route.endpoint in COMPUTE_UPDATE_VM_ENDPOINTS:
+            subscription = request.params.get("sub") or self._subscription_of(request)
+            refused = self._spend_compute_budget(request, subscription, limit_headers)
+            if refused is not None:
+                return refused
+        response = route.handler(request)
+        if rule is not None:
+            # Azure did the work; the answer is lost on the way back (status 0: the connection
+            # ends without any answer).
+            if rule.status == 0:
+                return Response(0, answer_lost=True)
+            lost_answer = self._injected_error(route.endpoint, rule, request)
+            lost_answer.answer_lost = True
+            return _with_headers(lost_answer, request, limit_headers)
+        _with_headers(response, request, limit_headers)
+        lost = (
+            self.faults.pick_lost_answer(route.endpoint, request.path)
+            if response.status < 400
+            else None
+        )
+        return response if lost is None else self._lost_answer(lost)
+
+    def _admit(
+        self, request: Request, route: Route, limit_headers: dict[str, str]
+    ) -> Response | None:
+        """Latency, authentication, then ARM's and Resource Graph's budgets: a refusal or None."""
         delay = self.faults.latency_for(route.endpoint)
         if delay > 0:
             time.sleep(delay)
@@ -134,41 +169,11 @@ class FakeAzureService(
             throttled = self._spend_arg_quota(request)
             if throttled is not None:
                 return throttled
-        limit_headers: dict[str, str] = {}
         subscription = request.params.get("sub") or self._subscription_of(request)
         if subscription:
             # ARM throttles before the request reaches the resource provider.
-            refused = self._spend_arm_budget(request, subscription, limit_headers)
-            if refused is not None:
-                return refused
-        rule = self.faults.pick_error(route.endpoint, request.method, request.path)
-        if rule is not None and not rule.after_applying:
-            injected = self._injected_error(route.endpoint, rule, request)
-            for name, value in {**limit_headers, **request.quota_headers}.items():
-                injected.headers.setdefault(name, value)
-            return injected
-        if route.endpoint in COMPUTE_UPDATE_VM_ENDPOINTS:
-            refused = self._spend_compute_budget(request, subscription, limit_headers)
-            if refused is not None:
-                return refused
-        response = route.handler(request)
-        if rule is not None:
-            # Azure did the work; the answer is lost on the way back (status 0: the connection
-            # ends without any answer).
-            if rule.status == 0:
-                return Response(0, answer_lost=True)
-            lost_answer = self._injected_error(route.endpoint, rule, request)
-            lost_answer.answer_lost = True
-            for name, value in {**limit_headers, **request.quota_headers}.items():
-                lost_answer.headers.setdefault(name, value)
-            return lost_answer
-        for name, value in {**limit_headers, **request.quota_headers}.items():
-            response.headers.setdefault(name, value)
-        if response.status < 400:
-            lost = self.faults.pick_lost_answer(route.endpoint, request.path)
-            if lost is not None:
-                return self._lost_answer(lost)
-        return response
+            return self._spend_arm_budget(request, subscription, limit_headers)
+        return None
 
     def _add_standard_headers(self, request: Request, response: Response) -> None:
         request_id = str(uuid.uuid4())
@@ -181,3 +186,10 @@ class FakeAzureService(
         if client_request_id:
             response.headers.setdefault("x-ms-client-request-id", client_request_id)
         response.headers.setdefault("Cache-Control", "no-cache")
+
+
+def _with_headers(response: Response, request: Request, limit_headers: dict[str, str]) -> Response:
+    """The budgets' headers on an answer, without overriding the ones it set itself."""
+    for name, value in {**limit_headers, **request.quota_headers}.items():
+        response.headers.setdefault(name, value)
+    return response
