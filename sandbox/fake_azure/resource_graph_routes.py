@@ -13,7 +13,6 @@ from .query_engine import (
     KqlError,
     KqlSyntaxError,
     QueryResult,
-    Table,
     column_type,
     json_ready,
     run_query,
@@ -71,9 +70,44 @@ class ResourceGraphRoutes(ServiceBase):
             )
         subscriptions = [s for s in body.get("subscriptions") or [] if isinstance(s, str)]
         options = body.get("options") or {}
-        top = options.get("$top")
-        skip = options.get("$skip")
-        skip_token = options.get("$skipToken")
+        refused = self._arg_bad_options(options, quota_headers)
+        if refused:
+            return refused
+        query_text: str = body["query"]
+        fingerprint = hashlib.sha256(
+            json.dumps([query_text, sorted(s.lower() for s in subscriptions)]).encode()
+        ).hexdigest()[:16]
+        try:
+            result = run_query(
+                query_text,
+                lambda name: self.model.arg_table(name, subscriptions or None),
+                now=self.model.now(),
+            )
+        except KqlError as error:
+            return self._arg_invalid_query(error, quota_headers)
+        offset = 0
+        if options.get("$skipToken"):
+            decoded = self._decode_skip_token(str(options["$skipToken"]), fingerprint)
+            if decoded is None:
+                return self._arg_bad_request(
+                    "The $skipToken is invalid or belongs to another query.",
+                    quota_headers,
+                    "InvalidSkipToken",
+                )
+            offset = decoded
+        elif options.get("$skip") and not result.limited:  # ARG ignores $skip with take/limit
+            offset = options["$skip"]
+        page_size = min(options.get("$top") or ARG_MAX_PAGE, ARG_MAX_PAGE)
+        return Response(
+            200,
+            self._arg_page(result, offset, page_size, options, fingerprint),
+            quota_headers,
+        )
+
+    def _arg_bad_options(
+        self, options: dict[str, Any], quota_headers: Mapping[str, str]
+    ) -> Response | None:
+        top, skip = options.get("$top"), options.get("$skip")
         result_format = str(options.get("resultFormat") or "objectArray")
         if top is not None and (not isinstance(top, int) or not 1 <= top <= ARG_MAX_PAGE):
             return self._arg_bad_request(
@@ -87,52 +121,32 @@ class ResourceGraphRoutes(ServiceBase):
             return self._arg_bad_request(
                 f"Unknown resultFormat '{result_format}'.", quota_headers, "InvalidResultFormat"
             )
+        return None
 
-        query_text: str = body["query"]
-        fingerprint = hashlib.sha256(
-            json.dumps([query_text, sorted(s.lower() for s in subscriptions)]).encode()
-        ).hexdigest()[:16]
-
-        def resolve(name: str) -> Table | None:
-            return self.model.arg_table(name, subscriptions or None)
-
-        try:
-            result = run_query(query_text, resolve, now=self.model.now())
-        except KqlError as error:
-            return self._arg_invalid_query(error, quota_headers)
-
-        offset = 0
-        if skip_token:
-            decoded = self._decode_skip_token(str(skip_token), fingerprint)
-            if decoded is None:
-                return self._arg_bad_request(
-                    "The $skipToken is invalid or belongs to another query.",
-                    quota_headers,
-                    "InvalidSkipToken",
-                )
-            offset = decoded
-        elif skip and not result.limited:  # ARG ignores $skip when the query has take/limit
-            offset = skip
-        page_size = min(top or ARG_MAX_PAGE, ARG_MAX_PAGE)
+    def _arg_page(
+        self,
+        result: QueryResult,
+        offset: int,
+        page_size: int,
+        options: dict[str, Any],
+        fingerprint: str,
+    ) -> dict[str, Any]:
         total = len(result.rows)
         page = result.rows[offset : offset + page_size]
-        more = offset + len(page) < total
-        response_body: dict[str, Any] = {
+        body: dict[str, Any] = {
             "totalRecords": total,
             "count": len(page),
-            "data": self._arg_data(result, page, result_format),
+            "data": self._arg_data(result, page, str(options.get("resultFormat") or "objectArray")),
             "facets": [],
             "resultTruncated": "false",
         }
-        if more:
+        if offset + len(page) < total:
             if result.limited or self._only_dynamic_columns(result):
                 # Documented: no $skipToken when the query has take/limit or only dynamic columns.
-                response_body["resultTruncated"] = "true"
+                body["resultTruncated"] = "true"
             else:
-                response_body["$skipToken"] = self._encode_skip_token(
-                    offset + len(page), fingerprint
-                )
-        return Response(200, response_body, quota_headers)
+                body["$skipToken"] = self._encode_skip_token(offset + len(page), fingerprint)
+        return body
 
     def _arg_bad_request(
         self, message: str, headers: Mapping[str, str], detail_code: str
