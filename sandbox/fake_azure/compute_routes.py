@@ -6,16 +6,7 @@ import uuid
 from typing import Any
 
 from .model import ModelError
-from .service_base import (
-    RG,
-    SUB,
-    Request,
-    Response,
-    Route,
-    ServiceBase,
-    arm_error,
-    route,
-)
+from .service_base import RG, SUB, Request, Response, Route, ServiceBase, arm_error, route
 
 COMPUTE_API_VERSIONS = frozenset(
     [

@@ -22,15 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-WRITE_ENDPOINTS = frozenset(
-    [
-        "compute.start",
-        "compute.deallocate",
-        "compute.poweroff",
-        "compute.snapshot.put",
-        "maintenance.cancel",
-    ]
-)
 ENDPOINTS = (
     "token",
     "arg",
@@ -475,11 +466,6 @@ class FaultPlan:
             self.write_throttle = throttle
         return throttle
 
-    def clear_write_throttle(self) -> None:
-        """Remove the extra write limit (ARM's documented limits stay, see ``set_arm_limits``)."""
-        with self._lock:
-            self.write_throttle = None
-
     def set_arm_limits(
         self,
         *,
@@ -673,8 +659,3 @@ class FaultPlan:
                 failure.fired += 1
                 return {"code": failure.code, "message": failure.message}
             return None
-
-    def take_write(self, subscription_id: str) -> ThrottleDecision | None:
-        """Spend a write token when a write throttle is set (None when writes are unlimited)."""
-        throttle = self.write_throttle
-        return None if throttle is None else throttle.take(subscription_id)

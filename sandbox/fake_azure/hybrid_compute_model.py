@@ -5,11 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .model_state import ModelState
-from .records import (
-    ArcMachine,
-    VirtualMachine,
-    key,
-)
+from .records import ArcMachine, key
 
 
 class HybridComputeModel(ModelState):
@@ -55,13 +51,3 @@ class HybridComputeModel(ModelState):
         """All Arc machines."""
         with self._lock:
             return list(self._arc.values())
-
-    def machine_location(self, machine_id: str) -> tuple[str, str, str] | None:
-        """(subscription, resource group, location) of a VM or Arc machine."""
-        with self._lock:
-            machine: VirtualMachine | ArcMachine | None = self._vms.get(
-                key(machine_id)
-            ) or self._arc.get(key(machine_id))
-            if machine is None:
-                return None
-            return machine.subscription_id, machine.resource_group, machine.location

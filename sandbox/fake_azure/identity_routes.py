@@ -5,14 +5,7 @@ from __future__ import annotations
 import uuid
 
 from .identity import ARM_AUDIENCES, LOG_ANALYTICS_AUDIENCES, TokenError
-from .service_base import (
-    Request,
-    Response,
-    Route,
-    ServiceBase,
-    arm_error,
-    route,
-)
+from .service_base import Request, Response, Route, ServiceBase, arm_error, route
 
 MSI_API_VERSION = "2019-08-01"
 

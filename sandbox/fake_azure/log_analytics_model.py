@@ -7,13 +7,7 @@ import datetime as dt
 from .compute_model import ComputeModel
 from .hybrid_compute_model import HybridComputeModel
 from .query_engine import Table
-from .records import (
-    HEARTBEAT_COLUMNS,
-    UTC,
-    Heartbeat,
-    ResourceId,
-    parse_resource_id,
-)
+from .records import HEARTBEAT_COLUMNS, UTC, Heartbeat, ResourceId, parse_resource_id
 
 
 class LogAnalyticsModel(ComputeModel, HybridComputeModel):

@@ -8,21 +8,8 @@ import uuid
 from typing import Any
 
 from .kql_syntax import parse_datetime_literal
-from .query_engine import (
-    KqlError,
-    KqlSyntaxError,
-    Table,
-    column_type,
-    json_ready,
-    run_query,
-)
-from .service_base import (
-    Request,
-    Response,
-    Route,
-    ServiceBase,
-    route,
-)
+from .query_engine import KqlError, KqlSyntaxError, Table, column_type, json_ready, run_query
+from .service_base import Request, Response, Route, ServiceBase, route
 
 _ISO_DURATION = re.compile(
     r"^P(?:(?P<weeks>\d+(?:\.\d+)?)W)?(?:(?P<days>\d+(?:\.\d+)?)D)?"

@@ -4,20 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .faults import (
-    CancelPolicy,
-)
+from .faults import CancelPolicy
 from .model import MaintenanceRun, parse_resource_id
-from .service_base import (
-    RG,
-    SUB,
-    Request,
-    Response,
-    Route,
-    ServiceBase,
-    arm_error,
-    route,
-)
+from .service_base import RG, SUB, Request, Response, Route, ServiceBase, arm_error, route
 
 # Only these api-versions have ApplyUpdates_CreateOrUpdateOrCancel (reference §3).
 MAINTENANCE_CANCEL_API_VERSIONS = frozenset(

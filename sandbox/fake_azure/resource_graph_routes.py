@@ -9,22 +9,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from .query_engine import (
-    KqlError,
-    KqlSyntaxError,
-    QueryResult,
-    column_type,
-    json_ready,
-    run_query,
-)
-from .service_base import (
-    Request,
-    Response,
-    Route,
-    ServiceBase,
-    arm_error,
-    route,
-)
+from .query_engine import KqlError, KqlSyntaxError, QueryResult, column_type, json_ready, run_query
+from .service_base import Request, Response, Route, ServiceBase, arm_error, route
 
 ARG_API_VERSIONS = frozenset(
     [

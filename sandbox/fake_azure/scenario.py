@@ -17,17 +17,9 @@ from typing import Any
 from jsonschema import Draft202012Validator, ValidationError
 
 from .faults import FaultPlan
-from .model import (
-    AzureModel,
-    ModelSettings,
-    PowerState,
-    VmSpec,
-    key,
-)
+from .model import AzureModel, ModelSettings, PowerState, VmSpec, key
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
-DEMO_SUBSCRIPTION_A = "1b7a0c4e-5d2f-4e8a-9c31-0a6f2b7d9e10"
-DEMO_SUBSCRIPTION_B = "c0de5a1e-7b3c-4d9f-8e2a-6f1b0c9d8e27"
 
 _MODEL_SETTINGS = {
     "auto_heartbeat_seconds",

@@ -17,20 +17,13 @@ import uuid
 from functools import cached_property
 
 from .compute_routes import ComputeRoutes
-from .faults import (
-    COMPUTE_UPDATE_VM_ENDPOINTS,
-)
+from .faults import COMPUTE_UPDATE_VM_ENDPOINTS
 from .identity_routes import IdentityRoutes
 from .log_analytics_routes import LogAnalyticsRoutes
 from .maintenance_routes import MaintenanceRoutes
 from .request_log import RecordedRequest, redact_headers
 from .resource_graph_routes import ResourceGraphRoutes
-from .service_base import (
-    Request,
-    Response,
-    Route,
-    arm_error,
-)
+from .service_base import Request, Response, Route, arm_error
 from .throttling import Throttling
 
 __all__ = ["FakeAzureService", "Request", "Response"]

@@ -7,9 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .faults import (
-    FaultPlan,
-)
+from .faults import FaultPlan
 from .identity import TokenGrant, TokenStore
 from .model import AzureModel
 from .request_log import RequestLog
