@@ -19,7 +19,7 @@ from .records import (
     Snapshot,
     VirtualMachine,
     VmSpec,
-    _iso,
+    iso_time,
     key,
 )
 
@@ -346,7 +346,7 @@ class ComputeModel(ModelState):
                 },
                 "osProfile": {"computerName": vm.name},
                 "provisioningState": "Updating" if vm.transition else "Succeeded",
-                "timeCreated": _iso(vm.time_created),
+                "timeCreated": iso_time(vm.time_created),
                 "extended": {
                     "instanceView": {
                         "computerName": vm.name,
@@ -392,7 +392,7 @@ class ComputeModel(ModelState):
                     "code": "ProvisioningState/succeeded",
                     "level": "Info",
                     "displayStatus": "Provisioning succeeded",
-                    "time": _iso(vm.time_created),
+                    "time": iso_time(vm.time_created),
                 }
             )
             return {
@@ -428,7 +428,7 @@ class ComputeModel(ModelState):
                 },
                 "incremental": snapshot.incremental,
                 "provisioningState": "Succeeded" if done else "Creating",
-                "timeCreated": _iso(snapshot.time_created),
+                "timeCreated": iso_time(snapshot.time_created),
                 "diskSizeGB": 30,
                 "diskState": "Unattached",
                 "completionPercent": 100.0 if done else 0.0,

@@ -20,7 +20,7 @@ from .records import (
     MaintenanceConfiguration,
     MaintenanceRun,
     PatchResult,
-    _iso,
+    iso_time,
     key,
     parse_resource_id,
     time_zone_of,
@@ -358,7 +358,9 @@ class MaintenanceModel(ComputeModel, HybridComputeModel):
                 "properties": {
                     "status": rp_status,
                     "resourceId": run.configuration_id,
-                    "lastUpdateTime": _iso(run.cancelled_at or run.completed_at or run.created_at),
+                    "lastUpdateTime": iso_time(
+                        run.cancelled_at or run.completed_at or run.created_at
+                    ),
                 },
             }
 

@@ -195,7 +195,7 @@ def key(resource_id: str) -> str:
     return resource_id.strip().rstrip("/").lower()
 
 
-def _iso(value: dt.datetime | None) -> str | None:
+def iso_time(value: dt.datetime | None) -> str | None:
     return None if value is None else format_datetime(value)
 
 

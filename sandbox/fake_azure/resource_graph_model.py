@@ -13,7 +13,7 @@ from .records import (
     ConfigurationAssignment,
     MaintenanceRun,
     PatchResult,
-    _iso,
+    iso_time,
     key,
     parse_resource_id,
 )
@@ -126,9 +126,9 @@ class ResourceGraphModel(MaintenanceModel):
             "maintenanceConfigurationId": run.configuration_id,
             "resourceId": run.configuration_id,
             "status": status,
-            "startDateTime": _iso(run.scheduled_start),
-            "endDateTime": _iso(run.completed_at or run.cancelled_at or run.scheduled_end),
-            "lastUpdateTime": _iso(run.cancelled_at or run.completed_at or run.created_at),
+            "startDateTime": iso_time(run.scheduled_start),
+            "endDateTime": iso_time(run.completed_at or run.cancelled_at or run.scheduled_end),
+            "lastUpdateTime": iso_time(run.cancelled_at or run.completed_at or run.created_at),
             "maintenanceScope": "InGuestPatch",
             "resourceSubscriptionIds": list(run.subscription_ids),
         }
@@ -161,9 +161,9 @@ class ResourceGraphModel(MaintenanceModel):
                 "correlationId": run.correlation_id,
                 "resourceId": machine_id,
                 "maintenanceConfigurationId": run.configuration_id,
-                "startDateTime": _iso(run.scheduled_start),
-                "endDateTime": _iso(run.completed_at or run.scheduled_end),
-                "lastUpdateTime": _iso(run.cancelled_at or run.completed_at or run.created_at),
+                "startDateTime": iso_time(run.scheduled_start),
+                "endDateTime": iso_time(run.completed_at or run.scheduled_end),
+                "lastUpdateTime": iso_time(run.cancelled_at or run.completed_at or run.created_at),
             }
             if self.settings.machine_status_field == "present":
                 finished = result is not None and run.cancelled_at is None
@@ -215,8 +215,8 @@ class ResourceGraphModel(MaintenanceModel):
                             "notSelectedPatchCount": result.not_selected_patch_count,
                             "rebootStatus": result.reboot_status,
                             "maintenanceWindowExceeded": result.maintenance_window_exceeded,
-                            "startDateTime": _iso(result.start_date_time),
-                            "lastModifiedDateTime": _iso(result.last_modified_date_time),
+                            "startDateTime": iso_time(result.start_date_time),
+                            "lastModifiedDateTime": iso_time(result.last_modified_date_time),
                             "osType": os_type,
                             "patchServiceUsed": "APT" if os_type.lower() == "linux" else "WU",
                             "errorDetails": result.error,
@@ -237,4 +237,4 @@ class ResourceGraphModel(MaintenanceModel):
             return {"maintenanceRunId": result.correlation_id.rstrip("/").split("/")[-1]}
         # The public sample's shape: a bare UTC timestamp (here, when the machine's patching
         # began), tied to the run by nothing but time.
-        return {"maintenanceRunId": _iso(result.start_date_time) or ""}
+        return {"maintenanceRunId": iso_time(result.start_date_time) or ""}
