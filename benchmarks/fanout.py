@@ -29,7 +29,7 @@ from datetime import timedelta
 from typing import Any
 
 from sandbox.fake_azure.scenario import fleet_scenario
-from sandbox.stack import CLIENT_ID, PRE, running_stack
+from sandbox.stack import CLIENT_ID, PRE, Stack, running_stack
 
 MAX_SECONDS = 900  # bounded: the benchmark gives up rather than run on
 
@@ -37,6 +37,15 @@ MAX_SECONDS = 900  # bounded: the benchmark gives up rather than run on
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def start_calls(stack: Stack) -> tuple[collections.Counter[str], int]:
+    """Accepted start calls per VM, and how many start calls were throttled (429)."""
+    calls = stack.fake.requests_matching("POST", r"/start$")
+    accepted = collections.Counter(
+        r.path.rsplit("/", 1)[0].lower() for r in calls if r.status == 202
+    )
+    return accepted, sum(1 for r in calls if r.status == 429)
 
 
 def main() -> int:
@@ -99,14 +108,7 @@ def main() -> int:
             time.sleep(0.5)
             pending = {m for m in pending if str(model.power_state(m)) != "running"}
         elapsed = time.perf_counter() - started
-        starts = collections.Counter(
-            r.path.rsplit("/", 1)[0].lower()
-            for r in stack.fake.requests_matching("POST", r"/start$")
-            if r.status == 202
-        )
-        throttled = len(
-            [r for r in stack.fake.requests_matching("POST", r"/start$") if r.status == 429]
-        )
+        starts, throttled = start_calls(stack)
         twice = [vm for vm, count in starts.items() if count > 1]
         print(
             f"app: all running after {elapsed:.1f} s; {len(pending)} missed; "
