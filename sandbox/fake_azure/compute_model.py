@@ -199,6 +199,7 @@ class ComputeModel(ModelState):
                 failure=op.error,
             )
             self._set_state(vm, between, now)
+            vm.failure = None
             self._due_sequence += 1
             heapq.heappush(self._due, (op.completes_at, self._due_sequence, key(vm.id)))
             self._changed()
@@ -249,6 +250,11 @@ class ComputeModel(ModelState):
             end_state = transition.fallback if transition.failure else transition.target
             self._set_state(vm, end_state, completes_at)
             vm.transition = None
+            vm.failure = (
+                {**transition.failure, "time": iso_time(completes_at) or ""}
+                if transition.failure
+                else None
+            )
             settled = True
         if settled:
             self._changed()
@@ -385,7 +391,7 @@ class ComputeModel(ModelState):
     def instance_view_document(self, vm: VirtualMachine) -> dict[str, Any]:
         """The JSON of ``.../instanceView``."""
         with self._lock:
-            provisioning = (
+            provisioning: dict[str, Any] = (
                 {"code": "ProvisioningState/updating", "level": "Info", "displayStatus": "Updating"}
                 if vm.transition
                 else {
@@ -395,6 +401,15 @@ class ComputeModel(ModelState):
                     "time": iso_time(vm.time_created),
                 }
             )
+            if vm.failure and not vm.transition:
+                # How Compute shows a failed operation (e.g. a start that found no capacity).
+                provisioning = {
+                    "code": f"ProvisioningState/failed/{vm.failure['code']}",
+                    "level": "Error",
+                    "displayStatus": "Provisioning failed",
+                    "message": vm.failure["message"],
+                    "time": vm.failure.get("time"),
+                }
             return {
                 "computerName": vm.name,
                 "osName": "ubuntu"
@@ -410,6 +425,43 @@ class ComputeModel(ModelState):
                     },
                 ],
             }
+
+    def vm_list_page(
+        self, subscription_id: str, offset: int, *, status_only: bool
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of Compute's list of a subscription's VMs from `offset` (ordered by id), and
+        the next page's offset (None: last page). `status_only` answers `statusOnly=true`:
+        each VM's identity and its instance view instead of its model."""
+        with self._lock:
+            self._settle()
+            vms = sorted(
+                (
+                    vm
+                    for vm in self._vms.values()
+                    if vm.subscription_id.lower() == subscription_id.lower()
+                ),
+                key=lambda vm: vm.id.lower(),
+            )
+            size = max(1, int(self.settings.vm_list_page_size))
+            page = vms[offset : offset + size]
+            if not status_only:
+                documents = [self.vm_document(vm, with_instance_view=False) for vm in page]
+            else:
+                documents = [
+                    {
+                        "name": vm.name,
+                        "id": vm.id,
+                        "type": "Microsoft.Compute/virtualMachines",
+                        "location": vm.location,
+                        "properties": {
+                            "vmId": vm.vm_id,
+                            "instanceView": self.instance_view_document(vm),
+                        },
+                    }
+                    for vm in page
+                ]
+            following = offset + size
+            return documents, (following if following < len(vms) else None)
 
     def snapshot_document(self, snapshot: Snapshot) -> dict[str, Any]:
         """The JSON a snapshot GET/PUT answers."""

@@ -26,6 +26,7 @@ ENDPOINTS = (
     "token",
     "arg",
     "compute.get",
+    "compute.list",
     "compute.start",
     "compute.deallocate",
     "compute.poweroff",

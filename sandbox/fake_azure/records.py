@@ -235,6 +235,9 @@ class VirtualMachine:
     time_created: dt.datetime = field(default_factory=lambda: dt.datetime.now(UTC))
     transition: PowerTransition | None = None
     running_since: dt.datetime | None = None
+    # {code, message, time} of the last power operation when it failed: its instance view reads
+    # ProvisioningState/failed/<code> until the next operation.
+    failure: dict[str, str] | None = None
 
     @property
     def id(self) -> str:
@@ -470,6 +473,9 @@ class ModelSettings:
     deallocate_seconds: float | tuple[float, float] | None = None
     snapshot_seconds: float = 0.5
     arg_lag_seconds: float = 0.0
+    # VMs per page of Compute's subscription-wide VM list (statusOnly or not). Undocumented; a
+    # user reported pages of 50 (Azure/azure-sdk-for-node#4769), so that is the default.
+    vm_list_page_size: float = 50
     cancellation_cutoff_minutes: float = 10.0
     default_run_minutes: float = 235.0
     # When > 0, every running VM and connected Arc machine "sends" a Heartbeat this often, the
