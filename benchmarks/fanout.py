@@ -38,6 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
@@ -162,7 +163,89 @@ class PreEventProbe:
             self._stop.wait(self.interval)
 
 
+@dataclass
+class Outcome:
+    """What the run did, checked against what it must do."""
+
+    pending: set[str] = field(default_factory=set)
+    started_vms: set[str] = field(default_factory=set)
+    twice: list[str] = field(default_factory=list)
+    touched_running: list[str] = field(default_factory=list)
+    ledger_ok: bool = False
+    gate: str | None = None
+    cancels: int = 0
+    stopped_right: bool = False
+    still_running: int = 0
+    running: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return (
+            not self.pending
+            and not self.twice
+            and not self.touched_running
+            and self.ledger_ok
+            and self.gate == "Passed"
+            and not self.cancels
+            and self.stopped_right
+            and self.still_running == self.running
+        )
+
+
 def main() -> int:
+    args = _arguments()
+    scenario, settings = _scenario(args)
+    threads = settings["PYTHON_THREADPOOL_THREAD_COUNT"]
+    where = "beside the fake" if args.in_process else "in its own process"
+    outcome = Outcome()
+    with contextlib.ExitStack() as running:
+        if args.in_process:
+            stack = running.enter_context(running_stack(scenario, settings=settings))
+            app_pid: int | None = None
+        else:
+            stack, host = running.enter_context(app_in_its_own_process(scenario, settings))
+            app_pid = host.pid
+        model = stack.fake.model
+        run = model.get_run(stack.fake.run_id(next(iter(stack.fake.applied.runs))))
+        machines = list(run.machine_ids)
+        before = {m: str(model.power_state(m)) for m in machines}
+        to_start = [m for m in machines if before[m] != "running"]
+        already_running = [m for m in machines if before[m] == "running"]
+        outcome.running = len(already_running)
+        per_subscription = collections.Counter(m.split("/")[2].lower() for m in to_start)
+        ideal = ideal_seconds(per_subscription, args.boot[1])
+        print(
+            f"{len(to_start)} deallocated and {len(already_running)} running VMs in "
+            f"{len(per_subscription)} subscriptions; Azure's default limits; boots "
+            f"{args.boot[0]:.0f}-{args.boot[1]:.0f} s; {args.latency * 1000:.0f} ms per call; "
+            f"PYTHON_THREADPOOL_THREAD_COUNT {threads or 'unset'}; the app {where}; "
+            "strict model's ideal "
+            f"{ideal:.1f} s",
+            flush=True,
+        )
+        probe = PreEventProbe(
+            stack, model.configurations[0].name, already_running[0], args.event_interval
+        )
+        probe.prepare(min(MAX_PRE_EVENTS, int(2 * ideal / args.event_interval) + 30))
+        _fan_out(stack, run, to_start, already_running, probe, app_pid, ideal, outcome)
+        _check_ledger(stack, run, to_start, already_running, outcome)
+        _wrap_up(stack, run, already_running, outcome)
+        if args.baseline > 0:
+            baseline_rate = tutorial_baseline(stack, to_start[: args.baseline])
+            print(
+                f"tutorial baseline (sequential status reads, ThreadJob throttle 5): "
+                f"{baseline_rate:.2f} VMs/s; the app is "
+                f"{len(outcome.started_vms) / outcome.elapsed / baseline_rate:.1f}x faster",
+                flush=True,
+            )
+    print(
+        "outcomes: all as expected" if outcome.passed else "outcomes: NOT as expected", flush=True
+    )
+    return 0 if outcome.passed else 1
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -184,11 +267,13 @@ def main() -> int:
         action="store_true",
         help="serve the app in this process, beside the fake Azure (one GIL for both)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _scenario(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
     stoppable = min(max(args.vms, 10), 10000)
     running = min(max(args.running, 1), 1000)
     total = stoppable + running
-
     scenario: dict[str, Any] = fleet_scenario(
         total,
         subscriptions=args.subscriptions,
@@ -208,172 +293,148 @@ def main() -> int:
         "VERIFY_INTERVAL_SECONDS": "5",
         "OPERATION_WAIT_SECONDS": "240",
         "WRAP_UP_WAIT_MINUTES": "10",
+        # Blank: unset, the worker's default.
+        "PYTHON_THREADPOOL_THREAD_COUNT": str(args.worker_threads or ""),
     }
-    # Blank: unset, the worker's default.
-    settings["PYTHON_THREADPOOL_THREAD_COUNT"] = str(args.worker_threads or "")
-    threads = settings["PYTHON_THREADPOOL_THREAD_COUNT"]
-    where = "beside the fake" if args.in_process else "in its own process"
-    with contextlib.ExitStack() as running:
-        if args.in_process:
-            stack = running.enter_context(running_stack(scenario, settings=settings))
-            app_pid: int | None = None
-        else:
-            stack, host = running.enter_context(app_in_its_own_process(scenario, settings))
-            app_pid = host.pid
-        model = stack.fake.model
-        run = model.get_run(stack.fake.run_id(next(iter(stack.fake.applied.runs))))
-        machines = list(run.machine_ids)
-        before = {m: str(model.power_state(m)) for m in machines}
-        to_start = [m for m in machines if before[m] != "running"]
-        already_running = [m for m in machines if before[m] == "running"]
-        per_subscription = collections.Counter(m.split("/")[2].lower() for m in to_start)
-        ideal = ideal_seconds(per_subscription, args.boot[1])
+    return scenario, settings
+
+
+def _fan_out(
+    stack: Stack,
+    run: Any,
+    to_start: list[str],
+    already_running: list[str],
+    probe: PreEventProbe,
+    app_pid: int | None,
+    ideal: float,
+    outcome: Outcome,
+) -> None:
+    """The pre event, then every VM running: time, calls, CPU and the probe's answers."""
+    model = stack.fake.model
+    cpu_started = time.process_time()
+    app_cpu_started = cpu_seconds(app_pid)
+    started = time.perf_counter()
+    stack.deliver(PRE, run).raise_for_status()
+    probe.start()
+    pending = set(to_start)
+    while pending and time.perf_counter() - started < MAX_SECONDS:
+        time.sleep(0.5)
+        pending = {m for m in pending if str(model.power_state(m)) != "running"}
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    app_cpu_now = cpu_seconds(app_pid)
+    probe.stop()
+    stack.settle(timeout=MAX_SECONDS)
+    outcome.pending = pending
+    outcome.elapsed = elapsed
+    _count_calls(stack, already_running, elapsed, ideal, outcome)
+    count = max(1, len(outcome.started_vms))
+    if app_cpu_now is not None and app_cpu_started is not None:
+        app_cpu = app_cpu_now - app_cpu_started
         print(
-            f"{len(to_start)} deallocated and {len(already_running)} running VMs in "
-            f"{len(per_subscription)} subscriptions; Azure's default limits; boots "
-            f"{args.boot[0]:.0f}-{args.boot[1]:.0f} s; {args.latency * 1000:.0f} ms per call; "
-            f"PYTHON_THREADPOOL_THREAD_COUNT {threads or 'unset'}; the app {where}; "
-            "strict model's ideal "
-            f"{ideal:.1f} s",
+            f"CPU of the app's process (local host + app): {app_cpu:.1f} s = "
+            f"{app_cpu / count * 1000:.1f} ms per VM started; this process (fake Azure, "
+            f"probes): {cpu:.1f} s",
+            flush=True,
+        )
+    else:
+        print(
+            f"CPU (host, app and fake in one process): {cpu:.1f} s = "
+            f"{cpu / count * 1000:.1f} ms per VM started",
+            flush=True,
+        )
+    if probe.answers:
+        print(
+            f"pre events during the fan-out: {len(probe.answers)} (answers "
+            f"{dict(probe.statuses)}), p50 {statistics.median(probe.answers) * 1000:.0f} ms, "
+            f"p99 {percentile(probe.answers, 0.99) * 1000:.0f} ms, max "
+            f"{max(probe.answers) * 1000:.0f} ms; slowest: {probe.slowest()}",
             flush=True,
         )
 
-        probe = PreEventProbe(
-            stack, model.configurations[0].name, already_running[0], args.event_interval
-        )
-        probe.prepare(min(MAX_PRE_EVENTS, int(2 * ideal / args.event_interval) + 30))
-        cpu_started = time.process_time()
-        app_cpu_started = cpu_seconds(app_pid)
-        started = time.perf_counter()
-        answer = stack.deliver(PRE, run)
-        answer.raise_for_status()
-        probe.start()
-        pending = set(to_start)
-        while pending and time.perf_counter() - started < MAX_SECONDS:
-            time.sleep(0.5)
-            pending = {m for m in pending if str(model.power_state(m)) != "running"}
-        elapsed = time.perf_counter() - started
-        cpu = time.process_time() - cpu_started
-        app_cpu_now = cpu_seconds(app_pid)
-        app_cpu = (
-            app_cpu_now - app_cpu_started
-            if app_cpu_now is not None and app_cpu_started is not None
-            else None
-        )
-        probe.stop()
-        stack.settle(timeout=MAX_SECONDS)
-        pre_phase = stack.fake.requests
 
-        accepted_starts = collections.Counter(
-            r.path.rsplit("/", 1)[0].lower()
-            for r in pre_phase
-            if r.method == "POST" and r.path.endswith("/start") and r.status == 202
-        )
-        started_vms = set(accepted_starts)
-        throttled = sum(1 for r in pre_phase if r.status == 429)
-        arm_reads = sum(
-            1
-            for r in pre_phase
-            if r.method == "GET" and r.path.lower().startswith("/subscriptions/")
-        )
-        graph_queries = sum(1 for r in pre_phase if r.endpoint == "arg")
-        twice = [vm for vm, count in accepted_starts.items() if count > 1]
-        touched_running = [m for m in already_running if m.lower() in started_vms]
-        count = max(1, len(started_vms))
-        print(
-            f"app: all running after {elapsed:.1f} s = {ideal / elapsed:.2f} of the ideal "
-            f"({len(started_vms) / elapsed:.1f} VMs/s); {len(pending)} missed; {len(twice)} "
-            f"started twice; {len(touched_running)} running VMs started",
-            flush=True,
-        )
-        print(
-            f"app: {throttled} answers of 429 = {throttled / count:.3f} per VM started; "
-            f"{arm_reads} ARM reads = {arm_reads / count:.2f} per VM started; "
-            f"{graph_queries} Resource Graph queries",
-            flush=True,
-        )
-        if app_cpu is not None:
-            print(
-                f"CPU of the app's process (local host + app): {app_cpu:.1f} s = "
-                f"{app_cpu / count * 1000:.1f} ms per VM started; this process (fake Azure, "
-                f"probes): {cpu:.1f} s",
-                flush=True,
-            )
-        else:
-            print(
-                f"CPU (host, app and fake in one process): {cpu:.1f} s = "
-                f"{cpu / count * 1000:.1f} ms per VM started",
-                flush=True,
-            )
-        if probe.answers:
-            print(
-                f"pre events during the fan-out: {len(probe.answers)} (answers "
-                f"{dict(probe.statuses)}), p50 {statistics.median(probe.answers) * 1000:.0f} ms, "
-                f"p99 {percentile(probe.answers, 0.99) * 1000:.0f} ms, max "
-                f"{max(probe.answers) * 1000:.0f} ms; slowest: {probe.slowest()}",
-                flush=True,
-            )
-
-        report = stack.run_report(run)
-        actions = collections.Counter(m["action"] for m in report["machines"])
-        by_id = {m["resourceId"].lower(): m["action"] for m in report["machines"]}
-        ledger_ok = all(by_id.get(m.lower()) == "Started" for m in to_start) and all(
-            by_id.get(m.lower()) == "LeftAlone" for m in already_running
-        )
-        gate = (report.get("gate") or {}).get("outcome")
-        cancels = stack.fake.requests_matching("PUT", "applyUpdates")
-        print(
-            f"ledger: {dict(actions)} ({'as expected' if ledger_ok else 'NOT as expected'}); "
-            f"run {report['run']['status']}; gate {gate}; {len(cancels)} cancel requests",
-            flush=True,
-        )
-
-        # The platform patches and ends the run; the post event makes the app stop what it
-        # started, and only that.
-        model.complete_run(run.correlation_id, status="Succeeded", results_lag=0)
-        stack.fake.clear_requests()
-        wrap_started = time.perf_counter()
-        stack.deliver(POST, run).raise_for_status()
-        stack.settle(timeout=MAX_SECONDS)
-        deallocated = collections.Counter(
-            r.path.rsplit("/", 1)[0].lower()
-            for r in stack.fake.requests_matching("POST", r"/deallocate$")
-            if r.status == 202
-        )
-        stopped_right = set(deallocated) == started_vms and all(
-            n == 1 for n in deallocated.values()
-        )
-        still_running = sum(1 for m in already_running if str(model.power_state(m)) == "running")
-        final = stack.run_report(run)
-        print(
-            f"wrap-up: {len(deallocated)} VMs deallocated in "
-            f"{time.perf_counter() - wrap_started:.1f} s "
-            f"({'exactly the started ones' if stopped_right else 'NOT exactly the started ones'}"
-            f"); {still_running} of {len(already_running)} pre-running VMs still running; run "
-            f"{final['run']['status']}",
-            flush=True,
-        )
-
-        if args.baseline > 0:
-            baseline_rate = tutorial_baseline(stack, to_start[: args.baseline])
-            print(
-                f"tutorial baseline (sequential status reads, ThreadJob throttle 5): "
-                f"{baseline_rate:.2f} VMs/s; the app is "
-                f"{len(started_vms) / elapsed / baseline_rate:.1f}x faster",
-                flush=True,
-            )
-    passed = (
-        not pending
-        and not twice
-        and not touched_running
-        and ledger_ok
-        and gate == "Passed"
-        and not cancels
-        and stopped_right
-        and still_running == len(already_running)
+def _count_calls(
+    stack: Stack, already_running: list[str], elapsed: float, ideal: float, outcome: Outcome
+) -> None:
+    """Starts accepted (and twice), 429s, ARM reads and graph queries of the fan-out."""
+    requests = stack.fake.requests
+    accepted_starts = collections.Counter(
+        r.path.rsplit("/", 1)[0].lower()
+        for r in requests
+        if r.method == "POST" and r.path.endswith("/start") and r.status == 202
     )
-    print("outcomes: all as expected" if passed else "outcomes: NOT as expected", flush=True)
-    return 0 if passed else 1
+    outcome.started_vms = set(accepted_starts)
+    outcome.twice = [vm for vm, count in accepted_starts.items() if count > 1]
+    outcome.touched_running = [m for m in already_running if m.lower() in outcome.started_vms]
+    throttled = sum(1 for r in requests if r.status == 429)
+    arm_reads = sum(
+        1 for r in requests if r.method == "GET" and r.path.lower().startswith("/subscriptions/")
+    )
+    graph_queries = sum(1 for r in requests if r.endpoint == "arg")
+    count = max(1, len(outcome.started_vms))
+    print(
+        f"app: all running after {elapsed:.1f} s = {ideal / elapsed:.2f} of the ideal "
+        f"({len(outcome.started_vms) / elapsed:.1f} VMs/s); {len(outcome.pending)} missed; "
+        f"{len(outcome.twice)} started twice; {len(outcome.touched_running)} running VMs started",
+        flush=True,
+    )
+    print(
+        f"app: {throttled} answers of 429 = {throttled / count:.3f} per VM started; "
+        f"{arm_reads} ARM reads = {arm_reads / count:.2f} per VM started; "
+        f"{graph_queries} Resource Graph queries",
+        flush=True,
+    )
+
+
+def _check_ledger(
+    stack: Stack, run: Any, to_start: list[str], already_running: list[str], outcome: Outcome
+) -> None:
+    """The ledger says Started / LeftAlone, the gate passed, nothing was cancelled."""
+    report = stack.run_report(run)
+    actions = collections.Counter(m["action"] for m in report["machines"])
+    by_id = {m["resourceId"].lower(): m["action"] for m in report["machines"]}
+    outcome.ledger_ok = all(by_id.get(m.lower()) == "Started" for m in to_start) and all(
+        by_id.get(m.lower()) == "LeftAlone" for m in already_running
+    )
+    outcome.gate = (report.get("gate") or {}).get("outcome")
+    outcome.cancels = len(stack.fake.requests_matching("PUT", "applyUpdates"))
+    print(
+        f"ledger: {dict(actions)} ({'as expected' if outcome.ledger_ok else 'NOT as expected'}); "
+        f"run {report['run']['status']}; gate {outcome.gate}; {outcome.cancels} cancel requests",
+        flush=True,
+    )
+
+
+def _wrap_up(stack: Stack, run: Any, already_running: list[str], outcome: Outcome) -> None:
+    """The platform ends the run; the post event makes the app stop what it started, only
+    that."""
+    model = stack.fake.model
+    model.complete_run(run.correlation_id, status="Succeeded", results_lag=0)
+    stack.fake.clear_requests()
+    wrap_started = time.perf_counter()
+    stack.deliver(POST, run).raise_for_status()
+    stack.settle(timeout=MAX_SECONDS)
+    deallocated = collections.Counter(
+        r.path.rsplit("/", 1)[0].lower()
+        for r in stack.fake.requests_matching("POST", r"/deallocate$")
+        if r.status == 202
+    )
+    outcome.stopped_right = set(deallocated) == outcome.started_vms and all(
+        n == 1 for n in deallocated.values()
+    )
+    outcome.still_running = sum(
+        1 for m in already_running if str(model.power_state(m)) == "running"
+    )
+    final = stack.run_report(run)
+    exactly = (
+        "exactly the started ones" if outcome.stopped_right else "NOT exactly the started ones"
+    )
+    print(
+        f"wrap-up: {len(deallocated)} VMs deallocated in "
+        f"{time.perf_counter() - wrap_started:.1f} s ({exactly}); {outcome.still_running} of "
+        f"{len(already_running)} pre-running VMs still running; run {final['run']['status']}",
+        flush=True,
+    )
 
 
 def tutorial_baseline(stack: Stack, sample: list[str]) -> float:

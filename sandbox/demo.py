@@ -79,13 +79,22 @@ def vms_of(stack: Stack, configuration: str) -> list[str]:
 
 def play(stack: Stack, timeline: Timeline) -> None:
     """The four runs of `make run`; the end-to-end test plays the same."""
-    say, expect = timeline.say, timeline.expect
     linux = vms_of(stack, "weekly-linux")
     windows = vms_of(stack, "weekly-windows")
     vms = [m for m in linux if "/virtualmachines/" in m.lower()]
     stopped = [m for m in vms if str(stack.fake.model.power_state(m)) != "running"]
     running = [m for m in vms if m not in stopped]
+    _cancelled_run(stack, timeline, linux, stopped, running)
+    win_stopped = [m for m in windows if "prod-win-01" not in m]
+    _run_with_a_post_event(stack, timeline, windows, win_stopped)
+    _cancel_too_late(stack, timeline, linux)
+    _run_without_a_post_event(stack, timeline, windows, win_stopped)
 
+
+def _cancelled_run(
+    stack: Stack, timeline: Timeline, linux: list[str], stopped: list[str], running: list[str]
+) -> None:
+    say, expect = timeline.say, timeline.expect
     say("Run 1 — weekly-linux, starting in 32 minutes: the pre event arrives")
     run1 = stack.schedule("weekly-linux", linux, timedelta(minutes=32))
     answer = stack.deliver(PRE, run1)
@@ -145,11 +154,15 @@ def play(stack: Stack, timeline: Timeline) -> None:
         names(stack, running, "running") == sorted(m.rsplit("/", 1)[-1] for m in running),
     )
 
+
+def _run_with_a_post_event(
+    stack: Stack, timeline: Timeline, windows: list[str], win_stopped: list[str]
+) -> None:
+    say, expect = timeline.say, timeline.expect
     say("Run 2 — weekly-windows: pre event, then patching finishes early and the post event comes")
     run2 = stack.schedule("weekly-windows", windows, timedelta(minutes=33))
     stack.deliver(PRE, run2)
     stack.settle(timeout=180)
-    win_stopped = [m for m in windows if "prod-win-01" not in m]
     say(f"  started: {', '.join(names(stack, win_stopped, 'running'))}")
     stack.fake.model.complete_run(run2.correlation_id, status="Succeeded", results_lag=0)
     say("  the platform finished patching; the post event arrives")
@@ -175,6 +188,9 @@ def play(stack: Stack, timeline: Timeline) -> None:
         "the report holds the patch results", all(m["patch"] is not None for m in after.values())
     )
 
+
+def _cancel_too_late(stack: Stack, timeline: Timeline, linux: list[str]) -> None:
+    say, expect = timeline.say, timeline.expect
     say("Run 3 — weekly-linux, starting in 5 minutes: an operator tries to cancel")
     run3 = stack.schedule("weekly-linux", linux[:1], timedelta(minutes=5))
     refused = stack.cancel(run3.correlation_id, "demo: too late?")
@@ -191,6 +207,11 @@ def play(stack: Stack, timeline: Timeline) -> None:
         and refused.headers.get("content-type", "").startswith("application/problem+json"),
     )
 
+
+def _run_without_a_post_event(
+    stack: Stack, timeline: Timeline, windows: list[str], win_stopped: list[str]
+) -> None:
+    say, expect = timeline.say, timeline.expect
     say("Run 4 — weekly-windows: the post event is lost; the reconcile timer wraps the run up")
     run4 = stack.schedule("weekly-windows", windows, timedelta(minutes=34))
     stack.deliver(PRE, run4)

@@ -22,15 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-WRITE_ENDPOINTS = frozenset(
-    [
-        "compute.start",
-        "compute.deallocate",
-        "compute.poweroff",
-        "compute.snapshot.put",
-        "maintenance.cancel",
-    ]
-)
 ENDPOINTS = (
     "token",
     "arg",
@@ -51,6 +42,24 @@ DEFAULT_ALLOCATION_FAILED_MESSAGE = (
     "Allocation failed. We do not have sufficient capacity for the requested VM size in this "
     "region. "
     "Read more about improving likelihood of allocation success at http://aka.ms/allocation-guidance"
+)
+
+
+_FAULT_SETTINGS = frozenset(
+    [
+        "seed",
+        "latency",
+        "errors",
+        "write_throttle",
+        "arm_limits",
+        "compute_limits",
+        "arg_quota",
+        "lro_failures",
+        "log_analytics_partial",
+        "cancel",
+        "lro_retry_after_seconds",
+        "lost_answers",
+    ]
 )
 
 
@@ -458,11 +467,6 @@ class FaultPlan:
             self.write_throttle = throttle
         return throttle
 
-    def clear_write_throttle(self) -> None:
-        """Remove the extra write limit (ARM's documented limits stay, see ``set_arm_limits``)."""
-        with self._lock:
-            self.write_throttle = None
-
     def set_arm_limits(
         self,
         *,
@@ -551,21 +555,7 @@ class FaultPlan:
 
     def configure(self, spec: Mapping[str, Any]) -> None:
         """Apply a scenario's ``faults`` object (see the package README for the format)."""
-        known = {
-            "seed",
-            "latency",
-            "errors",
-            "write_throttle",
-            "arm_limits",
-            "compute_limits",
-            "arg_quota",
-            "lro_failures",
-            "log_analytics_partial",
-            "cancel",
-            "lro_retry_after_seconds",
-            "lost_answers",
-        }
-        unknown = set(spec) - known
+        unknown = set(spec) - _FAULT_SETTINGS
         if unknown:
             raise ValueError(f"unknown fault settings: {sorted(unknown)}")
         if "seed" in spec:
@@ -574,11 +564,19 @@ class FaultPlan:
             self.set_latency(endpoint, seconds)
         for rule in spec.get("errors") or []:
             self.add_error(**rule)
+        for failure in spec.get("lro_failures") or []:
+            self.fail_lro(**failure)
+        for lost in spec.get("lost_answers") or []:
+            self.lose_answer(**lost)
         if spec.get("write_throttle"):
-            self.set_write_throttle(
-                int(spec["write_throttle"]["capacity"]),
-                float(spec["write_throttle"]["refill_per_second"]),
-            )
+            self.set_write_throttle(*_bucket(spec["write_throttle"], ARM_WRITE_BUCKET))
+        if spec.get("cancel"):
+            self.cancel_policy = CancelPolicy(**spec["cancel"])
+        if "lro_retry_after_seconds" in spec:
+            self.lro_retry_after_seconds = int(spec["lro_retry_after_seconds"])
+        self._configure_limits(spec)
+
+    def _configure_limits(self, spec: Mapping[str, Any]) -> None:
         if "arm_limits" in spec:
             arm = spec["arm_limits"] or {}
             self.set_arm_limits(
@@ -596,25 +594,17 @@ class FaultPlan:
                     compute.get("per_subscription"), COMPUTE_UPDATE_VM_SUBSCRIPTION_BUCKET
                 ),
             )
-        if spec.get("arg_quota"):
-            quota = spec["arg_quota"]
+        quota = spec.get("arg_quota")
+        if quota:
             self.set_arg_quota(
                 int(quota.get("limit", 15)),
                 float(quota.get("window_seconds", 5.0)),
                 enforce=bool(quota.get("enforce", True)),
             )
-        for failure in spec.get("lro_failures") or []:
-            self.fail_lro(**failure)
-        for lost in spec.get("lost_answers") or []:
-            self.lose_answer(**lost)
         partial = spec.get("log_analytics_partial")
         if partial:
             keep = partial.get("keep_rows") if isinstance(partial, Mapping) else None
             self.set_log_analytics_partial(True, keep_rows=keep)
-        if spec.get("cancel"):
-            self.cancel_policy = CancelPolicy(**spec["cancel"])
-        if "lro_retry_after_seconds" in spec:
-            self.lro_retry_after_seconds = int(spec["lro_retry_after_seconds"])
 
     # -- decisions (used by the server) --------------------------------------------------------
     def latency_for(self, endpoint: str) -> float:
@@ -670,8 +660,3 @@ class FaultPlan:
                 failure.fired += 1
                 return {"code": failure.code, "message": failure.message}
             return None
-
-    def take_write(self, subscription_id: str) -> ThrottleDecision | None:
-        """Spend a write token when a write throttle is set (None when writes are unlimited)."""
-        throttle = self.write_throttle
-        return None if throttle is None else throttle.take(subscription_id)

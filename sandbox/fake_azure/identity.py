@@ -132,11 +132,6 @@ class TokenStore:
                 )
         return grant
 
-    def revoke_all(self) -> None:
-        """Invalidate every issued token (clients must fetch new ones)."""
-        with self._lock:
-            self._grants.clear()
-
     @property
     def grants(self) -> list[TokenGrant]:
         """Every token issued and still known."""

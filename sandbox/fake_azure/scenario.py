@@ -14,39 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jsonschema import Draft202012Validator, ValidationError
+
 from .faults import FaultPlan
-from .model import (
-    EVENT_SUBSCRIPTION_IDS,
-    MACHINE_STATUS_FIELD_VARIANTS,
-    MAINTENANCE_RUN_ID_VARIANTS,
-    RUN_NAME_CLOCKS,
-    AzureModel,
-    ModelSettings,
-    PowerState,
-    VmSpec,
-    key,
-)
+from .model import AzureModel, ModelSettings, PowerState, VmSpec, key
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
-DEMO_SUBSCRIPTION_A = "1b7a0c4e-5d2f-4e8a-9c31-0a6f2b7d9e10"
-DEMO_SUBSCRIPTION_B = "c0de5a1e-7b3c-4d9f-8e2a-6f1b0c9d8e27"
 
-_TOP_LEVEL_KEYS = {
-    "name",
-    "description",
-    "tenant_id",
-    "settings",
-    "identities",
-    "workspaces",
-    "subscriptions",
-    "vms",
-    "vm_sets",
-    "arc_machines",
-    "maintenance_configurations",
-    "runs",
-    "heartbeats",
-    "faults",
-}
 _MODEL_SETTINGS = {
     "auto_heartbeat_seconds",
     "power_transition_seconds",
@@ -66,15 +40,10 @@ _MODEL_WORD_SETTINGS = {
     "run_name_clock",
     "event_subscription_ids",
 }
-_SERVER_SETTINGS = {"token_lifetime_seconds", "lro_retry_after_seconds", "check_audience"}
-# Word settings with a closed set of variants (README "Variants"): name -> the words allowed,
-# the default first. The run status before T takes any word.
-_VARIANT_SETTINGS = {
-    "machine_status_field": MACHINE_STATUS_FIELD_VARIANTS,
-    "maintenance_run_id": MAINTENANCE_RUN_ID_VARIANTS,
-    "run_name_clock": RUN_NAME_CLOCKS,
-    "event_subscription_ids": EVENT_SUBSCRIPTION_IDS,
-}
+# The scenario format as a JSON Schema: every key, its type and the words allowed.
+SCENARIO_SCHEMA = json.loads(Path(__file__).with_name("scenario.schema.json").read_text("utf-8"))
+_VALIDATOR = Draft202012Validator(SCENARIO_SCHEMA)
+_UNKNOWN_KEYS_NOUN = {"": "scenario keys", "settings": "settings", "faults": "fault settings"}
 
 
 class ScenarioError(ValueError):
@@ -105,20 +74,12 @@ class Scenario:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Scenario:
-        """Validate the top-level keys of a scenario dict."""
-        if not isinstance(data, Mapping):
-            raise ScenarioError("a scenario must be a JSON object")
-        unknown = set(data) - _TOP_LEVEL_KEYS
-        if unknown:
-            raise ScenarioError(f"{source}: unknown scenario keys {sorted(unknown)}")
-        settings = data.get("settings") or {}
-        unknown_settings = set(settings) - _MODEL_SETTINGS - _MODEL_WORD_SETTINGS - _SERVER_SETTINGS
-        if unknown_settings:
-            raise ScenarioError(f"{source}: unknown settings {sorted(unknown_settings)}")
-        for name, allowed in _VARIANT_SETTINGS.items():
-            if name in settings and settings[name] not in allowed:
-                raise ScenarioError(f"{source}: setting {name} must be one of {list(allowed)}")
-        return cls(json.loads(json.dumps(data)), source)
+        """Validate a scenario dict against the schema; the error names each key and why."""
+        plain = json.loads(json.dumps(data))  # tuples become arrays, as in a file
+        problems = schema_problems(plain)
+        if problems:
+            raise ScenarioError(f"{source}: " + "; ".join(problems))
+        return cls(plain, source)
 
     @classmethod
     def named(cls, name: str) -> Scenario:
@@ -137,6 +98,40 @@ class Scenario:
     def setting(self, name: str, default: Any) -> Any:
         """A server setting (token lifetime, LRO Retry-After, audience check)."""
         return (self.data.get("settings") or {}).get(name, default)
+
+
+def schema_problems(data: Any) -> list[str]:
+    """What is wrong with a scenario, one sentence per problem: where, what, what is allowed."""
+    errors = sorted(_VALIDATOR.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    return [_describe(error) for error in errors]
+
+
+def _describe(error: ValidationError) -> str:
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    where = where.lstrip(".")
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        noun = _UNKNOWN_KEYS_NOUN.get(where, "keys")
+        return f"{where or 'scenario'}: unknown {noun} {unknown}; allowed: {allowed}"
+    if error.validator == "enum":
+        return f"{where} must be one of {error.validator_value}, not {error.instance!r}"
+    if error.validator in ("oneOf", "anyOf"):
+        forms = " | ".join(_form(schema) for schema in error.validator_value)
+        return f"{where}: {error.instance!r} is none of the allowed forms: {forms}"
+    return f"{where or 'scenario'}: {error.message}"
+
+
+def _form(schema: Mapping[str, Any]) -> str:
+    if "$ref" in schema:
+        return str(schema["$ref"]).rsplit("/", 1)[-1]
+    if "enum" in schema:
+        return " or ".join(repr(word) for word in schema["enum"])
+    if "const" in schema:
+        return repr(schema["const"])
+    if "required" in schema:
+        return f"an object with {schema['required']}"
+    return str(schema.get("type", "any value"))
 
 
 def _seconds(value: Any) -> float | tuple[float, float]:
@@ -240,99 +235,115 @@ def _spread_power_states(spec: Any, count: int, where: str) -> list[PowerState]:
     return states
 
 
-def _vm_specs(scenario: Scenario) -> Iterable[VmSpec]:
-    for index, vm in enumerate(scenario.data.get("vms") or []):
-        where = f"vms[{index}]"
-        try:
-            yield VmSpec(
-                subscription_id=vm["subscription"],
-                resource_group=vm["resource_group"],
-                name=vm["name"],
-                location=vm.get("location", "westeurope"),
-                power_state=PowerState(vm.get("power_state", "running")),
-                tags=vm.get("tags") or {},
-                os_type=vm.get("os_type", "Linux"),
-                size=vm.get("size", "Standard_D2s_v5"),
-            )
-        except (KeyError, ValueError) as error:
-            raise ScenarioError(f"{where}: {error}") from error
-    for index, vm_set in enumerate(scenario.data.get("vm_sets") or []):
-        where = f"vm_sets[{index}]"
-        try:
-            count = int(vm_set["count"])
-            prefix = vm_set["name_prefix"]
-            start = int(vm_set.get("start_index", 1))
-            width = max(len(str(start + count - 1)), int(vm_set.get("digits", 4)))
-            states = _spread_power_states(vm_set.get("power_state", "running"), count, where)
-            locations = vm_set.get("locations") or [vm_set.get("location", "westeurope")]
-            for offset in range(count):
-                yield VmSpec(
-                    subscription_id=vm_set["subscription"],
-                    resource_group=vm_set["resource_group"],
-                    name=f"{prefix}{start + offset:0{width}d}",
-                    location=locations[offset % len(locations)],
-                    power_state=states[offset],
-                    tags=vm_set.get("tags") or {},
-                    os_type=vm_set.get("os_type", "Linux"),
-                    size=vm_set.get("size", "Standard_D2s_v5"),
-                )
-        except (KeyError, ValueError) as error:
-            raise ScenarioError(f"{where}: {error}") from error
+def _vm_specs(data: Mapping[str, Any]) -> Iterable[VmSpec]:
+    for vm in data.get("vms") or []:
+        yield VmSpec(
+            subscription_id=vm["subscription"],
+            resource_group=vm["resource_group"],
+            name=vm["name"],
+            location=vm.get("location", "westeurope"),
+            power_state=PowerState(vm.get("power_state", "running")),
+            tags=vm.get("tags") or {},
+            os_type=vm.get("os_type", "Linux"),
+            size=vm.get("size", "Standard_D2s_v5"),
+        )
+    for index, vm_set in enumerate(data.get("vm_sets") or []):
+        yield from _vm_set_specs(vm_set, f"vm_sets[{index}]")
+
+
+def _vm_set_specs(vm_set: Mapping[str, Any], where: str) -> Iterable[VmSpec]:
+    count, prefix = int(vm_set["count"]), vm_set["name_prefix"]
+    start = int(vm_set.get("start_index", 1))
+    width = max(len(str(start + count - 1)), int(vm_set.get("digits", 4)))
+    states = _spread_power_states(vm_set.get("power_state", "running"), count, where)
+    locations = vm_set.get("locations") or [vm_set.get("location", "westeurope")]
+    for offset in range(count):
+        yield VmSpec(
+            subscription_id=vm_set["subscription"],
+            resource_group=vm_set["resource_group"],
+            name=f"{prefix}{start + offset:0{width}d}",
+            location=locations[offset % len(locations)],
+            power_state=states[offset],
+            tags=vm_set.get("tags") or {},
+            os_type=vm_set.get("os_type", "Linux"),
+            size=vm_set.get("size", "Standard_D2s_v5"),
+        )
 
 
 def apply_scenario(scenario: Scenario, model: AzureModel, faults: FaultPlan) -> AppliedScenario:
-    """Create the scenario's fleet, configurations, runs and heartbeats; configure its faults."""
+    """Create the scenario's fleet, configurations, runs and heartbeats; configure its faults.
+
+    The shape was checked against the schema when the scenario was read; what is left to refuse
+    here is what only the model knows (a machine or configuration name that does not exist)."""
     data = scenario.data
+    _add_fleet(data, model)
+    names = _MachineNames(model)
+    configurations = _add_configurations(data, model, names)
     applied = AppliedScenario()
-    for index, sub in enumerate(data.get("subscriptions") or []):
+    now = model.now()
+    for index, run_spec in enumerate(data.get("runs") or []):
+        run_id = _add_run(run_spec, f"runs[{index}]", model, names, configurations, now)
+        applied.runs[str(run_spec.get("key", index))] = run_id
+    for index, heartbeat in enumerate(data.get("heartbeats") or []):
+        selector = heartbeat.get("machines", [heartbeat.get("machine")])
+        when = now - dt.timedelta(minutes=float(heartbeat.get("minutes_ago", 1)))
+        for machine_id in names.select(selector, f"heartbeats[{index}]"):
+            model.add_heartbeat(machine_id, when, workspace_id=heartbeat.get("workspace"))
+    try:
+        faults.configure(data.get("faults") or {})
+        if "lro_retry_after_seconds" in (data.get("settings") or {}):
+            faults.lro_retry_after_seconds = int(data["settings"]["lro_retry_after_seconds"])
+    except (TypeError, ValueError) as error:
+        raise ScenarioError(f"faults: {error}") from error
+    return applied
+
+
+def _add_fleet(data: Mapping[str, Any], model: AzureModel) -> None:
+    for sub in data.get("subscriptions") or []:
         if isinstance(sub, str):
             model.add_subscription(sub)
-        elif isinstance(sub, Mapping) and "id" in sub:
-            model.add_subscription(sub["id"], sub.get("name"))
         else:
-            raise ScenarioError(f"subscriptions[{index}]: expected an id or {{'id', 'name'}}")
+            model.add_subscription(sub["id"], sub.get("name"))
     for workspace in data.get("workspaces") or []:
         model.add_workspace(str(workspace))
     try:
-        model.add_vms(_vm_specs(scenario))
+        model.add_vms(_vm_specs(data))
     except ValueError as error:
         raise ScenarioError(str(error)) from error
-    for index, arc in enumerate(data.get("arc_machines") or []):
-        try:
-            model.add_arc_machine(
-                arc["subscription"],
-                arc["resource_group"],
-                arc["name"],
-                location=arc.get("location", "westeurope"),
-                status=arc.get("status", "Connected"),
-                tags=arc.get("tags") or {},
-                os_type=arc.get("os_type", "linux"),
-            )
-        except KeyError as error:
-            raise ScenarioError(f"arc_machines[{index}]: missing {error}") from error
+    for arc in data.get("arc_machines") or []:
+        model.add_arc_machine(
+            arc["subscription"],
+            arc["resource_group"],
+            arc["name"],
+            location=arc.get("location", "westeurope"),
+            status=arc.get("status", "Connected"),
+            tags=arc.get("tags") or {},
+            os_type=arc.get("os_type", "linux"),
+        )
 
-    names = _MachineNames(model)
+
+def _add_configurations(
+    data: Mapping[str, Any], model: AzureModel, names: _MachineNames
+) -> dict[str, str]:
+    """Create the configurations; answers their ids by lower-case name and by id key."""
     configurations: dict[str, str] = {}
     for index, mc in enumerate(data.get("maintenance_configurations") or []):
-        where = f"maintenance_configurations[{index}]"
-        try:
-            configuration = model.add_maintenance_configuration(
-                mc["subscription"],
-                mc["resource_group"],
-                mc["name"],
-                location=mc.get("location", "westeurope"),
-                start_date_time=mc.get("start_date_time", "2025-01-04 03:00"),
-                duration=mc.get("duration", "03:55"),
-                time_zone=mc.get("time_zone", "UTC"),
-                recur_every=mc.get("recur_every", "1Week Saturday"),
-                tags=mc.get("tags") or {},
-            )
-        except KeyError as error:
-            raise ScenarioError(f"{where}: missing {error}") from error
+        configuration = model.add_maintenance_configuration(
+            mc["subscription"],
+            mc["resource_group"],
+            mc["name"],
+            location=mc.get("location", "westeurope"),
+            start_date_time=mc.get("start_date_time", "2025-01-04 03:00"),
+            duration=mc.get("duration", "03:55"),
+            time_zone=mc.get("time_zone", "UTC"),
+            recur_every=mc.get("recur_every", "1Week Saturday"),
+            tags=mc.get("tags") or {},
+        )
         configurations[configuration.name.lower()] = configuration.id
         configurations[key(configuration.id)] = configuration.id
         if "assign" in mc:
-            for machine_id in names.select(mc["assign"], f"{where}.assign"):
+            where = f"maintenance_configurations[{index}].assign"
+            for machine_id in names.select(mc["assign"], where):
                 model.assign_configuration(configuration.id, machine_id)
         for scope_index, scope in enumerate(mc.get("dynamic_scopes") or []):
             model.add_dynamic_scope(
@@ -341,77 +352,60 @@ def apply_scenario(scenario: Scenario, model: AzureModel, faults: FaultPlan) -> 
                 scope.get("filter") or {},
                 name=scope.get("name") or f"{configuration.name}-dynamic-{scope_index}",
             )
+    return configurations
 
-    now = model.now()
-    for index, run_spec in enumerate(data.get("runs") or []):
-        where = f"runs[{index}]"
-        reference = str(run_spec.get("configuration", ""))
-        configuration_id = configurations.get(reference.lower()) or configurations.get(
-            key(reference)
-        )
-        if configuration_id is None:
-            raise ScenarioError(f"{where}: unknown configuration '{reference}'")
-        if "start_at" in run_spec:
-            start = dt.datetime.fromisoformat(str(run_spec["start_at"]).replace("Z", "+00:00"))
-        else:
-            start = now + dt.timedelta(minutes=float(run_spec.get("start_in_minutes", 32)))
-            start = start.replace(microsecond=0)
-        selector = run_spec.get("machines", "assigned")
-        machines = (
-            model.assigned_machines(configuration_id)
-            if selector == "assigned"
-            else names.select(selector, where)
-        )
-        cutoff = None
-        if "cancellation_cutoff_minutes_before_start" in run_spec:
-            cutoff = start - dt.timedelta(
-                minutes=float(run_spec["cancellation_cutoff_minutes_before_start"])
-            )
-        run = model.create_run(
-            configuration_id,
-            start,
-            machines,
-            duration=dt.timedelta(minutes=float(run_spec["duration_minutes"]))
-            if "duration_minutes" in run_spec
-            else None,
-            cancellation_cutoff=cutoff,
-            arg_lag=run_spec.get("arg_lag_seconds"),
-            machines_lag=run_spec.get("machines_lag_seconds"),
-        )
-        applied.runs[str(run_spec.get("key", index))] = run.correlation_id
-        if run_spec.get("cancelled"):
-            model.cancel_run(run.correlation_id, by=str(run_spec.get("cancelled_by", "user")))
-        if run_spec.get("complete"):
-            complete = run_spec["complete"]
-            results = {
+
+def _add_run(
+    run_spec: Mapping[str, Any],
+    where: str,
+    model: AzureModel,
+    names: _MachineNames,
+    configurations: Mapping[str, str],
+    now: dt.datetime,
+) -> str:
+    """Create one run (cancelled or completed when the scenario says so); answers its id."""
+    reference = str(run_spec["configuration"])
+    configuration_id = configurations.get(reference.lower()) or configurations.get(key(reference))
+    if configuration_id is None:
+        raise ScenarioError(f"{where}: unknown configuration '{reference}'")
+    if "start_at" in run_spec:
+        start = dt.datetime.fromisoformat(str(run_spec["start_at"]).replace("Z", "+00:00"))
+    else:
+        start = now + dt.timedelta(minutes=float(run_spec.get("start_in_minutes", 32)))
+        start = start.replace(microsecond=0)
+    selector = run_spec.get("machines", "assigned")
+    machines = (
+        model.assigned_machines(configuration_id)
+        if selector == "assigned"
+        else names.select(selector, where)
+    )
+    before_start = run_spec.get("cancellation_cutoff_minutes_before_start")
+    minutes = run_spec.get("duration_minutes")
+    run = model.create_run(
+        configuration_id,
+        start,
+        machines,
+        duration=None if minutes is None else dt.timedelta(minutes=float(minutes)),
+        cancellation_cutoff=None
+        if before_start is None
+        else start - dt.timedelta(minutes=float(before_start)),
+        arg_lag=run_spec.get("arg_lag_seconds"),
+        machines_lag=run_spec.get("machines_lag_seconds"),
+    )
+    if run_spec.get("cancelled"):
+        model.cancel_run(run.correlation_id, by=str(run_spec.get("cancelled_by", "user")))
+    complete = run_spec.get("complete")
+    if complete:
+        model.complete_run(
+            run.correlation_id,
+            status=complete.get("status", "Succeeded"),
+            results={
                 names.resolve(ref, f"{where}.complete.results"): fields
                 for ref, fields in (complete.get("results") or {}).items()
-            }
-            model.complete_run(
-                run.correlation_id,
-                status=complete.get("status", "Succeeded"),
-                results=results,
-                default_result=complete.get("default_result"),
-            )
-
-    for index, heartbeat in enumerate(data.get("heartbeats") or []):
-        where = f"heartbeats[{index}]"
-        selector = heartbeat.get(
-            "machines", [heartbeat["machine"]] if "machine" in heartbeat else None
+            },
+            default_result=complete.get("default_result"),
         )
-        if selector is None:
-            raise ScenarioError(f"{where}: needs 'machine' or 'machines'")
-        when = now - dt.timedelta(minutes=float(heartbeat.get("minutes_ago", 1)))
-        for machine_id in names.select(selector, where):
-            model.add_heartbeat(machine_id, when, workspace_id=heartbeat.get("workspace"))
-
-    try:
-        faults.configure(data.get("faults") or {})
-        if "lro_retry_after_seconds" in (data.get("settings") or {}):
-            faults.lro_retry_after_seconds = int(data["settings"]["lro_retry_after_seconds"])
-    except (TypeError, ValueError) as error:
-        raise ScenarioError(f"faults: {error}") from error
-    return applied
+    return run.correlation_id
 
 
 def fleet_scenario(

@@ -17,6 +17,13 @@ import requests
 
 from sandbox.fake_azure import FakeAzure, PowerState, Scenario, ScenarioError, fleet_scenario
 from sandbox.fake_azure.faults import FaultPlan, WriteThrottle
+from sandbox.fake_azure.model import (
+    EVENT_SUBSCRIPTION_IDS,
+    MACHINE_STATUS_FIELD_VARIANTS,
+    MAINTENANCE_RUN_ID_VARIANTS,
+    RUN_NAME_CLOCKS,
+)
+from sandbox.fake_azure.scenario import SCENARIO_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -218,3 +225,74 @@ def test_variant_settings_default_to_the_most_hostile_and_a_scenario_can_choose_
         settings.machine_status_field,
         settings.maintenance_run_id,
     ) == ("Pending", "present", "run_name")
+
+
+@pytest.mark.parametrize(
+    ("scenario", "message"),
+    [
+        (
+            {"vms": [{"subscription": "s", "resource_group": "rg", "name": "x", "colour": "red"}]},
+            r"vms\[0\]: unknown keys \['colour'\]; allowed: \[.*'power_state'.*\]",
+        ),
+        (
+            {
+                "vms": [
+                    {"subscription": "s", "resource_group": "rg", "name": "x", "power_state": "on"}
+                ]
+            },
+            r"vms\[0\]\.power_state must be one of \['running', .*'deallocated'.*\], not 'on'",
+        ),
+        (
+            {"settings": {"power_transition_seconds": "fast"}},
+            r"settings\.power_transition_seconds: 'fast' is not of type 'number'",
+        ),
+        (
+            {"settings": {"start_seconds": -1}},
+            r"settings\.start_seconds: -1 is none of the allowed forms: seconds \| array",
+        ),
+        (
+            {
+                "maintenance_configurations": [
+                    {"subscription": "s", "resource_group": "rg", "name": "mc", "assign": "some"}
+                ]
+            },
+            r"maintenance_configurations\[0\]\.assign: 'some' is none of the allowed forms: "
+            r"'all' or 'running' \| array \| an object with \['tag'\]",
+        ),
+        (
+            {"runs": [{"start_in_minutes": 5}]},
+            r"runs\[0\]: 'configuration' is a required property",
+        ),
+        (
+            {"heartbeats": [{"minutes_ago": 5}]},
+            r"heartbeats\[0\]: .* is none of the allowed forms: an object with \['machine'\] \| "
+            r"an object with \['machines'\]",
+        ),
+        (
+            {"faults": {"arm_limits": {"writes": [200]}}},
+            r"faults\.arm_limits\.writes: \[200\] is none of the allowed forms: array \| "
+            r"an object with \['capacity', 'refill_per_second'\]",
+        ),
+    ],
+)
+def test_a_scenario_that_breaks_the_schema_names_the_key_the_problem_and_what_is_allowed(
+    scenario: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        Scenario.from_dict(scenario)
+
+
+def test_every_problem_of_a_scenario_is_reported_at_once() -> None:
+    with pytest.raises(ScenarioError) as refused:
+        Scenario.from_dict({"nmae": "typo", "settings": {"run_name_clock": "local"}})
+    assert "scenario: unknown scenario keys ['nmae']" in str(refused.value)
+    assert "settings.run_name_clock must be one of ['utc', 'configuration']" in str(refused.value)
+
+
+def test_the_schema_allows_exactly_the_variants_the_model_plays() -> None:
+    settings = SCENARIO_SCHEMA["$defs"]["settings"]["properties"]
+    assert settings["machine_status_field"]["enum"] == list(MACHINE_STATUS_FIELD_VARIANTS)
+    assert settings["maintenance_run_id"]["enum"] == list(MAINTENANCE_RUN_ID_VARIANTS)
+    assert settings["run_name_clock"]["enum"] == list(RUN_NAME_CLOCKS)
+    assert settings["event_subscription_ids"]["enum"] == list(EVENT_SUBSCRIPTION_IDS)
+    assert SCENARIO_SCHEMA["$defs"]["power_state"]["enum"] == [s.value for s in PowerState]
