@@ -21,7 +21,6 @@ from shared.domain.tasks import Task
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-TASK_QUEUE = "maintenance-tasks"
 MAX_DELAY = timedelta(days=7)  # the service's limit for a visibility timeout
 CLIENT_OPTIONS: dict[str, Any] = {"retry_total": 2, "connection_timeout": 5, "read_timeout": 10}
 

@@ -16,7 +16,6 @@ from shared.domain.errors import DuplicateEvent, LedgerConflict, LedgerUnavailab
 from shared.domain.events import EventKind, parse_event
 from shared.domain.ids import MachineId, RunId
 from shared.domain.runs import (
-    CancelOutcome,
     CancelRequest,
     EventRecord,
     MachineAction,
@@ -29,6 +28,7 @@ from shared.domain.runs import (
     RunNote,
     RunStatus,
 )
+from shared.domain.vocabulary import CancelOutcome, CancelSource, GateOutcome
 from shared.services.intake import take_in_event
 from tests.builders import CORRELATION_ID, POST, PRE, START, FixedClock, event_grid_event
 
@@ -290,9 +290,9 @@ def test_run_fields_of_later_steps_round_trip(ledger: TableRunLedger) -> None:
     run = dataclasses.replace(
         Run.first_seen(RUN, NOW),
         status=RunStatus.CANCELLED,
-        gate_outcome="Cancelled",
+        gate_outcome=GateOutcome.CANCELLED,
         gate_detail="2 of 3",
-        cancel_source="AppGate",
+        cancel_source=CancelSource.GATE,
         cancel_requested_at=NOW,
         wrap_up_started_at=NOW,
         completed_at=NOW,
