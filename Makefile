@@ -43,7 +43,7 @@ browser:
 # leases, boots and timers, so more workers than cores pays. Each worker starts its own Azurite
 # on free loopback ports (stopped whatever the result) and its own stacks; the tests of a module
 # that share one stack stay together on one worker (tests/conftest.py).
-TEST_WORKERS ?= 6
+TEST_WORKERS ?= 4
 unit: $(VENV)/.installed node_modules/.installed browser
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
