@@ -42,6 +42,14 @@ def clock() -> FixedClock:
     return FixedClock()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "alone: kills a host at a moment chosen by real timings; `make test` runs these in a "
+        "process of their own after the parallel run, so other tests' CPU does not move it",
+    )
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """For parallel runs (`pytest -n N --dist loadgroup`): the tests of a module that share a

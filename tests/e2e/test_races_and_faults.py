@@ -260,6 +260,7 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.alone
 def test_a_host_killed_mid_start_resumes_within_a_lease_and_starts_nothing_twice(
     killable: Stack,
 ) -> None:
@@ -282,6 +283,7 @@ def test_a_host_killed_mid_start_resumes_within_a_lease_and_starts_nothing_twice
     assert_promise_kept(stack, stack.run_report(run))
 
 
+@pytest.mark.alone
 def test_a_host_killed_mid_stop_still_deallocates_everything_once_and_says_so(
     killable: Stack,
 ) -> None:
