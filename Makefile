@@ -43,8 +43,9 @@ browser:
 # leases, boots and timers, so more workers than cores pays. Each worker starts its own Azurite
 # on free loopback ports (stopped whatever the result) and its own stacks; the tests of a module
 # that share one stack stay together on one worker (tests/conftest.py).
-# Tests marked `alone` (a host killed at a moment set by real timings) run afterwards in one
-# process, so the others' CPU does not shift that moment (exit code 5: none selected).
+# Tests marked `alone` (real wall-clock timings: a host killed mid fan-out, a token bucket's
+# refill) run afterwards in one process, so the others' CPU does not shift them (exit code 5:
+# none selected).
 TEST_WORKERS ?= 4
 unit: $(VENV)/.installed node_modules/.installed browser
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not alone" $(PYTEST_ARGS)

@@ -45,8 +45,9 @@ def clock() -> FixedClock:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "alone: kills a host at a moment chosen by real timings; `make test` runs these in a "
-        "process of their own after the parallel run, so other tests' CPU does not move it",
+        "alone: depends on real wall-clock timings (a host killed at a moment the fan-out sets, "
+        "a token bucket's refill); `make test` runs these in a process of their own after the "
+        "parallel run, so the other tests' CPU does not shift them",
     )
 
 
