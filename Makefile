@@ -48,9 +48,17 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver </dev/null; \
 	fi
 
-# pytest with Azurite started on free loopback ports; Azurite is stopped whatever the result.
+# pytest in parallel processes (pytest-xdist). Most of the time is end-to-end tests waiting on
+# leases, boots and timers, so more workers than cores pays. Each worker starts its own Azurite
+# on free loopback ports (stopped whatever the result) and its own stacks; the tests of a module
+# that share one stack stay together on one worker (tests/conftest.py).
+# Tests marked `alone` (real wall-clock timings: a host killed mid fan-out, a token bucket's
+# refill) run afterwards in one process, so the others' CPU does not shift them (exit code 5:
+# none selected).
+TEST_WORKERS ?= 4
 unit: $(VENV)/.installed node_modules/.installed browser
-	$(PY) -m sandbox.azurite -- $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not alone" $(PYTEST_ARGS)
+	$(PY) -m pytest -m alone $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # checkov on infra/, offline; zero failed checks (skips are justified inline).
 infra-check: $(CHECKOV_VENV)/.installed

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 AZURITE_BIN = PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
@@ -27,6 +28,11 @@ AZURITE_BIN = PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
 DEV_ACCOUNT = "devstoreaccount1"
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 ENV_CONNECTION_STRING = "AZURITE_CONNECTION_STRING"
+START_ATTEMPTS = 3
+
+
+class AzuriteExitedEarly(RuntimeError):
+    """Azurite stopped before it listened (most often: a port was taken meanwhile)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,7 @@ def _wait_listening(ports: list[int], process: subprocess.Popen[bytes], timeout:
     pending = list(ports)
     while pending:
         if process.poll() is not None:
-            raise RuntimeError(f"Azurite exited early with code {process.returncode}")
+            raise AzuriteExitedEarly(f"Azurite exited early with code {process.returncode}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"Azurite did not listen on ports {pending} within {timeout} s")
         try:
@@ -75,6 +81,8 @@ def _wait_listening(ports: list[int], process: subprocess.Popen[bytes], timeout:
                 pending.pop(0)
         except OSError:
             time.sleep(0.05)
+    if process.poll() is not None:  # another process answered on a port it could not take
+        raise AzuriteExitedEarly(f"Azurite exited early with code {process.returncode}")
 
 
 @contextlib.contextmanager
@@ -83,12 +91,40 @@ def running_azurite(
 ) -> Iterator[AzuriteEndpoints]:
     """Run Azurite for the duration of the block; always stop it and remove its folder.
 
-    `in_memory` keeps its data in memory only (benchmarks with large tables: Azurite's on-disk
-    store rewrites its whole database file as it grows)."""
+    `in_memory` keeps its data in memory only (benchmarks with large tables, the test suite:
+    Azurite's on-disk store rewrites its whole database file as it grows)."""
     if not AZURITE_BIN.exists():
         raise RuntimeError(f"{AZURITE_BIN} is missing: run `npm ci` (or `make test`) first")
-    blob, queue, table = _free_ports(3)
     workdir = tempfile.mkdtemp(prefix="azurite-")
+    try:
+        # Free ports are picked before Azurite binds them, so a process starting beside us (a
+        # parallel test worker) can take one first: Azurite then exits, and we pick again.
+        for attempt in range(1, START_ATTEMPTS + 1):
+            process, log, endpoints = _start(workdir, in_memory, attempt)
+            try:
+                try:
+                    _wait_listening(
+                        [endpoints.blob_port, endpoints.queue_port, endpoints.table_port],
+                        process,
+                        timeout,
+                    )
+                except AzuriteExitedEarly:
+                    if attempt == START_ATTEMPTS:
+                        raise
+                    continue
+                yield endpoints
+                return
+            finally:
+                _stop(process)
+                log.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _start(
+    workdir: str, in_memory: bool, attempt: int
+) -> tuple[subprocess.Popen[bytes], BinaryIO, AzuriteEndpoints]:
+    blob, queue, table = _free_ports(3)
     args = [
         str(AZURITE_BIN),
         "--silent",
@@ -99,22 +135,20 @@ def running_azurite(
         "--queueHost", "127.0.0.1", "--queuePort", str(queue),
         "--tableHost", "127.0.0.1", "--tablePort", str(table),
     ]  # fmt: skip
-    log = open(os.path.join(workdir, "azurite.log"), "wb")  # noqa: SIM115 - closed below
+    log = open(os.path.join(workdir, f"azurite-{attempt}.log"), "wb")  # noqa: SIM115 - closed by the caller
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return process, log, AzuriteEndpoints(blob_port=blob, queue_port=queue, table_port=table)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
     try:
-        _wait_listening([blob, queue, table], process, timeout)
-        yield AzuriteEndpoints(blob_port=blob, queue_port=queue, table_port=table)
-    finally:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

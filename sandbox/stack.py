@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 from sandbox.azurite import running_azurite
 from sandbox.fake_azure import FakeAzure
@@ -39,6 +39,7 @@ POST = "Microsoft.Maintenance.PostMaintenanceEvent"
 # The sandbox's managed identity and workspace (see sandbox/scenarios/*.json).
 CLIENT_ID = "5f3c1a2b-9d8e-4f70-a1b2-c3d4e5f60718"
 WORKSPACE_ID = "4a1b2c3d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
+APP_QUEUES = (EVENTS_QUEUE, f"{EVENTS_QUEUE}-poison", TASK_QUEUE, f"{TASK_QUEUE}-poison")
 # Short waits so a whole run plays in seconds; production defaults are in shared/config.py.
 FAST_SETTINGS = {
     "VERIFY_INTERVAL_SECONDS": "1",
@@ -226,6 +227,11 @@ def running_stack(
             storage_connection_string = stack.enter_context(running_azurite()).connection_string
         fake = FakeAzure.start(scenario)
         stack.callback(fake.stop)
+        # The app's queue names are fixed, so stacks sharing an Azurite one after another
+        # share its queues: start empty (a task delayed until T−40 by an earlier stack stays
+        # hidden in the queue), and leave nothing behind once the host has stopped.
+        clear_app_queues(storage_connection_string)
+        stack.callback(clear_app_queues, storage_connection_string)
         table = "ledger" + uuid.uuid4().hex[:12]
         env = app_environment(fake, storage_connection_string, table, settings)
         if notify_webhook:
@@ -245,6 +251,17 @@ def running_stack(
             ledger_table=table,
             session=session,
         )
+
+
+def clear_app_queues(storage_connection_string: str) -> None:
+    """Empty the app's queues and their poison queues, delayed and leased messages included
+    (Clear Messages takes them all)."""
+    from azure.storage.queue import QueueClient
+
+    for name in APP_QUEUES:
+        queue = QueueClient.from_connection_string(storage_connection_string, name)
+        with contextlib.suppress(ResourceNotFoundError):
+            queue.clear_messages()
 
 
 def app_environment(

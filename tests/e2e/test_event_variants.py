@@ -40,6 +40,9 @@ APP_LOGGER = "shared"
 def scenario(**settings: Any) -> dict[str, Any]:
     data = small_scenario()
     data["runs"] = []
+    # Azure asks pollers to come back after a second or more; so does the fake here (without
+    # a Retry-After the SDK's poller waits its default 30 s).
+    data["settings"]["lro_retry_after_seconds"] = 1
     data["settings"].update(settings)
     data["vms"].append(
         {

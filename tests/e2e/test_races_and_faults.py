@@ -8,7 +8,6 @@ states, or from the run report the operator API serves.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections import Counter
@@ -18,13 +17,19 @@ from typing import Any, cast
 
 import pytest
 import requests
-from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.queue import QueueClient
 
 from sandbox.fake_azure import FakeAzure
 from sandbox.fake_azure.model import MaintenanceRun
 from sandbox.local_host import LocalHost
-from sandbox.stack import POST, PRE, HostProcess, Stack, app_environment, running_stack
+from sandbox.stack import (
+    POST,
+    PRE,
+    HostProcess,
+    Stack,
+    app_environment,
+    clear_app_queues,
+    running_stack,
+)
 from tests.fake_azure import SUBSCRIPTION, small_scenario, vm_id
 
 STOPPED = [vm_id(SUBSCRIPTION, "rg-fleet", f"fleet-{i:02d}") for i in range(24)]
@@ -208,6 +213,7 @@ def killable(azurite_connection_string: str) -> Iterator[Stack]:
     as the Functions host's fetch lease): only the app's own leases bring the work back."""
     fake = FakeAzure.start(fleet_scenario())
     fake.faults.set_write_throttle(capacity=4, refill_per_second=4)
+    clear_app_queues(azurite_connection_string)
     env = app_environment(
         fake,
         azurite_connection_string,
@@ -233,10 +239,7 @@ def killable(azurite_connection_string: str) -> Iterator[Stack]:
         fake.stop()
         # The killed host's messages would stay leased for minutes and hold up the next
         # tests sharing this Azurite: clear them (Clear Messages takes leased ones too).
-        for name in ("maintenance-tasks", "maintenance-tasks-poison"):
-            queue = QueueClient.from_connection_string(azurite_connection_string, name)
-            with contextlib.suppress(ResourceNotFoundError):
-                queue.clear_messages()
+        clear_app_queues(azurite_connection_string)
 
 
 TEST_LEASE_SECONDS = 6
@@ -257,6 +260,7 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.alone
 def test_a_host_killed_mid_start_resumes_within_a_lease_and_starts_nothing_twice(
     killable: Stack,
 ) -> None:
@@ -279,6 +283,7 @@ def test_a_host_killed_mid_start_resumes_within_a_lease_and_starts_nothing_twice
     assert_promise_kept(stack, stack.run_report(run))
 
 
+@pytest.mark.alone
 def test_a_host_killed_mid_stop_still_deallocates_everything_once_and_says_so(
     killable: Stack,
 ) -> None:

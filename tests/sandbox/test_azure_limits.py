@@ -110,6 +110,7 @@ def test_buckets_are_kept_per_subscription_and_per_principal(
     assert other.headers["x-ms-ratelimit-remaining-subscription-writes"] == "1"
 
 
+@pytest.mark.alone
 def test_a_refused_bucket_refills_at_its_rate(fake: FakeAzure, session: requests.Session) -> None:
     fake.faults.set_arm_limits(reads=(1, 5.0))
     url = f"{fake.url}{WEB_01}"

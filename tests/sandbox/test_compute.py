@@ -193,6 +193,7 @@ def test_the_write_throttle_is_a_token_bucket_per_subscription(fake: FakeAzure) 
     assert deallocate("rg-web", "web-01").status_code == 202
 
 
+@pytest.mark.alone
 def test_the_sdk_waits_out_a_write_throttle(
     fake: FakeAzure, compute: ComputeManagementClient
 ) -> None:
