@@ -187,6 +187,8 @@ resource eventGridIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@202
 //   NAME: '@Microsoft.KeyVault(SecretUri=${secretUri})'
 // ═════════════════════════════════════════════════════════════════════════════════════════════
 var appSettings = {
+  // The Python worker's thread pool (README: "Threads and queue concurrency").
+  PYTHON_THREADPOOL_THREAD_COUNT: '32'
   AzureWebJobsStorage__accountName: storage.outputs.name
   AzureWebJobsStorage__tableServiceUri: storage.outputs.tableEndpoint
   AzureWebJobsStorage__queueServiceUri: storage.outputs.queueEndpoint

@@ -263,6 +263,8 @@ def app_environment(
         "LOG_ANALYTICS_ENDPOINT": fake.url,
         "LOG_ANALYTICS_WORKSPACE_ID": WORKSPACE_ID,
         "MANAGED_IDENTITY_CLIENT_ID": CLIENT_ID,
+        # The worker's thread pool as infra/ sizes it (README: "Threads and queue concurrency").
+        "PYTHON_THREADPOOL_THREAD_COUNT": "32",
         # Loopback only: no proxy may send the SDKs' traffic elsewhere.
         "NO_PROXY": "127.0.0.1,localhost,::1",
         **fake.environment(),
@@ -324,6 +326,11 @@ class HostProcess:
                 raise RuntimeError(f"the host did not start; see {self._folder}")
             time.sleep(0.1)
         self.url = json.loads(ready.read_text(encoding="utf-8"))["url"]
+
+    @property
+    def pid(self) -> int | None:
+        """The running host's process id (None before start)."""
+        return self._process.pid if self._process is not None else None
 
     def kill(self) -> None:
         """SIGKILL: no drain, no goodbye, messages in flight stay leased."""

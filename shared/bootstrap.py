@@ -19,6 +19,7 @@ from shared.domain.timeline import Clock, SystemClock
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
+    from shared.adapters.arm_pacing import ArmBudgets
     from shared.adapters.compute import ComputeMachines
     from shared.adapters.http_transport import EndpointTransports
     from shared.adapters.log_analytics import LogAnalyticsHeartbeats
@@ -115,6 +116,7 @@ class Container:
                 self.credential,
                 self.settings.arm_endpoint,
                 **self._client_options(self.settings.arm_endpoint),
+                arm_budgets=self.arm_budgets,
             ),
         )
 
@@ -130,6 +132,7 @@ class Container:
                 self.settings.arm_endpoint,
                 self.settings.maintenance_api_version,
                 **self._client_options(self.settings.arm_endpoint),
+                arm_budgets=self.arm_budgets,
             ),
         )
 
@@ -231,6 +234,13 @@ class Container:
         if "transport" in self.client_options:
             return dict(self.client_options)
         return {**self.client_options, "transport": self.transports.for_endpoint(endpoint)}
+
+    @property
+    def arm_budgets(self) -> ArmBudgets:
+        """ARM's budgets as the process sees them, shared by every ARM client (one principal)."""
+        from shared.adapters.arm_pacing import ArmBudgets
+
+        return self._once("arm_budgets", ArmBudgets)
 
     @property
     def transports(self) -> EndpointTransports:

@@ -32,6 +32,7 @@ from sandbox.local_host.registry import (
     resolve_binding_expression,
 )
 from sandbox.local_host.timers import TimerTrigger
+from sandbox.local_host.worker_pool import worker_thread_count
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class LocalHost:
         self.config = config
         self.keys = keys
         self.tracker = InvocationTracker()
-        invoker = FunctionInvoker(self.tracker)
+        invoker = FunctionInvoker(self.tracker, worker_thread_count(environ))
+        self.invoker = invoker
         try:
             routes = [HttpRoute.of(f, environ) for f in index.of_type(TriggerType.HTTP)]
             self.http_triggers = HttpTriggers(routes, keys, invoker)
@@ -149,7 +151,9 @@ class LocalHost:
             listener.start()
         for timer in self.timers:
             timer.start()
-        log.info("Local host listening on %s", self.url)
+        log.info(
+            "Local host listening on %s; %d worker threads", self.url, self.invoker.worker_threads
+        )
 
     @property
     def port(self) -> int:
@@ -220,6 +224,7 @@ class LocalHost:
             log.warning("Stopped with %d invocations still running", self.tracker.in_flight)
         for listener in self.queue_listeners:
             listener.close(wait=drained)
+        self.invoker.close(wait=drained)
         self._server.server_close()
         if self._environment is not None:
             self._environment.restore()

@@ -1,7 +1,9 @@
 """Calling a function: the argument the worker would build, logs like the host's, in-flight count.
 
 Every invocation, whatever its trigger, goes through FunctionInvoker, so the host knows when it
-is idle (tests and demos wait for that) and what to drain on shutdown.
+is idle (tests and demos wait for that) and what to drain on shutdown. Synchronous functions
+run on the worker's one thread pool (see worker_pool.py); the caller (an HTTP request thread, a
+queue listener, a timer) waits for the result, as the host waits for the worker's answer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sandbox.local_host.invocation_context import InvocationContext
@@ -66,15 +69,27 @@ class InvocationTracker:
 
     def wait_until_idle(self, timeout: float) -> bool:
         """Block until nothing is in flight or the timeout passes; True if idle."""
+        return self.wait_until_in_flight(0, timeout)
+
+    def wait_until_in_flight(self, count: int, timeout: float) -> bool:
+        """Block until exactly `count` pieces of work are in flight, or the timeout passes."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._count == 0, timeout)
+            return self._changed.wait_for(lambda: self._count == count, timeout)
 
 
 class FunctionInvoker:
     """Runs functions with their trigger value and logs each invocation as the host does."""
 
-    def __init__(self, tracker: InvocationTracker) -> None:
+    def __init__(self, tracker: InvocationTracker, worker_threads: int = 1) -> None:
         self.tracker = tracker
+        self.worker_threads = worker_threads
+        self._worker_pool = ThreadPoolExecutor(
+            max_workers=worker_threads, thread_name_prefix="python-worker"
+        )
+
+    def close(self, *, wait: bool) -> None:
+        """Release the worker threads (after the host stopped taking work)."""
+        self._worker_pool.shutdown(wait=wait, cancel_futures=not wait)
 
     def invoke(self, function: IndexedFunction, trigger_value: object, reason: str) -> Any:
         """Call the function; raise FunctionInvocationError (from the original) if it raises."""
@@ -90,7 +105,11 @@ class FunctionInvoker:
         started = time.perf_counter()
         with self.tracker.tracking():
             try:
-                result = function.user_function(**arguments)
+                if inspect.iscoroutinefunction(function.user_function):
+                    result = function.user_function(**arguments)
+                else:
+                    # Waiting here includes waiting for a free worker thread, as in the host.
+                    result = self._worker_pool.submit(function.user_function, **arguments).result()
                 if inspect.isawaitable(result):
                     # The worker runs coroutine functions on an event loop; one loop per
                     # invocation is enough for a development host.

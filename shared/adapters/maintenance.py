@@ -99,7 +99,11 @@ class MaintenanceRuns:
             with translated("Maintenance"):
                 # retry_total=0: a PUT re-sent after a lost answer is a second cancel; only a
                 # 429, which ARM answers without acting, is sent again (below).
-                response = client.send_request(request, retry_total=0)
+                # A cancel may wait longer than a start for its place in the write budget
+                # (arm_pacing.MAX_WAIT_OPTION).
+                response = client.send_request(
+                    request, retry_total=0, pacing_max_wait=MAX_THROTTLE_WAIT_SECONDS
+                )
             if response.status_code != TOO_MANY_REQUESTS or attempt == THROTTLED_CANCEL_TRIES:
                 break
             time.sleep(_retry_after(response))

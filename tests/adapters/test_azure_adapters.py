@@ -367,7 +367,8 @@ def test_a_start_whose_answer_is_lost_fails_transiently_though_azure_applied_it(
 def test_a_start_only_ever_throttled_is_withdrawn_unsent_once_no_longer_wanted(
     fake: FakeAzure, compute: ComputeMachines
 ) -> None:
-    fake.faults.set_write_throttle(capacity=1, refill_per_second=0.2)
+    # Retry-After 1 s: short enough for the pacing retry policy to re-send it in place.
+    fake.faults.set_write_throttle(capacity=1, refill_per_second=1.0)
     compute.start(WEB)  # spends the only token: the next write is throttled
     asked: list[bool] = []
 

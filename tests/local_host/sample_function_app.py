@@ -22,6 +22,8 @@ class InvocationRecorder:
 
     def __init__(self) -> None:
         self._calls: list[tuple[str, Any]] = []
+        # The thread each call ran on, by function name.
+        self.threads: dict[str, list[str]] = {}
         self._changed = threading.Condition()
         # Functions that must be held in flight wait on this; tests set it to let them go.
         self.release = threading.Event()
@@ -31,6 +33,7 @@ class InvocationRecorder:
     def record(self, function_name: str, value: Any) -> None:
         with self._changed:
             self._calls.append((function_name, value))
+            self.threads.setdefault(function_name, []).append(threading.current_thread().name)
             self._changed.notify_all()
 
     def calls(self, function_name: str) -> list[Any]:
