@@ -1,4 +1,4 @@
-"""Every setting is in config.SETTINGS, local.settings.sample.json and the README's table."""
+"""Every setting is in the settings catalogue, local.settings.sample.json and the README's table."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from shared.config import SETTINGS, Settings
+from shared.config import Settings
+from shared.settings_catalogue import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 
