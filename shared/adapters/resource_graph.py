@@ -1,5 +1,5 @@
 """Azure Resource Graph (azure-mgmt-resourcegraph): machines and runs of maintenance
-configurations, assignments, patch results.
+configurations, patch results.
 
 Pages with the skip token (1,000 rows a page) until done. Throttling: azure-core's retry policy
 honours 429 with Retry-After, but for a POST it does not retry a 429 without Retry-After, so the
@@ -23,7 +23,7 @@ from shared.adapters import kql
 from shared.adapters.azure_errors import translated
 from shared.domain.errors import ResourceGraphQueryRefused
 from shared.domain.ids import ConfigurationId, InvalidId, MachineId, RunId, parse_subscription_id
-from shared.domain.platform import Assignment, PatchResult, PlatformRun, RunMachine
+from shared.domain.platform import PatchResult, PlatformRun, RunMachine
 
 log = logging.getLogger(__name__)
 
@@ -106,30 +106,6 @@ class ResourceGraphMachines:
                 start=_text(properties.get("startDateTime")),
                 end=_text(properties.get("endDateTime")),
                 message=_message_of(properties),
-            )
-
-    def list_assignments(
-        self, configuration: ConfigurationId | str, subscriptions: Sequence[str]
-    ) -> Iterator[Assignment]:
-        """Configuration assignments (static machines and dynamic scopes)."""
-        parsed = (
-            configuration
-            if isinstance(configuration, ConfigurationId)
-            else ConfigurationId.parse(configuration)
-        )
-        for row in self._rows(kql.assignments_of_configuration(parsed), subscriptions):
-            machine = None
-            if row.get("resourceId"):
-                try:
-                    machine = MachineId.parse(row["resourceId"])
-                except InvalidId:
-                    machine = None
-            dynamic = row.get("filter")
-            yield Assignment(
-                record_id=str(row.get("id")),
-                subscription_id=_text(row.get("subscriptionId")),
-                machine=machine,
-                dynamic_filter=dynamic if isinstance(dynamic, Mapping) else None,
             )
 
     def list_patch_results(

@@ -75,11 +75,6 @@ class CancelVerdict(enum.StrEnum):
         """Azure accepted the cancel (done, or only requested)."""
         return self in (CancelVerdict.CANCELLED, CancelVerdict.CANCEL_REQUESTED)
 
-    @property
-    def outside_window(self) -> bool:
-        """Refused because of the time."""
-        return self in (CancelVerdict.TOO_EARLY, CancelVerdict.TOO_LATE)
-
 
 @dataclass(frozen=True)
 class CancelContext:

@@ -249,7 +249,7 @@ def guarded_container(
         }
     )
     container = bootstrap.Container(settings=settings, clock=FixedClock())
-    container.provide("notifier", notifier)
+    container.built["notifier"] = notifier
     return container
 
 

@@ -50,7 +50,7 @@ class Api:
             ("task_queue", self.queue),
             ("reports", self.reports),
         ):
-            container.provide(name, adapter)
+            container.built[name] = adapter
         bootstrap.use(container)
 
     def cancel(self, body: Any, headers: dict[str, str] | None = None) -> func.HttpResponse:
@@ -314,7 +314,7 @@ def test_a_5xx_is_logged_without_the_query_string_and_its_key(
             def __getattr__(self, name: str) -> Any:
                 raise failure("the ledger fell over")
 
-        bootstrap.container().provide("ledger", Broken())
+        bootstrap.container().built["ledger"] = Broken()
         with caplog.at_level("DEBUG"):
             response = list_runs(request)
         assert response.status_code >= 500
