@@ -8,7 +8,6 @@ definition. Code the Functions runtime or the Azure SDK calls by convention is l
 from __future__ import annotations
 
 import ast
-import io
 import tokenize
 from collections import Counter
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ class Definition:
 
 def _names(path: Path, skip: tuple[int, int] | None = None) -> Counter[str]:
     counts: Counter[str] = Counter()
-    with io.open(path, encoding="utf-8") as source:
+    with open(path, encoding="utf-8") as source:
         for token in tokenize.generate_tokens(source.readline):
             if token.type != tokenize.NAME:
                 continue

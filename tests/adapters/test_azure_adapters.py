@@ -62,9 +62,7 @@ def credential_for(fake: FakeAzure) -> ManagedIdentityCredential:
 
 @pytest.fixture
 def graph(fake: FakeAzure, credential_for: ManagedIdentityCredential) -> ResourceGraphMachines:
-    return ResourceGraphMachines.build(
-        credential_for, fake.url, throttle_backoff=0.01, **FAST_RETRIES
-    )
+    return ResourceGraphMachines.build(credential_for, fake.url, **FAST_RETRIES)
 
 
 @pytest.fixture
@@ -118,7 +116,7 @@ def test_arg_429_with_retry_after_is_honoured_by_the_client(
     assert [c.status for c in fake.requests_matching("POST", "ResourceGraph")][-2:] == [429, 200]
 
 
-def test_arg_429_without_retry_after_is_backed_off_by_the_adapter(
+def test_arg_429_without_retry_after_is_backed_off_by_the_clients_retry_policy(
     fake: FakeAzure, graph: ResourceGraphMachines
 ) -> None:
     run = run_of(fake, [WEB.text])
@@ -126,6 +124,22 @@ def test_arg_429_without_retry_after_is_backed_off_by_the_adapter(
     fake.clear_requests()
     assert [m.machine for m in graph.list_run_machines(run, [SUBSCRIPTION])] == [WEB]
     assert [c.status for c in fake.requests_matching("POST", "ResourceGraph")] == [429, 429, 200]
+
+
+def test_a_query_over_args_user_quota_is_sent_again_after_its_retry_after(
+    fake: FakeAzure, graph: ResourceGraphMachines
+) -> None:
+    # ARG's own throttle: one query a second per user, a 429 with Retry-After past that.
+    run = run_of(fake, [WEB.text])
+    fake.faults.set_arg_quota(limit=1, window_seconds=1.0)
+    fake.clear_requests()
+    assert [m.machine for m in graph.list_run_machines(run, [SUBSCRIPTION])] == [WEB]
+    assert [m.machine for m in graph.list_run_machines(run, [SUBSCRIPTION])] == [WEB]
+    calls = fake.requests_matching("POST", "ResourceGraph")
+    assert [c.status for c in calls] == [200, 429, 200]
+    # The same POST again, once the quota window (Retry-After: 1) was over.
+    assert calls[2].body == calls[1].body
+    assert (calls[2].time - calls[1].time).total_seconds() >= 0.9
 
 
 def test_arg_throttling_that_never_ends_surfaces_as_a_refusal(
