@@ -1,6 +1,6 @@
-"""The ledger's run index against real Azurite: pages newest first, per configuration and per
-status, a single run found by name, open runs, retention in bounded batches, and reads whose
-storage request count does not grow with the history."""
+"""The Table ledger's run index against real Azurite: reads whose storage request count does not
+grow with the history, and runs stored before the index. Its pages, filters, open runs and
+retention, as every RunLedger keeps them, are in test_ledger_contract.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The Table ledger against real Azurite through the real azure-data-tables client."""
+"""The Table ledger alone against real Azurite through the real azure-data-tables client: its keys,
+two clients at once, storage that is down. What every RunLedger does is test_ledger_contract.py."""
 
 from __future__ import annotations
 
