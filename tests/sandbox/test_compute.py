@@ -173,7 +173,7 @@ class Seconds:
         self.now += seconds
 
 
-class SleepMovesTheClock(RequestsTransport):
+class SleepMovesTheClock(RequestsTransport):  # type: ignore[misc]
     """azure-core's requests transport whose sleep (a Retry-After, a back-off) moves `clock`
     instead of waiting."""
 
