@@ -30,6 +30,7 @@ from sandbox.azurite import running_azurite
 from sandbox.fake_azure import FakeAzure
 from sandbox.fake_azure.model import MaintenanceRun
 from sandbox.local_host import LocalHost
+from shared.domain.tasks import TASK_QUEUE
 
 WEBHOOK_SINK = "/_sandbox/webhook/notifications"
 EVENTS_QUEUE = "maintenance-events"  # shared/entrypoints/events.py
@@ -38,7 +39,6 @@ POST = "Microsoft.Maintenance.PostMaintenanceEvent"
 # The sandbox's managed identity and workspace (see sandbox/scenarios/*.json).
 CLIENT_ID = "5f3c1a2b-9d8e-4f70-a1b2-c3d4e5f60718"
 WORKSPACE_ID = "4a1b2c3d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
-TASK_QUEUE = "maintenance-tasks"
 # Short waits so a whole run plays in seconds; production defaults are in shared/config.py.
 FAST_SETTINGS = {
     "VERIFY_INTERVAL_SECONDS": "1",

@@ -146,7 +146,8 @@ class Container:
     @property
     def task_queue(self) -> TaskQueue:
         """The worker's task queue (Storage queue)."""
-        from shared.adapters.task_queue import TASK_QUEUE, StorageTaskQueue, build_queue_client
+        from shared.adapters.task_queue import StorageTaskQueue, build_queue_client
+        from shared.domain.tasks import TASK_QUEUE
 
         return self._once(
             "task_queue",

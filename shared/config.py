@@ -279,7 +279,6 @@ class Settings:
 
     storage: StorageConnection
     ledger_table: str
-    cancel_safety_margin: timedelta
     managed_identity_client_id: str | None
     arm_endpoint: str
     authority_host: str
@@ -309,9 +308,6 @@ class Settings:
         return cls(
             storage=_storage(reader),
             ledger_table=reader.get("LEDGER_TABLE_NAME", _table_name),
-            cancel_safety_margin=timedelta(
-                seconds=reader.get("CANCEL_SAFETY_MARGIN_SECONDS", _int_between(0, 600))
-            ),
             managed_identity_client_id=reader.optional("MANAGED_IDENTITY_CLIENT_ID", _guid),
             arm_endpoint=reader.get("ARM_ENDPOINT", _https_url),
             authority_host=reader.get("AZURE_AUTHORITY_HOST", _https_url),

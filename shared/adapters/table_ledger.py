@@ -52,7 +52,6 @@ from shared.domain.errors import DuplicateEvent, LedgerConflict, LedgerUnavailab
 from shared.domain.events import EnvelopeSchema, EventKind
 from shared.domain.ids import ConfigurationId, MachineId, RunId
 from shared.domain.runs import (
-    CancelOutcome,
     CancelRequest,
     EventRecord,
     MachineAction,
@@ -65,12 +64,14 @@ from shared.domain.runs import (
     RunNote,
     RunStatus,
 )
+from shared.domain.vocabulary import CancelOutcome, CancelSource, GateOutcome, PlatformStatus
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
 log = logging.getLogger(__name__)
 RowT = TypeVar("RowT", Run, MachineRecord)
+E = TypeVar("E", GateOutcome, CancelSource)
 
 RUN_ROW = "run"
 CLAIM_ROW = "claim"
@@ -801,10 +802,10 @@ def _run_entity(run: Run) -> dict[str, Any]:
             "PreEventAt": _utc(run.pre_event_at),
             "PostEventAt": _utc(run.post_event_at),
             "PostEventStatus": run.post_event_status,
-            "PlatformStatus": run.platform_status,
-            "GateOutcome": run.gate_outcome,
+            "PlatformStatus": _text(run.platform_status),
+            "GateOutcome": _text(run.gate_outcome),
             "GateDetail": run.gate_detail,
-            "CancelSource": run.cancel_source,
+            "CancelSource": _text(run.cancel_source),
             "CancelRequestedAt": _utc(run.cancel_requested_at),
             "WrapUpStartedAt": _utc(run.wrap_up_started_at),
             "CompletedAt": _utc(run.completed_at),
@@ -833,10 +834,10 @@ def _run_from(entity: Mapping[str, Any]) -> Run:
         pre_event_at=_when(entity, "PreEventAt"),
         post_event_at=_when(entity, "PostEventAt"),
         post_event_status=entity.get("PostEventStatus"),
-        platform_status=entity.get("PlatformStatus"),
-        gate_outcome=entity.get("GateOutcome"),
+        platform_status=PlatformStatus.of(entity.get("PlatformStatus")),
+        gate_outcome=_member(GateOutcome, entity.get("GateOutcome")),
         gate_detail=entity.get("GateDetail"),
-        cancel_source=entity.get("CancelSource"),
+        cancel_source=_member(CancelSource, entity.get("CancelSource")),
         cancel_requested_at=_when(entity, "CancelRequestedAt"),
         wrap_up_started_at=_when(entity, "WrapUpStartedAt"),
         completed_at=_when(entity, "CompletedAt"),
@@ -1014,3 +1015,20 @@ def _cancel_from(entity: Mapping[str, Any], run_id: RunId) -> CancelRequest:
         service_code=entity.get("ServiceCode"),
         service_message=entity.get("ServiceMessage"),
     )
+
+
+def _text(word: str | None) -> str | None:
+    """A word as the table stores it: plain text (an enum's value), or nothing."""
+    return None if word is None else str(word)
+
+
+def _member(kind: type[E], word: str | None) -> E | None:
+    """The stored word as its enum; a word this version does not know is logged and dropped
+    (the row itself stays readable)."""
+    if word is None:
+        return None
+    try:
+        return kind(word)
+    except ValueError:
+        log.warning("Unknown %s %r in the ledger: ignored", kind.__name__, word)
+        return None

@@ -21,7 +21,6 @@ from shared.domain.tasks import Task
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-TASK_QUEUE = "maintenance-tasks"
 MAX_DELAY = timedelta(days=7)  # the service's limit for a visibility timeout
 # The event intake enqueues while Event Grid waits (30 s), so a queue that is down must fail in
 # seconds. The storage SDK's own retry policy (ExponentialRetry) waits 15 s, then 18 s by default;

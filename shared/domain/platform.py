@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from shared.domain.ids import InvalidId, MachineId, RunId
 from shared.domain.machines import MachinePower
+from shared.domain.vocabulary import is_confirmed_cancel
 
 
 @dataclass(frozen=True)
@@ -145,9 +146,6 @@ class RunState:
     status: str | None
 
 
-CANCELLED_STATUS_WORDS = frozenset({"cancelled", "canceled"})
-
-
 @dataclass(frozen=True)
 class CancelAcceptance:
     """Azure accepted a cancel: its HTTP status (any 2xx) and the status word of its answer,
@@ -161,8 +159,7 @@ class CancelAcceptance:
     def confirmed(self) -> bool:
         """Azure said the run is cancelled (200/201 "Cancelled"), not only that it accepted
         the request (202, 204, "Cancel", no word or an unknown one): confirm it later."""
-        word = (self.status or "").replace(" ", "").lower()
-        return self.http_status in (200, 201) and word in CANCELLED_STATUS_WORDS
+        return self.http_status in (200, 201) and is_confirmed_cancel(self.status)
 
 
 @dataclass(frozen=True)

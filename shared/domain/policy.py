@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -51,20 +50,6 @@ class OrchestrationPolicy:
     snapshot_before_start: bool = False
     cancel_safety_margin: timedelta = DEFAULT_CANCEL_SAFETY_MARGIN
     log_analytics_workspace_id: str | None = None
-
-
-class GateOutcome(enum.StrEnum):
-    """What the gate decided."""
-
-    PASSED = "Passed"
-    CANCELLED = "Cancelled"
-    TOO_LATE_TO_CANCEL = "TooLateToCancel"
-    CANCEL_REFUSED = "CancelRefused"
-    CANCEL_UNCONFIRMED = "CancelUnconfirmed"
-    CANCEL_FAILED = "CancelFailed"
-    ALREADY_CANCELLED = "AlreadyCancelled"
-    NOTHING_TO_START = "NothingToStart"
-    SKIPPED_LATE_PRE_EVENT = "SkippedLatePreEvent"
 
 
 @dataclass(frozen=True)

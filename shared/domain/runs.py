@@ -14,6 +14,7 @@ from typing import Any
 
 from shared.domain.events import EnvelopeSchema, EventKind, MaintenanceEvent
 from shared.domain.ids import RunId
+from shared.domain.vocabulary import CancelOutcome, CancelSource, GateOutcome, PlatformStatus
 
 
 class RunStatus(enum.StrEnum):
@@ -101,10 +102,10 @@ class Run:
     pre_event_at: datetime | None = None
     post_event_at: datetime | None = None
     post_event_status: str | None = None
-    platform_status: str | None = None
-    gate_outcome: str | None = None
+    platform_status: PlatformStatus | str | None = None
+    gate_outcome: GateOutcome | None = None
     gate_detail: str | None = None
-    cancel_source: str | None = None
+    cancel_source: CancelSource | None = None
     cancel_requested_at: datetime | None = None
     wrap_up_started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -333,18 +334,6 @@ class RunNote:
     level: NoteLevel
     source: str
     message: str
-
-
-class CancelOutcome(enum.StrEnum):
-    """How a cancel request ended."""
-
-    ACCEPTED = "Accepted"
-    ALREADY_CANCELLED = "AlreadyCancelled"
-    WOULD_CANCEL = "WouldCancel"
-    REFUSED_OUTSIDE_WINDOW = "RefusedOutsideWindow"
-    REFUSED_RUN_STATE = "RefusedRunState"
-    REFUSED_BY_AZURE = "RefusedByAzure"
-    UNCONFIRMED = "Unconfirmed"
 
 
 @dataclass(frozen=True)

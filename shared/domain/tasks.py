@@ -11,6 +11,8 @@ from typing import Any
 from shared.domain.ids import InvalidId, MachineId, RunId
 from shared.domain.json_input import UnreadableJson, load_json
 
+# The storage queue that carries tasks (its poison queue is "<name>-poison").
+TASK_QUEUE = "maintenance-tasks"
 MAX_TASK_BYTES = 48 * 1024  # a Storage queue message holds 64 KiB, base64 takes a third
 # The longest a task is put off in one message: a Storage queue hides a message at most 7 days,
 # and by default keeps it only 7 days, so a day is left for the message to be seen. A longer

@@ -295,7 +295,7 @@ def _run_view(correlation_id: str) -> RunView:
             HTTPStatus.NOT_FOUND, "Run not found", f"the ledger has no run {run_id.text}"
         )
     return console_views.run_view(
-        run, services.ledger, services.reports, services.settings.cancel_safety_margin
+        run, services.ledger, services.reports, services.settings.policy.cancel_safety_margin
     )
 
 

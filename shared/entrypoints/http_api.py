@@ -27,6 +27,7 @@ from shared.domain.errors import (
 from shared.domain.events import InvalidEvent, parse_time
 from shared.domain.ids import InvalidId, RunId, describe_for_log, parse_run_name
 from shared.domain.json_input import UnreadableJson, load_json
+from shared.domain.vocabulary import CancelSource, CancelVerdict
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -158,30 +159,19 @@ def _cancel_fields(req: func.HttpRequest, body: Mapping[str, Any]) -> func.HttpR
     services = bootstrap.container()
     caller = _caller(req, services.settings)
     run_queries.resolve_for_cancel(run_id, services.ledger, services.resource_graph, services.clock)
-    context = cancellation.CancelContext(
-        ledger=services.ledger,
-        canceller=services.maintenance,
-        queue=services.task_queue,
-        clock=services.clock,
-        safety_margin=services.settings.cancel_safety_margin,
-        graph=services.resource_graph,
-        confirm_after=services.settings.policy.arg_retry,
-    )
     result = cancellation.cancel_run(
         run_id,
-        context,
+        services.orchestrator.cancel_context(),
         requested_by=caller,
         reason=reason or "(no reason given)",
-        source=cancellation.CancelSource.USER,
+        source=CancelSource.USER,
         dry_run=dry_run,
     )
     return _cancel_answer(result)
 
 
 def _cancel_answer(result: cancellation.CancelAnswer) -> func.HttpResponse:
-    from shared.services import cancellation
-
-    verdict = cancellation.CancelVerdict
+    verdict = CancelVerdict
     facts: dict[str, Any] = {
         "correlationId": result.run_id.text,
         "outcome": result.verdict.value,

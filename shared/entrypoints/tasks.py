@@ -12,14 +12,13 @@ import azure.functions as func
 
 from shared import bootstrap
 from shared.domain.ids import describe_for_log
-from shared.domain.tasks import InvalidTask, Task
+from shared.domain.tasks import TASK_QUEUE, InvalidTask, Task
 
 log = logging.getLogger(__name__)
 
 # The Functions host's default maxDequeueCount (host.json extensions.queues).
 DEFAULT_MAX_DEQUEUE_COUNT = 5
 APP_ROOT = Path(__file__).resolve().parents[2]
-TASK_QUEUE = "maintenance-tasks"
 POISON_QUEUE = f"{TASK_QUEUE}-poison"
 
 bp = func.Blueprint()

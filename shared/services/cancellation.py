@@ -15,7 +15,6 @@ platform shows; from T on the run is under way and a cancel is refused.
 
 from __future__ import annotations
 
-import enum
 import logging
 import uuid
 from dataclasses import dataclass, replace
@@ -24,9 +23,8 @@ from http import HTTPStatus
 
 from shared.domain.errors import AzureCallFailed, CancelRefused, LedgerConflict
 from shared.domain.ids import RunId
-from shared.domain.platform import CANCELLED_STATUS_WORDS, PlatformRun
+from shared.domain.platform import PlatformRun
 from shared.domain.runs import (
-    CancelOutcome,
     CancelRequest,
     NoteLevel,
     Run,
@@ -35,6 +33,15 @@ from shared.domain.runs import (
 )
 from shared.domain.tasks import Task, TaskKind
 from shared.domain.timeline import CancelWindow, Clock, WindowPosition
+from shared.domain.vocabulary import (
+    CancelOutcome,
+    CancelSource,
+    CancelVerdict,
+    PlatformStatus,
+    is_cancelled,
+    is_confirmed_cancel,
+)
+from shared.services.conflicts import retry_on_conflict
 from shared.services.ports import RunCanceller, RunLedger, RunMachinesSource, TaskQueue
 
 log = logging.getLogger(__name__)
@@ -42,38 +49,8 @@ log = logging.getLogger(__name__)
 # A mark older than this is from a request that died before it reached Azure: try again.
 STALE_REQUEST = timedelta(minutes=2)
 MAX_ATTEMPTS = 5
-# "Cancel" is what Azure answers when it accepted a cancel; the other two say it is done.
-CANCELLED_WORDS = frozenset({"cancel"}) | CANCELLED_STATUS_WORDS
 # The confirm task reads an accepted cancel back this many times before it says it is unsure.
 CONFIRM_ROUNDS = 10
-
-
-class CancelSource(enum.StrEnum):
-    """Who cancelled a run."""
-
-    USER = "User"
-    GATE = "AppGate"
-    PLATFORM = "Platform"
-
-
-class CancelVerdict(enum.StrEnum):
-    """The answer to a cancel request."""
-
-    CANCELLED = "Cancelled"
-    CANCEL_REQUESTED = "CancelRequested"
-    ALREADY_CANCELLED = "AlreadyCancelled"
-    WOULD_CANCEL = "WouldCancel"
-    TOO_EARLY = "TooEarly"
-    TOO_LATE = "TooLate"
-    NOT_CANCELLABLE = "NotCancellable"
-    IN_FLIGHT = "CancelInFlight"
-    REFUSED_BY_AZURE = "RefusedByAzure"
-    UNCONFIRMED = "CancelUnconfirmed"
-
-    @property
-    def accepted(self) -> bool:
-        """Azure accepted the cancel (done, or only requested)."""
-        return self in (CancelVerdict.CANCELLED, CancelVerdict.CANCEL_REQUESTED)
 
 
 @dataclass(frozen=True)
@@ -179,7 +156,7 @@ def _refusal(
     if run is not None and (
         run.status is RunStatus.CANCELLED
         or run.cancel_source is not None  # cancelled, and wrap-up may have moved it on since
-        or _word(platform) in CANCELLED_WORDS
+        or is_cancelled(platform)
     ):
         return CancelAnswer(
             CancelVerdict.ALREADY_CANCELLED,
@@ -322,16 +299,16 @@ def _send(request: _Request, run: Run) -> CancelAnswer:
 
 
 def _accepted_on_read_back(
-    request: _Request, run: Run, platform: str | None, explanation: str
+    request: _Request, run: Run, platform: PlatformStatus | str | None, explanation: str
 ) -> CancelAnswer | None:
     """The cancel recorded as accepted when the run read back shows it cancelled, else None."""
-    if _word(platform) not in CANCELLED_WORDS:
+    if not is_cancelled(platform):
         return None
     return _accept(
         request,
         run.run_id,
         platform,
-        confirmed=_word(platform) in CANCELLED_STATUS_WORDS,
+        confirmed=is_confirmed_cancel(platform),
         explanation=explanation,
     )
 
@@ -414,13 +391,20 @@ def _settle_earlier_attempt(request: _Request, run: Run) -> CancelAnswer | None:
 
 
 def _accept(
-    request: _Request, run_id: RunId, platform: str | None, *, confirmed: bool, explanation: str
+    request: _Request,
+    run_id: RunId,
+    platform: PlatformStatus | str | None,
+    *,
+    confirmed: bool,
+    explanation: str,
 ) -> CancelAnswer:
     """Record an accepted cancel in the ledger and the audit, then (only then) queue the
     wrap-up and, when Azure only said it accepted, the confirm task."""
     context = request.context
     now = context.clock.now()
-    stored = _mark_cancelled(context.ledger, run_id, request.source, _spelled(platform), now)
+    stored = _mark_cancelled(
+        context.ledger, run_id, request.source, PlatformStatus.of(platform), now
+    )
     answer = CancelAnswer(
         CancelVerdict.CANCELLED if confirmed else CancelVerdict.CANCEL_REQUESTED,
         explanation,
@@ -454,14 +438,14 @@ def confirm_cancel(task: Task, context: CancelContext) -> list[RunNote]:
         return []
     # Accepted: the ledger says cancelled (wrap-up may have moved the run on since).
     accepted = run.status is RunStatus.CANCELLED or run.cancel_source is not None
-    if accepted and _word(run.platform_status) in CANCELLED_STATUS_WORDS:
+    if accepted and is_confirmed_cancel(run.platform_status):
         return []  # already confirmed (the reconciler read it first)
     if not accepted and run.cancel_requested_at is None:
         return []  # a later request settled it
     platform, readable = _read_back(context, run_id)
-    if _word(platform) in CANCELLED_STATUS_WORDS:
+    if is_confirmed_cancel(platform):
         if accepted:
-            _save_platform_status(ledger, run_id, _spelled(platform))
+            _save_platform_status(ledger, run_id, PlatformStatus.of(platform))
             return [
                 _add_note(context, run_id, NoteLevel.INFO, f"Azure confirms the cancel: {platform}")
             ]
@@ -519,7 +503,7 @@ def _read_back(context: CancelContext, run_id: RunId) -> tuple[str | None, bool]
     record = _resource_graph_record(context, run_id)
     if record is None:
         return None, False
-    return record.status, _word(record.status) in CANCELLED_WORDS
+    return record.status, is_cancelled(record.status)
 
 
 def _resource_graph_record(context: CancelContext, run_id: RunId) -> PlatformRun | None:
@@ -551,16 +535,16 @@ def _window_of(run: Run, context: CancelContext) -> CancelWindow:
     return CancelWindow.for_run(run.scheduled_start, run.cancellation_cutoff, context.safety_margin)
 
 
-def _save_platform_status(ledger: RunLedger, run_id: RunId, platform: str | None) -> None:
-    for _ in range(MAX_ATTEMPTS):
+def _save_platform_status(
+    ledger: RunLedger, run_id: RunId, platform: PlatformStatus | str | None
+) -> None:
+    def save() -> None:
         run = ledger.find_run(run_id)
-        if run is None:
-            return
-        try:
-            ledger.save_run(replace(run, platform_status=platform or run.platform_status))
-            return
-        except LedgerConflict:
-            continue
+        if run is not None:
+            status = PlatformStatus.of(platform) or run.platform_status
+            ledger.save_run(replace(run, platform_status=status))
+
+    retry_on_conflict(save, what=f"run {run_id.text}", attempts=MAX_ATTEMPTS)
 
 
 def _add_note(context: CancelContext, run_id: RunId, level: NoteLevel, message: str) -> RunNote:
@@ -578,59 +562,50 @@ def _add_note(context: CancelContext, run_id: RunId, level: NoteLevel, message: 
 
 
 def _mark_cancelled(
-    ledger: RunLedger, run_id: RunId, source: CancelSource, platform: str | None, now: datetime
+    ledger: RunLedger,
+    run_id: RunId,
+    source: CancelSource,
+    platform: PlatformStatus | str | None,
+    now: datetime,
 ) -> Run:
-    for _ in range(MAX_ATTEMPTS):
+    def mark() -> Run:
         run = ledger.find_run(run_id) or Run.first_seen(run_id, now)
-        try:
-            return ledger.save_run(
-                replace(
-                    run,
-                    status=RunStatus.CANCELLED,
-                    cancel_source=source.value,
-                    wrap_up_requested_at=now,
-                    platform_status=platform or run.platform_status,
-                    updated_at=now,
-                )
+        return ledger.save_run(
+            replace(
+                run,
+                status=RunStatus.CANCELLED,
+                cancel_source=source,
+                wrap_up_requested_at=now,
+                platform_status=PlatformStatus.of(platform) or run.platform_status,
+                updated_at=now,
             )
-        except LedgerConflict:
-            continue
-    raise LedgerConflict(f"run {run_id.text} kept changing after its cancel")
+        )
+
+    return retry_on_conflict(
+        mark, what=f"run {run_id.text} after its cancel", attempts=MAX_ATTEMPTS
+    )
 
 
-def _clear_mark(ledger: RunLedger, run_id: RunId, platform: str | None) -> None:
-    for _ in range(MAX_ATTEMPTS):
+def _clear_mark(ledger: RunLedger, run_id: RunId, platform: PlatformStatus | str | None) -> None:
+    def clear() -> None:
         run = ledger.find_run(run_id)
         if run is None:
             return
-        cancelled = _word(platform) in CANCELLED_WORDS
-        try:
-            ledger.save_run(
-                replace(
-                    run,
-                    cancel_requested_at=None,
-                    platform_status=platform or run.platform_status,
-                    status=RunStatus.CANCELLED if cancelled else run.status,
-                )
+        ledger.save_run(
+            replace(
+                run,
+                cancel_requested_at=None,
+                platform_status=PlatformStatus.of(platform) or run.platform_status,
+                status=RunStatus.CANCELLED if is_cancelled(platform) else run.status,
             )
-            return
-        except LedgerConflict:
-            continue
+        )
+
+    retry_on_conflict(clear, what=f"run {run_id.text}", attempts=MAX_ATTEMPTS)
 
 
 def _audited(
     context: CancelContext, answer: CancelAnswer, requested_by: str, reason: str, dry_run: bool
 ) -> CancelAnswer:
-    outcome = {
-        CancelVerdict.CANCELLED: CancelOutcome.ACCEPTED,
-        CancelVerdict.CANCEL_REQUESTED: CancelOutcome.ACCEPTED,
-        CancelVerdict.UNCONFIRMED: CancelOutcome.UNCONFIRMED,
-        CancelVerdict.ALREADY_CANCELLED: CancelOutcome.ALREADY_CANCELLED,
-        CancelVerdict.WOULD_CANCEL: CancelOutcome.WOULD_CANCEL,
-        CancelVerdict.TOO_EARLY: CancelOutcome.REFUSED_OUTSIDE_WINDOW,
-        CancelVerdict.TOO_LATE: CancelOutcome.REFUSED_OUTSIDE_WINDOW,
-        CancelVerdict.REFUSED_BY_AZURE: CancelOutcome.REFUSED_BY_AZURE,
-    }.get(answer.verdict, CancelOutcome.REFUSED_RUN_STATE)
     context.ledger.add_cancel_request(
         CancelRequest(
             run_id=answer.run_id,
@@ -639,7 +614,7 @@ def _audited(
             requested_by=requested_by,
             reason=reason,
             dry_run=dry_run,
-            outcome=outcome,
+            outcome=answer.verdict.audit_outcome,
             window_opens_at=answer.window.opens_at,
             window_closes_at=answer.window.closes_at,
             detail=answer.explanation,
@@ -648,12 +623,3 @@ def _audited(
         )
     )
     return answer
-
-
-def _spelled(platform: str | None) -> str | None:
-    """Azure's word as the ledger keeps it: Canceled and Cancelled are one status."""
-    return "Cancelled" if _word(platform) in CANCELLED_STATUS_WORDS else platform
-
-
-def _word(value: str | None) -> str:
-    return (value or "").replace(" ", "").lower()

@@ -14,8 +14,8 @@ from shared.domain.ids import ConfigurationId, RunId, describe_for_log
 from shared.domain.runs import EventRecord, NoteLevel, RefusedEvent, Run, RunNote, RunStatus
 from shared.domain.tasks import MAX_TASK_DELAY, Task, TaskKind
 from shared.domain.timeline import Clock, preparation_due
+from shared.domain.vocabulary import PlatformStatus, is_cancelled, is_finished
 from shared.services.ports import Notifier, RunLedger, RunMachinesSource
-from shared.services.reconcile import CANCELLED, FINISHED, normalise_status
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +108,19 @@ def is_early_post_event(
     if run is not None and not run.is_active:
         return False  # cancelled, or wrap-up already under way: nothing left to protect
     for status in (seen_status, None if run is None else run.platform_status):
-        if normalise_status(status) in CANCELLED | FINISHED:
+        if is_cancelled(status) or is_finished(status):
             return False
     return True
 
 
-def _platform_status(graph: RunMachinesSource, run_id: RunId) -> str | None:
+def _platform_status(graph: RunMachinesSource, run_id: RunId) -> PlatformStatus | str | None:
     """The run's status in Resource Graph (normalised), or None if it has no record or the
     query failed (the run is then held, and the reconcile timer looks again)."""
     configuration = run_id.configuration
     try:
         for record in graph.list_runs([configuration], [configuration.subscription_id]):
             if record.run_id == run_id:
-                return normalise_status(record.status)
+                return PlatformStatus.of(record.status)
     except AzureCallFailed as e:
         log.warning(
             "Run %s: Resource Graph could not be read for an early post event: %s", run_id.text, e

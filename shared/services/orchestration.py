@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from shared.domain.errors import AzureCallFailed, CallWithdrawn, LedgerConflict
 from shared.domain.ids import InvalidId, MachineId, RunId
 from shared.domain.machines import OperationOutcome, OperationResult, PowerState
-from shared.domain.policy import GateCount, GateOutcome, OrchestrationPolicy
+from shared.domain.policy import GateCount, OrchestrationPolicy
 from shared.domain.runs import (
     NOTHING_TO_STOP,
     REFUSED,
@@ -44,6 +44,7 @@ from shared.domain.runs import (
 )
 from shared.domain.tasks import MAX_TASK_DELAY, Task, TaskKind
 from shared.domain.timeline import Clock, machines_running_deadline, preparation_due
+from shared.domain.vocabulary import CancelSource, CancelVerdict, GateOutcome, PlatformStatus
 from shared.services import cancellation
 from shared.services.ports import (
     Heartbeats,
@@ -63,11 +64,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 MAX_CONFLICT_RETRIES = 8
-# Per-machine statuses ARG shows while a machine is still being patched. A missing status is
-# not one of them: the field is undocumented, so the run-level status stands in for it.
-UNFINISHED_MACHINE_STATUSES = frozenset(
-    {"pending", "inprogress", "notstarted", "retrynow", "retrylater"}
-)
 WATCHED = (MachineAction.STARTING, MachineAction.STARTED)
 GATE_COUNTED = (
     MachineAction.STARTING,
@@ -640,10 +636,10 @@ class Orchestrator:
         try:
             answer = cancellation.cancel_run(
                 run.run_id,
-                self._cancel_context(),
+                self.cancel_context(),
                 requested_by="app:gate",
                 reason=f"failure budget exceeded: {detail}",
-                source=cancellation.CancelSource.GATE,
+                source=CancelSource.GATE,
             )
         except AzureCallFailed as e:
             # One PUT per run from the gate: a cancel that failed is reported, never re-sent
@@ -652,19 +648,11 @@ class Orchestrator:
             self._note(run.run_id, NoteLevel.ERROR, "gate", failed)
             self._update_run(run.run_id, lambda r: _gate(r, GateOutcome.CANCEL_FAILED, failed))
             return
-        if answer.verdict is cancellation.CancelVerdict.TOO_EARLY:
+        if answer.verdict is CancelVerdict.TOO_EARLY:
             # Verify finished before T−40 (the pre event can come a few minutes early).
             self.queue.send(task.next_round(), answer.window.opens_at - answer.now)
             return
-        outcome = {
-            cancellation.CancelVerdict.CANCELLED: GateOutcome.CANCELLED,
-            cancellation.CancelVerdict.CANCEL_REQUESTED: GateOutcome.CANCELLED,
-            cancellation.CancelVerdict.ALREADY_CANCELLED: GateOutcome.ALREADY_CANCELLED,
-            cancellation.CancelVerdict.TOO_LATE: GateOutcome.TOO_LATE_TO_CANCEL,
-            cancellation.CancelVerdict.IN_FLIGHT: GateOutcome.ALREADY_CANCELLED,
-            cancellation.CancelVerdict.REFUSED_BY_AZURE: GateOutcome.CANCEL_REFUSED,
-            cancellation.CancelVerdict.UNCONFIRMED: GateOutcome.CANCEL_UNCONFIRMED,
-        }.get(answer.verdict, GateOutcome.CANCEL_REFUSED)
+        outcome = answer.verdict.gate_outcome
         level = NoteLevel.WARNING if outcome is GateOutcome.CANCELLED else NoteLevel.ERROR
         self._note(run.run_id, level, "gate", f"{detail}; {answer.explanation}")
         self._update_run(run.run_id, lambda r: _gate(r, outcome, f"{detail}; {answer.explanation}"))
@@ -687,7 +675,7 @@ class Orchestrator:
     def confirm_cancel(self, task: Task) -> None:
         """Read back a run whose cancel Azure only accepted (or whose answer was lost); a
         report already written gets what Azure finally said."""
-        notes = cancellation.confirm_cancel(task, self._cancel_context())
+        notes = cancellation.confirm_cancel(task, self.cancel_context())
         run = self.ledger.find_run(task.run_id)
         if not notes or run is None or run.report_location is None:
             return
@@ -710,7 +698,8 @@ class Orchestrator:
         ]
         self.reports.save_report(task.run_id, amended)
 
-    def _cancel_context(self) -> cancellation.CancelContext:
+    def cancel_context(self) -> cancellation.CancelContext:
+        """The ports and rules a cancel needs (the gate's and the operator API's)."""
         return cancellation.CancelContext(
             ledger=self.ledger,
             canceller=self.canceller,
@@ -764,12 +753,9 @@ class Orchestrator:
         run_level = (
             self._run_level_status(run) if any(not (m.status or "").strip() for m in listed) else ""
         )
-        unfinished = [
-            m
-            for m in listed
-            if ((m.status or "").strip() or run_level).replace(" ", "").lower()
-            in UNFINISHED_MACHINE_STATUSES
-        ]
+        # A missing per-machine status is not "unfinished": the field is undocumented, so
+        # the run-level status stands in for it.
+        unfinished = [m for m in listed if _still_patching(m.status or run_level)]
         if not unfinished:
             return True
         started = run.wrap_up_started_at or self.clock.now()
@@ -1425,6 +1411,11 @@ def _round_is_new(current: str | None, step: str, round_: int, dead_before: date
     return round_ > recorded
 
 
+def _still_patching(word: str | None) -> bool:
+    status = PlatformStatus.of(word)
+    return isinstance(status, PlatformStatus) and status.machine_unfinished
+
+
 def _answer_lost(row: MachineRecord) -> bool:
     """The row's last step is a call whose answer was lost (no worker is waiting on it)."""
     return bool(row.history) and row.history[-1][2].startswith(ANSWER_LOST)
@@ -1444,7 +1435,7 @@ def _gate(run: Run, outcome: GateOutcome, detail: str) -> Run:
     status = run.status
     if status in (RunStatus.PREPARING, RunStatus.PRE_EVENT_RECEIVED):
         status = RunStatus.PREPARED
-    return replace(run, status=status, gate_outcome=outcome.value, gate_detail=detail)
+    return replace(run, status=status, gate_outcome=outcome, gate_detail=detail)
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterable[list[T]]:

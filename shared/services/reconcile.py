@@ -33,7 +33,7 @@ from shared.domain.policy import OrchestrationPolicy
 from shared.domain.runs import NoteLevel, Run, RunNote, RunStatus
 from shared.domain.tasks import Task, TaskKind
 from shared.domain.timeline import CancelWindow, Clock, WindowPosition, preparation_due
-from shared.services.cancellation import CancelSource
+from shared.domain.vocabulary import CancelSource, PlatformStatus, is_cancelled, is_finished
 from shared.services.ports import RunLedger, RunMachinesSource, TaskQueue
 
 log = logging.getLogger(__name__)
@@ -47,50 +47,6 @@ DEFAULT_RETENTION = timedelta(days=90)
 RETENTION_BATCH = 50
 # A task that has not moved its run for this long after its deadline is re-driven.
 STUCK_AFTER = timedelta(minutes=10)
-STATUS_WORDS = {
-    "pending": "Pending",
-    "inprogress": "InProgress",
-    "completed": "Completed",
-    "succeeded": "Succeeded",
-    "completedwithwarnings": "CompletedWithWarnings",
-    "failed": "Failed",
-    "timedout": "TimedOut",
-    "cancel": "Cancel",
-    "cancelled": "Cancelled",
-    "canceled": "Cancelled",
-    "notstarted": "NotStarted",
-    "skipped": "Skipped",
-    "retrynow": "RetryNow",
-    "retrylater": "RetryLater",
-    "noupdatespending": "NoUpdatesPending",
-}
-FINISHED = frozenset(
-    {
-        "Completed",
-        "Succeeded",
-        "CompletedWithWarnings",
-        "Failed",
-        "TimedOut",
-        "NoUpdatesPending",
-        "Skipped",
-    }
-)
-CANCELLED = frozenset({"Cancel", "Cancelled"})
-
-
-def normalise_status(word: str | None) -> str | None:
-    """The platform's status word in one spelling (Canceled → Cancelled); unknown words kept."""
-    if word is None or not word.strip():
-        return None
-    return STATUS_WORDS.get(word.replace(" ", "").lower(), word.strip())
-
-
-def cancel_source_of(message: str | None) -> str:
-    """Who cancelled, from the run record's message (its wording changed over time)."""
-    text = (message or "").lower()
-    if "platform" in text:
-        return CancelSource.PLATFORM.value
-    return "UserOutsideApp" if "cancel" in text and "api" in text else "Unknown"
 
 
 @dataclass
@@ -188,7 +144,7 @@ class Reconciler:
     def _record(
         self, run: Run | None, record: PlatformRun, now: datetime, summary: TickSummary
     ) -> Run | None:
-        status = normalise_status(record.status)
+        status = PlatformStatus.of(record.status)
         if run is None:
             # T as the platform's record gives it; the run name is not documented to be UTC.
             start = _platform_start(record)
@@ -196,12 +152,12 @@ class Reconciler:
                 return None
             run = replace(Run.first_seen(record.run_id, now), start=start)
         changed = replace(run, platform_status=status or run.platform_status)
-        if status in CANCELLED and run.cancel_source is None:
-            changed = replace(changed, cancel_source=cancel_source_of(record.message))
+        if is_cancelled(status) and run.cancel_source is None:
+            changed = replace(changed, cancel_source=CancelSource.of_message(record.message))
         missed = (
             run.pre_event_at is None
             and not run.pre_event_missed
-            and status not in CANCELLED
+            and not is_cancelled(status)
             and run.status is not RunStatus.CANCELLED
             and self._window_closed(run, now)
         )
@@ -245,8 +201,8 @@ class Reconciler:
             or run.wrap_up_requested_at is not None
         ):
             return  # under way already; _redrive catches it if it stalls
-        cancelled = status in CANCELLED or run.status is RunStatus.CANCELLED
-        if not cancelled and status not in FINISHED:
+        cancelled = is_cancelled(status) or run.status is RunStatus.CANCELLED
+        if not cancelled and not is_finished(status):
             return
         owns_machines = any(m.owned_by_run for m in self.ledger.list_machines(run.run_id))
         if not owns_machines and not cancelled and run.pre_event_at is None:

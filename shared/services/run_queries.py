@@ -14,8 +14,8 @@ from shared.domain.errors import LedgerConflict
 from shared.domain.ids import RunId
 from shared.domain.runs import Run
 from shared.domain.timeline import Clock
+from shared.domain.vocabulary import PlatformStatus
 from shared.services.ports import ReportStore, RunLedger, RunMachinesSource
-from shared.services.reconcile import normalise_status
 from shared.services.reporting import build_report
 
 MAX_PAGE = 200
@@ -149,7 +149,8 @@ def resolve_for_cancel(
             try:
                 return ledger.save_run(
                     replace(
-                        Run.first_seen(run_id, now), platform_status=normalise_status(record.status)
+                        Run.first_seen(run_id, now),
+                        platform_status=PlatformStatus.of(record.status),
                     )
                 )
             except LedgerConflict:

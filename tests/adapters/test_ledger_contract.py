@@ -18,7 +18,6 @@ from shared.domain.errors import DuplicateEvent, LedgerConflict
 from shared.domain.events import EventKind, parse_event
 from shared.domain.ids import ConfigurationId, MachineId, RunId
 from shared.domain.runs import (
-    CancelOutcome,
     CancelRequest,
     EventRecord,
     MachineAction,
@@ -31,6 +30,7 @@ from shared.domain.runs import (
     RunNote,
     RunStatus,
 )
+from shared.domain.vocabulary import CancelOutcome, CancelSource, GateOutcome
 from shared.services.ports import RunLedger
 from tests.builders import CORRELATION_ID, POST, PRE, START, InMemoryRunLedger, event_grid_event
 
@@ -341,9 +341,9 @@ def test_run_fields_of_later_steps_round_trip(ledger: RunLedger) -> None:
     run = dataclasses.replace(
         Run.first_seen(RUN, NOW),
         status=RunStatus.CANCELLED,
-        gate_outcome="Cancelled",
+        gate_outcome=GateOutcome.CANCELLED,
         gate_detail="2 of 3",
-        cancel_source="AppGate",
+        cancel_source=CancelSource.GATE,
         cancel_requested_at=NOW,
         wrap_up_started_at=NOW,
         completed_at=NOW,

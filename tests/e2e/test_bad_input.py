@@ -29,10 +29,10 @@ from azure.storage.queue import QueueClient
 
 from sandbox.fake_azure.model import MaintenanceRun
 from sandbox.stack import POST, PRE, Stack, running_stack
+from shared.domain.tasks import TASK_QUEUE
 from tests.e2e.test_maintenance_runs import WEB, e2e_scenario
 
 EVENTS_QUEUE = "maintenance-events"
-TASK_QUEUE = "maintenance-tasks"
 PROBLEM = "application/problem+json"
 DEEP = 1000  # json.loads raises RecursionError about here
 REFUSED_EVENT = "Refused maintenance event"

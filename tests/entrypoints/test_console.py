@@ -15,7 +15,6 @@ import pytest
 from shared import bootstrap
 from shared.domain.events import EnvelopeSchema, EventKind
 from shared.domain.runs import (
-    CancelOutcome,
     CancelRequest,
     EventRecord,
     MachineAction,
@@ -26,6 +25,7 @@ from shared.domain.runs import (
     RunNote,
     RunStatus,
 )
+from shared.domain.vocabulary import CancelOutcome, CancelSource, GateOutcome
 from shared.entrypoints.console import (
     console_cancel,
     console_refused,
@@ -88,9 +88,10 @@ def seed_hostile_run(api: Api) -> None:
             end=START + timedelta(hours=2),
             pre_event_at=at,
             platform_status=HOSTILE,
-            gate_outcome=HOSTILE,
+            # Gate outcome and cancel source are enums: no text of anyone's can reach them.
+            gate_outcome=GateOutcome.CANCEL_REFUSED,
             gate_detail=HOSTILE,
-            cancel_source=HOSTILE,
+            cancel_source=CancelSource.UNKNOWN,
             post_event_status=HOSTILE,
         )
     )

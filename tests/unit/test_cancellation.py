@@ -11,14 +11,13 @@ import pytest
 from shared.domain.errors import AzureCallFailed
 from shared.domain.ids import RunId
 from shared.domain.platform import PlatformRun
-from shared.domain.runs import CancelOutcome, NoteLevel, Run, RunStatus
+from shared.domain.runs import NoteLevel, Run, RunStatus
 from shared.domain.tasks import Task, TaskKind
+from shared.domain.vocabulary import CancelOutcome, CancelSource, CancelVerdict
 from shared.services.cancellation import (
     CONFIRM_ROUNDS,
     CancelAnswer,
     CancelContext,
-    CancelSource,
-    CancelVerdict,
     cancel_run,
     confirm_cancel,
 )

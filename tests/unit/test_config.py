@@ -11,12 +11,12 @@ def test_defaults_fill_in_what_is_not_set() -> None:
     settings = Settings.from_environ(LOCAL)
     assert settings.storage.connection_string == "UseDevelopmentStorage=true"
     assert settings.ledger_table == "maintenanceruns"
-    assert settings.cancel_safety_margin == timedelta(seconds=60)
+    assert settings.policy.cancel_safety_margin == timedelta(seconds=60)
 
 
 def test_blank_values_count_as_unset() -> None:
     settings = Settings.from_environ({**LOCAL, "CANCEL_SAFETY_MARGIN_SECONDS": "  "})
-    assert settings.cancel_safety_margin == timedelta(seconds=60)
+    assert settings.policy.cancel_safety_margin == timedelta(seconds=60)
 
 
 def test_identity_based_storage_builds_public_cloud_endpoints() -> None:

@@ -16,8 +16,6 @@ from shared.domain.tasks import TaskKind
 from shared.services.reconcile import (
     LEASE,
     Reconciler,
-    cancel_source_of,
-    normalise_status,
 )
 from tests.builders import CONFIGURATION, CORRELATION_ID, POST, PRE, START, SUBSCRIPTION
 from tests.unit.test_orchestration import World
@@ -38,25 +36,6 @@ def reconciler(world: World, **kw: object) -> Reconciler:
 
 def platform(status: str, message: str | None = None, run: RunId = RUN) -> PlatformRun:
     return PlatformRun(run_id=run, status=status, start=None, end=None, message=message)
-
-
-def test_status_words_are_normalised_and_unknown_words_kept() -> None:
-    assert normalise_status("Canceled") == "Cancelled"
-    assert normalise_status("in progress") == "InProgress"
-    assert normalise_status("completedWithWarnings") == "CompletedWithWarnings"
-    assert normalise_status("Frobnicated") == "Frobnicated"
-    assert normalise_status("") is None
-
-
-def test_cancel_source_is_read_loosely_from_the_message() -> None:
-    assert (
-        cancel_source_of("Maintenance canceled using cancellation API at 10:01") == "UserOutsideApp"
-    )
-    assert (
-        cancel_source_of("Maintenance schedule cancelled due to internal platform failure")
-        == "Platform"
-    )
-    assert cancel_source_of(None) == "Unknown"
 
 
 def test_a_lost_post_event_is_made_up_for_by_wrap_up() -> None:
