@@ -90,7 +90,7 @@ param wrapUpWaitMinutes int = 120
 @maxValue(240)
 param healthWaitMinutes int = 15
 
-@description('Seconds a task waits for start/deallocate operations (OPERATION_WAIT_SECONDS).')
+@description('Seconds a start task waits for an OS-disk snapshot before starting the VM (OPERATION_WAIT_SECONDS); starts and deallocations are never waited on.')
 @minValue(10)
 @maxValue(540)
 param operationWaitSeconds int = 240

@@ -182,8 +182,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "OPERATION_WAIT_SECONDS",
         "240",
-        "How long a task waits for start/deallocate operations before leaving them to the "
-        "next check (1-540; keep below host.json functionTimeout).",
+        "How long a start task waits for an OS-disk snapshot (SNAPSHOT_BEFORE_START) before "
+        "starting the VM; starts and deallocations are never waited on (1-540; keep below "
+        "host.json functionTimeout).",
     ),
     SettingSpec(
         "TASK_LEASE_SECONDS",

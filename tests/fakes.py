@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +30,10 @@ from tests.builders import FixedClock
 class FakeVm:
     state: PowerState
     tags: dict[str, str] = field(default_factory=dict)
+    # A start of this VM is accepted, then fails with this code (the VM stays down).
     fails_with: str | None = None
+    # The code of the VM's last operation when it failed (ProvisioningState/failed/<code>).
+    failed: str | None = None
 
 
 class Done:
@@ -42,11 +45,13 @@ class Done:
 
 
 class FakeMachines:
-    """VMs whose power changes at once; counts every call."""
+    """VMs whose power changes as soon as Azure accepts a call; counts every call, and every
+    read apart (`reads`: one per VM read alone, one per bulk read of a subscription)."""
 
     def __init__(self) -> None:
         self.vms: dict[str, FakeVm] = {}
         self.calls: list[tuple[str, str]] = []
+        self.reads: list[tuple[str, str]] = []
 
     def add(self, machine: MachineId, state: PowerState, **kw: Any) -> None:
         self.vms[machine.key] = FakeVm(state, **kw)
@@ -57,28 +62,42 @@ class FakeMachines:
         return self.vms[machine.key]
 
     def get_machine(self, machine: MachineId) -> MachineFacts:
+        self.reads.append(("get", machine.key))
         return MachineFacts(machine, self.get_power(machine), self._vm(machine).tags)
 
     def get_power(self, machine: MachineId) -> MachinePower:
         if machine.is_arc:
             return MachinePower(None, False)
         vm = self._vm(machine)
-        return MachinePower(vm.state, vm.state.startable)
+        return MachinePower(
+            vm.state,
+            vm.state.startable,
+            failed_code=vm.failed,
+            failed_message="no capacity" if vm.failed else None,
+        )
 
-    def begin_start(
-        self, machine: MachineId, still_wanted: Callable[[], bool] | None = None
-    ) -> Done:
+    def list_power_states(
+        self, subscription_id: str, machines: Iterable[MachineId]
+    ) -> Iterator[tuple[MachineId, MachinePower]]:
+        self.reads.append(("list", subscription_id.lower()))
+        for machine in machines:
+            if machine.is_arc:
+                yield machine, MachinePower(None, False)
+            elif machine.key in self.vms:
+                yield machine, self.get_power(machine)
+
+    def start(self, machine: MachineId, still_wanted: Callable[[], bool] | None = None) -> None:
         self.calls.append(("start", machine.key))
         vm = self._vm(machine)
         if vm.fails_with:
-            return Done(OperationResult(OperationOutcome.FAILED, vm.fails_with, "no capacity"))
-        vm.state = PowerState.RUNNING
-        return Done(OperationResult(OperationOutcome.SUCCEEDED))
+            vm.failed = vm.fails_with
+            return
+        vm.state, vm.failed = PowerState.RUNNING, None
 
-    def begin_deallocate(self, machine: MachineId) -> Done:
+    def deallocate(self, machine: MachineId) -> None:
         self.calls.append(("deallocate", machine.key))
-        self._vm(machine).state = PowerState.DEALLOCATED
-        return Done(OperationResult(OperationOutcome.SUCCEEDED))
+        vm = self._vm(machine)
+        vm.state, vm.failed = PowerState.DEALLOCATED, None
 
     def begin_snapshot_os_disk(self, machine: MachineId, snapshot_name: str) -> Done:
         self.calls.append(("snapshot", machine.key))

@@ -20,15 +20,14 @@ param maintenanceAssignableScopes array
 @description('Add the actions needed to snapshot OS and data disks before patching.')
 param enableSnapshots bool
 
-// Start and deallocate are long-running: the SDK polls Compute's operation status URL
-// (.../providers/Microsoft.Compute/locations/{region}/operations/{id}), which needs its own read
-// action; without it the polls fail unless something broader (Reader) is assigned at the scope.
+// Start and deallocate are sent and their first answer taken: nothing polls Compute's operation
+// status, so no operations read is granted. Power states are read with virtualMachines/read (a
+// VM with its instance view, or the subscription's status-only list of VMs).
 var vmPowerActions = [
   'Microsoft.Compute/virtualMachines/read'
   'Microsoft.Compute/virtualMachines/instanceView/read'
   'Microsoft.Compute/virtualMachines/start/action'
   'Microsoft.Compute/virtualMachines/deallocate/action'
-  'Microsoft.Compute/locations/operations/read'
 ]
 
 // A snapshot is a disk resource: its creation is polled through .../locations/{region}/

@@ -35,6 +35,7 @@ ENDPOINTS = (
     "token",
     "arg",
     "compute.get",
+    "compute.list",
     "compute.start",
     "compute.deallocate",
     "compute.poweroff",

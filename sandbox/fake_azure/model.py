@@ -245,6 +245,9 @@ class VirtualMachine:
     time_created: dt.datetime = field(default_factory=lambda: dt.datetime.now(UTC))
     transition: PowerTransition | None = None
     running_since: dt.datetime | None = None
+    # {code, message, time} of the last power operation when it failed: its instance view reads
+    # ProvisioningState/failed/<code> until the next operation.
+    failure: dict[str, str] | None = None
 
     @property
     def id(self) -> str:
@@ -480,6 +483,9 @@ class ModelSettings:
     deallocate_seconds: float | tuple[float, float] | None = None
     snapshot_seconds: float = 0.5
     arg_lag_seconds: float = 0.0
+    # VMs per page of Compute's subscription-wide VM list (statusOnly or not). Undocumented; a
+    # user reported pages of 50 (Azure/azure-sdk-for-node#4769), so that is the default.
+    vm_list_page_size: float = 50
     cancellation_cutoff_minutes: float = 10.0
     default_run_minutes: float = 235.0
     # When > 0, every running VM and connected Arc machine "sends" a Heartbeat this often, the
@@ -762,6 +768,7 @@ class AzureModel:
                 failure=op.error,
             )
             self._set_state(vm, between, now)
+            vm.failure = None
             self._due_sequence += 1
             heapq.heappush(self._due, (op.completes_at, self._due_sequence, key(vm.id)))
             self._changed()
@@ -812,6 +819,11 @@ class AzureModel:
             end_state = transition.fallback if transition.failure else transition.target
             self._set_state(vm, end_state, completes_at)
             vm.transition = None
+            vm.failure = (
+                {**transition.failure, "time": _iso(completes_at) or ""}
+                if transition.failure
+                else None
+            )
             settled = True
         if settled:
             self._changed()
@@ -1639,7 +1651,7 @@ class AzureModel:
     def instance_view_document(self, vm: VirtualMachine) -> dict[str, Any]:
         """The JSON of ``.../instanceView``."""
         with self._lock:
-            provisioning = (
+            provisioning: dict[str, Any] = (
                 {"code": "ProvisioningState/updating", "level": "Info", "displayStatus": "Updating"}
                 if vm.transition
                 else {
@@ -1649,6 +1661,15 @@ class AzureModel:
                     "time": _iso(vm.time_created),
                 }
             )
+            if vm.failure and not vm.transition:
+                # How Compute shows a failed operation (e.g. a start that found no capacity).
+                provisioning = {
+                    "code": f"ProvisioningState/failed/{vm.failure['code']}",
+                    "level": "Error",
+                    "displayStatus": "Provisioning failed",
+                    "message": vm.failure["message"],
+                    "time": vm.failure.get("time"),
+                }
             return {
                 "computerName": vm.name,
                 "osName": "ubuntu"
@@ -1664,6 +1685,43 @@ class AzureModel:
                     },
                 ],
             }
+
+    def vm_list_page(
+        self, subscription_id: str, offset: int, *, status_only: bool
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of Compute's list of a subscription's VMs from `offset` (ordered by id), and
+        the next page's offset (None: last page). `status_only` answers `statusOnly=true`:
+        each VM's identity and its instance view instead of its model."""
+        with self._lock:
+            self._settle()
+            vms = sorted(
+                (
+                    vm
+                    for vm in self._vms.values()
+                    if vm.subscription_id.lower() == subscription_id.lower()
+                ),
+                key=lambda vm: vm.id.lower(),
+            )
+            size = max(1, int(self.settings.vm_list_page_size))
+            page = vms[offset : offset + size]
+            if not status_only:
+                documents = [self.vm_document(vm, with_instance_view=False) for vm in page]
+            else:
+                documents = [
+                    {
+                        "name": vm.name,
+                        "id": vm.id,
+                        "type": "Microsoft.Compute/virtualMachines",
+                        "location": vm.location,
+                        "properties": {
+                            "vmId": vm.vm_id,
+                            "instanceView": self.instance_view_document(vm),
+                        },
+                    }
+                    for vm in page
+                ]
+            following = offset + size
+            return documents, (following if following < len(vms) else None)
 
     def configuration_document(self, configuration: MaintenanceConfiguration) -> dict[str, Any]:
         """The JSON a maintenance configuration GET answers."""

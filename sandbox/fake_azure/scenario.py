@@ -56,6 +56,7 @@ _MODEL_SETTINGS = {
     "arg_lag_seconds",
     "cancellation_cutoff_minutes",
     "default_run_minutes",
+    "vm_list_page_size",
 }
 # Words, not timings: kept as strings.
 _MODEL_WORD_SETTINGS = {

@@ -283,6 +283,12 @@ class FakeAzureService:
             route(
                 "POST", r"/providers/Microsoft\.ResourceGraph/resources", "arg", self.arg_resources
             ),
+            route(
+                "GET",
+                rf"/subscriptions/{_SUB}/providers/Microsoft\.Compute/virtualMachines",
+                "compute.list",
+                self.vm_list_all,
+            ),
             route("GET", _VM_BASE, "compute.get", self.vm_get),
             route("GET", rf"{_VM_BASE}/instanceView", "compute.get", self.vm_instance_view),
             route("POST", rf"{_VM_BASE}/start", "compute.start", self.vm_start),
@@ -1000,6 +1006,35 @@ class FakeAzureService:
         return Response(
             200, self.model.vm_document(vm, with_instance_view=expand == "instanceview")
         )
+
+    def vm_list_all(self, request: Request) -> Response:
+        """GET a subscription's VMs (VirtualMachines_ListAll), a page at a time with nextLink;
+        `statusOnly=true` lists each VM's instance view (its power state) instead of its model.
+        Each page is one ARM read."""
+        refused = self._check_api_version(request, COMPUTE_API_VERSIONS, "virtualMachines")
+        if refused:
+            return refused
+        sub = request.params["sub"]
+        refused = self._check_scope(sub, None)
+        if refused:
+            return refused
+        if request.param("$filter") or request.param("$expand"):
+            return arm_error(
+                400, "InvalidParameter", "The fake lists VMs without $filter or $expand."
+            )
+        status_only = (request.param("statusOnly") or "").lower() == "true"
+        token = request.param("$skiptoken") or "0"
+        if not token.isdigit():
+            return arm_error(400, "InvalidParameter", "The $skiptoken is not valid.")
+        documents, following = self.model.vm_list_page(sub, int(token), status_only=status_only)
+        body: dict[str, Any] = {"value": documents}
+        if following is not None:
+            query = {k: v for k, v in request.query.items() if k.lower() != "$skiptoken"}
+            query["$skiptoken"] = str(following)
+            body["nextLink"] = f"{self._base_url(request)}{request.path}?" + "&".join(
+                f"{k}={v}" for k, v in query.items()
+            )
+        return Response(200, body)
 
     def vm_instance_view(self, request: Request) -> Response:
         """GET .../instanceView."""

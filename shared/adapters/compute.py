@@ -1,4 +1,5 @@
-"""Azure Compute (azure-mgmt-compute): power state, start, deallocate, OS-disk snapshot.
+"""Azure Compute (azure-mgmt-compute): power states (one VM, or a subscription's in bulk), start
+and deallocate sent without waiting, OS-disk snapshot.
 
 Arc-enabled servers are recognised by their resource type and reported as not startable; no
 request is sent for them.
@@ -7,7 +8,7 @@ request is sent for them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from azure.core.credentials import TokenCredential
@@ -25,7 +26,7 @@ from azure.mgmt.compute.models import (
 
 from shared.adapters.arm_clients import PerSubscription
 from shared.adapters.azure_errors import service_words, translated
-from shared.domain.errors import CallWithdrawn
+from shared.domain.errors import AzureCallFailed, CallWithdrawn
 from shared.domain.ids import MachineId
 from shared.domain.machines import MachinePower, OperationOutcome, OperationResult, PowerState
 from shared.domain.platform import MachineFacts
@@ -71,8 +72,8 @@ class WithdrawWhileThrottled(SansIOHTTPPolicy[Any, Any]):
         request.context["only_throttled"] = False
 
 
-class PowerOperation:
-    """A started long-running operation (or an answer known at once)."""
+class SnapshotOperation:
+    """A started OS-disk snapshot (or an answer known at once), waited on before a start."""
 
     def __init__(
         self,
@@ -85,7 +86,7 @@ class PowerOperation:
         self._immediate = immediate
 
     def wait(self, timeout: float | None = None) -> OperationResult:
-        """Wait up to `timeout` seconds (None: until done) for the operation to end."""
+        """Wait up to `timeout` seconds (None: until done) for the snapshot to end."""
         if self._poller is None:
             return self._immediate or OperationResult(OperationOutcome.FAILED)
         try:
@@ -165,47 +166,72 @@ class ComputeMachines:
             location=vm.location,
         )
 
-    def begin_start(
+    def list_power_states(
+        self, subscription_id: str, machines: Iterable[MachineId | str]
+    ) -> Iterator[tuple[MachineId, MachinePower]]:
+        """The power states of these machines of one subscription, from Compute's status-only
+        list of the subscription's VMs (one ARM read per page; paging stops once every machine
+        asked about was seen). Arc machines are answered not manageable without a request; a
+        VM the list does not hold is left out."""
+        wanted: dict[str, MachineId] = {}
+        for machine in machines:
+            target = _machine(machine)
+            if target.is_arc:
+                yield target, MachinePower(state=None, startable=False, note=ARC_NOTE)
+            else:
+                wanted[target.text.lower()] = target
+        if not wanted:
+            return
+        client = self._clients.for_subscription(subscription_id)
+        with translated("Compute"):
+            for vm in client.virtual_machines.list_all(status_only="true"):
+                if (vm.id or "").lower() not in wanted:
+                    continue
+                target = wanted.pop((vm.id or "").lower())
+                yield target, _power_of(vm.instance_view.statuses if vm.instance_view else None)
+                if not wanted:
+                    return
+
+    def start(
         self, machine: MachineId | str, still_wanted: Callable[[], bool] | None = None
-    ) -> PowerOperation:
-        """Start a VM; an Arc machine is answered NotStartable without a request. While ARM
-        only throttles the call, `still_wanted` is asked before each retry (CallWithdrawn)."""
-        return self._begin_power(machine, "begin_start", still_wanted)
+    ) -> None:
+        """Send a VM's start and return once Azure accepted it (200/202), without waiting for
+        the VM to boot: a later read of its power state tells how it ended. While ARM only
+        throttles the call, `still_wanted` is asked before each retry (CallWithdrawn)."""
+        self._send_power(machine, "begin_start", still_wanted)
 
-    def begin_deallocate(self, machine: MachineId | str) -> PowerOperation:
-        """Deallocate a VM (stop and release compute); Arc machines are not touched."""
-        return self._begin_power(machine, "begin_deallocate")
+    def deallocate(self, machine: MachineId | str) -> None:
+        """Send a VM's deallocate and return once Azure accepted it (no waiting)."""
+        self._send_power(machine, "begin_deallocate")
 
-    def _begin_power(
+    def _send_power(
         self,
         machine: MachineId | str,
         operation: str,
         still_wanted: Callable[[], bool] | None = None,
-    ) -> PowerOperation:
+    ) -> None:
         target = _machine(machine)
         if target.is_arc:
-            return PowerOperation(
-                target, None, OperationResult(OperationOutcome.NOT_STARTABLE, None, ARC_NOTE)
-            )
+            raise AzureCallFailed("Compute", None, "NotStartable", ARC_NOTE)
         client = self._clients.for_subscription(target.subscription_id)
         options = {} if still_wanted is None else {STILL_WANTED: still_wanted}
         try:
             with translated("Compute"):
                 begin = getattr(client.virtual_machines, operation)
-                poller: LROPoller[Any] = begin(target.resource_group, target.name, **options)
+                # polling=False: the SDK sends the call and takes its first answer; nothing polls.
+                begin(target.resource_group, target.name, polling=False, **options)
         except _NoLongerWanted as e:
             raise CallWithdrawn(
                 "Compute", 429, "Withdrawn", "throttled until it was no longer wanted; not sent"
             ) from e
-        return PowerOperation(target, poller)
 
     def begin_snapshot_os_disk(
         self, machine: MachineId | str, snapshot_name: str
-    ) -> PowerOperation:
+    ) -> SnapshotOperation:
         """Take an incremental snapshot of the VM's OS disk, in the VM's resource group."""
         target = _machine(machine)
         if target.is_arc:
-            return PowerOperation(
+            return SnapshotOperation(
                 target, None, OperationResult(OperationOutcome.NOT_STARTABLE, None, ARC_NOTE)
             )
         client = self._clients.for_subscription(target.subscription_id)
@@ -214,7 +240,7 @@ class ComputeMachines:
             os_disk = vm.storage_profile.os_disk if vm.storage_profile else None
             disk_id = os_disk.managed_disk.id if os_disk and os_disk.managed_disk else None
             if not disk_id:
-                return PowerOperation(
+                return SnapshotOperation(
                     target,
                     None,
                     OperationResult(
@@ -232,16 +258,28 @@ class ComputeMachines:
             poller = client.snapshots.begin_create_or_update(
                 target.resource_group, snapshot_name, snapshot
             )
-        return PowerOperation(target, poller)
+        return SnapshotOperation(target, poller)
 
 
 def _power_of(statuses: Sequence[InstanceViewStatus] | None) -> MachinePower:
     state: PowerState | str = PowerState.UNKNOWN
+    failed_code: str | None = None
+    failed_message: str | None = None
     for status in statuses or []:
         code = status.code or ""
-        if code.lower().startswith("powerstate/"):
-            state = PowerState.of(code.split("/", 1)[1])
-    return MachinePower(state=state, startable=isinstance(state, PowerState) and state.startable)
+        words = code.split("/")
+        if words[0].lower() == "powerstate" and len(words) > 1:
+            state = PowerState.of(words[1])
+        elif [w.lower() for w in words[:2]] == ["provisioningstate", "failed"]:
+            # "ProvisioningState/failed/<code>": the VM's last operation failed.
+            failed_code = words[2] if len(words) > 2 and words[2] else "ProvisioningFailed"
+            failed_message = status.message or status.display_status or failed_code
+    return MachinePower(
+        state=state,
+        startable=isinstance(state, PowerState) and state.startable,
+        failed_code=failed_code,
+        failed_message=failed_message,
+    )
 
 
 def _machine(machine: MachineId | str) -> MachineId:

@@ -41,6 +41,10 @@ class MachinePower:
     state: PowerState | str | None
     startable: bool
     note: str = ""
+    # Azure's code and message when the VM's last operation failed (its instance view reads
+    # `ProvisioningState/failed/<code>`): how an accepted start or deallocate that failed shows.
+    failed_code: str | None = None
+    failed_message: str | None = None
 
 
 class OperationOutcome(enum.StrEnum):

@@ -43,6 +43,7 @@ class OrchestrationPolicy:
     arg_retry: timedelta = timedelta(seconds=30)
     wrap_up_wait: timedelta = timedelta(minutes=120)
     health_wait: timedelta = timedelta(minutes=15)
+    # Only the optional OS-disk snapshot is waited on; starts and deallocations never are.
     operation_wait_seconds: float = 240.0
     # A worker renews the intents it holds at a third of this; a lapsed one is a dead worker's.
     task_lease: timedelta = timedelta(seconds=45)

@@ -287,6 +287,16 @@ class MachineRecord:
             self, action=action, updated_at=at, history=(*self.history, entry), **changes
         )
 
+    def answered(self, detail: str, at: datetime) -> MachineRecord:
+        """This machine once Azure answered the call of its latest step: the step stays one
+        entry, its detail says how the call was answered, and `updated_at` dates the answer."""
+        if not self.history:
+            return dataclasses.replace(self, updated_at=at)
+        when, action, _ = self.history[-1]
+        return dataclasses.replace(
+            self, updated_at=at, history=(*self.history[:-1], (when, action, detail))
+        )
+
 
 @dataclass(frozen=True)
 class MachineClaim:

@@ -9,14 +9,27 @@ countdown and the refresh.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
 from typing import TYPE_CHECKING, Any
 
 from shared.domain.runs import RefusedEvent, RunStatus
-from shared.entrypoints.console_timeline import machine_steps, timeline_svg
+from shared.entrypoints.console_sections import (
+    cancel_audit_section,
+    cell_html,
+    detail_html,
+    events_section,
+    fact_list,
+    machines_section,
+    moment_html,
+    notes_section,
+    parse_moment,
+    utc_text,
+    word_html,
+)
+from shared.entrypoints.console_timeline import timeline_svg
 
 if TYPE_CHECKING:
     from shared.services.console_views import RunsOverview, RunView
@@ -85,7 +98,7 @@ def layout(page: Page, title: str, body: str, *, refresh: bool = False) -> str:
         f'<a href="{escape(links.to("refused"))}">Refused events</a></nav>'
         f'<span class="who">{escape(page.caller)}</span></header>'
         f"<main>{body}</main>"
-        f"<footer>Page made {_utc(page.now)}"
+        f"<footer>Page made {utc_text(page.now)}"
         f"{' · refreshes while a run is under way' if refresh else ''}</footer></body></html>"
     )
 
@@ -153,7 +166,7 @@ def runs_page(
 def _run_row(page: Page, row: Any) -> str:
     summary = row.summary
     counts = row.counts
-    start = _parse(summary.get("scheduledStart"))
+    start = parse_moment(summary.get("scheduledStart"))
     mark = ""
     if row.attention:
         mark = (
@@ -168,10 +181,10 @@ def _run_row(page: Page, row: Any) -> str:
         f"<td>{escape(str(summary.get('configuration') or ''))}</td>"
         f'<td><a class="run-link" href="{escape(run_link)}">'
         f"{escape(str(summary.get('runName') or ''))}</a></td>"
-        f"<td>{_when(start)}</td>"
-        f"<td>{_word(summary.get('platformStatus'))}</td>"
-        f'<td class="status">{_word(summary.get("status"))}</td>'
-        f"<td>{_word(summary.get('gate'))}</td>"
+        f"<td>{moment_html(start)}</td>"
+        f"<td>{word_html(summary.get('platformStatus'))}</td>"
+        f'<td class="status">{word_html(summary.get("status"))}</td>'
+        f"<td>{word_html(summary.get('gate'))}</td>"
         f'<td class="num">{counts.machines}</td><td class="num">{counts.to_start}</td>'
         f'<td class="num">{counts.started}</td><td class="num">{counts.left_alone}</td>'
         f'<td class="num">{counts.skipped}</td><td class="num">{counts.failed}</td>'
@@ -185,20 +198,20 @@ def run_page(page: Page, view: RunView, cancel_answer: CancelAnswerView | None =
     run = report.get("run", {})
     links = page.links
     correlation_id = view.run.run_id.text
-    facts = _facts(
+    facts = fact_list(
         (
             ("Configuration", escape(view.run.run_id.configuration.name)),
             ("Correlation id", f"<code>{escape(correlation_id)}</code>"),
-            ("Scheduled start (T)", _when(view.run.scheduled_start)),
-            ("End", _when(_parse(run.get("end")))),
-            ("Our status", _word(run.get("status"))),
-            ("Platform status", _word(run.get("platformStatus"))),
+            ("Scheduled start (T)", moment_html(view.run.scheduled_start)),
+            ("End", moment_html(parse_moment(run.get("end")))),
+            ("Our status", word_html(run.get("status"))),
+            ("Platform status", word_html(run.get("platformStatus"))),
             (
                 "Gate",
-                _word(report.get("gate", {}).get("outcome"))
-                + _detail(report.get("gate", {}).get("detail")),
+                word_html(report.get("gate", {}).get("outcome"))
+                + detail_html(report.get("gate", {}).get("detail")),
             ),
-            ("Cancelled by", _word(report.get("cancel", {}).get("source"))),
+            ("Cancelled by", word_html(report.get("cancel", {}).get("source"))),
             (
                 "Report",
                 '<a class="report-download" href="'
@@ -215,7 +228,7 @@ def run_page(page: Page, view: RunView, cancel_answer: CancelAnswerView | None =
         f"{_cancel_section(page, view, cancel_answer)}"
         "<h2>Timeline</h2>"
         f'<div class="timeline-box">{timeline_svg(report, view.window)}</div>'
-        f"{_machines_table(report)}{_notes(report)}{_cancel_audit(report)}{_events(report)}"
+        f"{machines_section(report)}{notes_section(report)}{cancel_audit_section(report)}{events_section(report)}"
     )
     # A page showing a cancel's answer does not reload itself: that would post the form again.
     return layout(
@@ -246,8 +259,8 @@ def _cancel_section(page: Page, view: RunView, answer: CancelAnswerView | None) 
     shown = _answer(answer) if answer is not None else ""
     return (
         '<section class="cancel" id="cancel"><h2>Cancel this run</h2>'
-        f'<p class="window">The cancel window is open from {_when(window.opens_at)} until '
-        f"{_when(window.closes_at)} ({escape(window.closes_because)}). "
+        f'<p class="window">The cancel window is open from {moment_html(window.opens_at)} until '
+        f"{moment_html(window.closes_at)} ({escape(window.closes_because)}). "
         f'<span id="countdown" data-opens="{window.opens_at.isoformat()}" '
         f'data-closes="{window.closes_at.isoformat()}">'
         f"{escape(window.position(page.now).value)}</span></p>"
@@ -275,13 +288,13 @@ def _answer(answer: CancelAnswerView) -> str:
     title = document.get("title") or document.get("outcome") or "no outcome given"
     kind = "Check (dry run)" if answer.dry_run else "Cancel"
     rows = [
-        (label, _cell(document[key]))
+        (label, cell_html(document[key]))
         for key, label in ANSWER_FIELDS
         if document.get(key) is not None
     ]
     known = {key for key, _ in ANSWER_FIELDS} | HIDDEN_ANSWER_FIELDS
     rows += [
-        (str(key), _cell(value))
+        (str(key), cell_html(value))
         for key, value in document.items()
         if key not in known and value is not None
     ]
@@ -291,93 +304,7 @@ def _answer(answer: CancelAnswerView) -> str:
         f'role="status"><h3>{kind}: {escape(str(title))} '
         f"<small>HTTP {answer.status}</small></h3>"
         f'<p class="detail">{escape(str(document.get("detail") or ""))}</p>'
-        f"{_facts(rows)}</div>"
-    )
-
-
-def _machines_table(report: Mapping[str, Any]) -> str:
-    machines = report.get("machines", [])
-    rows = []
-    for machine in machines:
-        error = machine.get("error") or {}
-        steps = "".join(
-            f"<li>{_time_only(at)} {escape(step)}{_detail(detail)}</li>"
-            for at, step, detail in machine_steps(machine)
-        )
-        patch = machine.get("patch") or {}
-        rows.append(
-            f'<tr data-machine="{escape(str(machine.get("resourceId", "")))}">'
-            f'<td title="{escape(str(machine.get("resourceId", "")))}">'
-            f"{escape(str(machine.get('resourceId', '')).rsplit('/', 1)[-1])}</td>"
-            f"<td>{_word(machine.get('kind'))}</td>"
-            f"<td>{_word(machine.get('powerStateBefore'))}</td>"
-            f"<td>{_word(machine.get('powerStateAfter'))}</td>"
-            f'<td class="action">{_word(machine.get("action"))}</td>'
-            f"<td>{_word(patch.get('status'))}</td>"
-            f'<td class="error">{escape(" ".join(str(v) for v in error.values() if v))}</td>'
-            f'<td><ol class="steps">{steps}</ol></td></tr>'
-        )
-    if not rows:
-        rows.append('<tr><td colspan="8" class="empty">No machine recorded yet.</td></tr>')
-    return (
-        "<h2>Machines</h2>"
-        '<table class="machines"><thead><tr><th>Machine</th><th>Kind</th><th>Before</th>'
-        "<th>After</th><th>What the app did</th><th>Patch</th><th>Error</th><th>Steps (UTC)</th>"
-        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-    )
-
-
-def _notes(report: Mapping[str, Any]) -> str:
-    notes = report.get("notes", [])
-    items = "".join(
-        f'<li class="note {escape(str(n.get("level", "")).lower())}">'
-        f"{_time_only(_parse(n.get('at')))} <strong>{escape(str(n.get('level', '')))}</strong> "
-        f"{escape(str(n.get('source', '')))}: {escape(str(n.get('message', '')))}</li>"
-        for n in notes
-    )
-    return "<h2>Notes and errors</h2>" + (
-        f'<ul class="notes">{items}</ul>' if items else '<p class="empty">None.</p>'
-    )
-
-
-def _cancel_audit(report: Mapping[str, Any]) -> str:
-    requests = report.get("cancel", {}).get("requests", [])
-    rows = "".join(
-        "<tr>"
-        f"<td>{_when(_parse(r.get('requestedAt')))}</td>"
-        f"<td>{escape(str(r.get('requestedBy', '')))}</td>"
-        f"<td>{'dry run' if r.get('dryRun') else 'cancel'}</td>"
-        f"<td>{escape(str(r.get('reason', '')))}</td>"
-        f"<td>{_word(r.get('outcome'))}</td>"
-        f"<td>{escape(str(r.get('detail', '')))}</td></tr>"
-        for r in requests
-    )
-    if not rows:
-        return ""
-    return (
-        "<h2>Cancel requests</h2>"
-        '<table class="audit"><thead><tr><th>When</th><th>Who</th><th>Kind</th><th>Reason</th>'
-        f"<th>Outcome</th><th>Detail</th></tr></thead><tbody>{rows}</tbody></table>"
-    )
-
-
-def _events(report: Mapping[str, Any]) -> str:
-    events = report.get("timeline", {}).get("events", [])
-    rows = "".join(
-        "<tr>"
-        f"<td>{escape(str(e.get('type', '')))}</td>"
-        f"<td><code>{escape(str(e.get('id', '')))}</code></td>"
-        f"<td>{escape(str(e.get('schema', '')))}</td>"
-        f"<td>{_when(_parse(e.get('eventTime')))}</td>"
-        f"<td>{_when(_parse(e.get('receivedAt')))}</td></tr>"
-        for e in events
-    )
-    if not rows:
-        return ""
-    return (
-        "<h2>Events received</h2>"
-        '<table class="events"><thead><tr><th>Type</th><th>Id</th><th>Schema</th>'
-        f"<th>Event time</th><th>Received</th></tr></thead><tbody>{rows}</tbody></table>"
+        f"{fact_list(rows)}</div>"
     )
 
 
@@ -385,7 +312,7 @@ def refused_page(page: Page, refused: Sequence[RefusedEvent]) -> str:
     """Every maintenance event the app refused, newest first, and why."""
     rows = "".join(
         '<tr class="refused">'
-        f"<td>{_when(r.refused_at)}</td>"
+        f"<td>{moment_html(r.refused_at)}</td>"
         f"<td>{escape(r.channel)}</td>"
         f'<td class="reason">{escape(r.reason)}</td>'
         f"<td><code>{escape(r.event_id or '')}</code></td>"
@@ -411,61 +338,3 @@ def message_page(page: Page, title: str, detail: str) -> str:
         f'<h1>{escape(title)}</h1><p class="detail">{escape(detail)}</p>'
     )
     return layout(page, title, body)
-
-
-# Small pieces ---------------------------------------------------------------------------------
-
-
-def _facts(rows: Iterable[tuple[str, str]]) -> str:
-    """A definition list; values are already HTML."""
-    return (
-        '<dl class="facts">'
-        + "".join(f"<dt>{escape(label)}</dt><dd>{value}</dd>" for label, value in rows)
-        + "</dl>"
-    )
-
-
-def _cell(value: object) -> str:
-    text = str(value)
-    parsed = _parse(text) if isinstance(value, str) else None
-    return _when(parsed) if parsed is not None else escape(text)
-
-
-def _when(value: datetime | None) -> str:
-    """A moment in UTC, with the viewer's local time filled in by console.js."""
-    if value is None:
-        return '<span class="none">—</span>'
-    return (
-        f'<time datetime="{value.isoformat()}">{_utc(value)}</time> '
-        f'<span class="local" data-local-time="{value.isoformat()}"></span>'
-    )
-
-
-def _utc(value: datetime) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _time_only(value: datetime | None) -> str:
-    return "" if value is None else f'<time datetime="{value.isoformat()}">{value:%H:%M:%S}</time>'
-
-
-def _word(value: object) -> str:
-    if value is None or value == "":
-        return '<span class="none">—</span>'
-    return escape(str(value))
-
-
-def _detail(value: object) -> str:
-    return f" <span class='detail'>({escape(str(value))})</span>" if value else ""
-
-
-def _parse(value: object) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str) or len(value) < 19 or value[4] != "-":
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None

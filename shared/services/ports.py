@@ -179,8 +179,8 @@ class RunMachinesSource(Protocol):
         ...
 
 
-class PowerOperationHandle(Protocol):
-    """A started power operation."""
+class OperationHandle(Protocol):
+    """A started operation that can be waited on (the optional OS-disk snapshot)."""
 
     def wait(self, timeout: float | None = None) -> OperationResult:
         """Wait up to `timeout` seconds for the end."""
@@ -188,30 +188,35 @@ class PowerOperationHandle(Protocol):
 
 
 class Machines(Protocol):
-    """VM power: read, start, deallocate, snapshot."""
+    """VM power: read (one, or many in bulk), start, deallocate, snapshot.
+
+    Start and deallocate return once Azure accepted the call; nothing waits for the VM: a later
+    read of its power state tells how the operation ended.
+    """
 
     def get_machine(self, machine: MachineId) -> MachineFacts:
-        """Power state and tags."""
+        """Power state and tags (one read: the authoritative look before a start)."""
         ...
 
-    def get_power(self, machine: MachineId) -> MachinePower:
-        """Power state only."""
+    def list_power_states(
+        self, subscription_id: str, machines: Iterable[MachineId]
+    ) -> Iterator[tuple[MachineId, MachinePower]]:
+        """The power states of these machines of one subscription, in as few reads as Azure
+        allows (a VM Azure does not list is left out; an Arc machine is not manageable).
+        AzureCallFailed when the subscription's list cannot be read."""
         ...
 
-    def begin_start(
-        self, machine: MachineId, still_wanted: Callable[[], bool] | None = None
-    ) -> PowerOperationHandle:
-        """Start a VM; while Azure only throttles the call, `still_wanted` is asked before
-        each retry and a False withdraws it unsent (CallWithdrawn)."""
+    def start(self, machine: MachineId, still_wanted: Callable[[], bool] | None = None) -> None:
+        """Send a VM's start; returns once accepted. While Azure only throttles the call,
+        `still_wanted` is asked before each retry and a False withdraws it unsent
+        (CallWithdrawn); a refusal, a 5xx or no answer raise AzureCallFailed."""
         ...
 
-    def begin_deallocate(self, machine: MachineId) -> PowerOperationHandle:
-        """Deallocate a VM."""
+    def deallocate(self, machine: MachineId) -> None:
+        """Send a VM's deallocate; returns once accepted."""
         ...
 
-    def begin_snapshot_os_disk(
-        self, machine: MachineId, snapshot_name: str
-    ) -> PowerOperationHandle:
+    def begin_snapshot_os_disk(self, machine: MachineId, snapshot_name: str) -> OperationHandle:
         """Snapshot the VM's OS disk (incremental)."""
         ...
 

@@ -215,7 +215,8 @@ class Reconciler:
         self._note(
             run.run_id,
             NoteLevel.WARNING,
-            f"run {reason} and no post event reached the app; wrap-up started by the reconciler",
+            f"run {reason} and no post event from after its start reached the app; wrap-up "
+            "started by the reconciler",
         )
         self.queue.send(Task(TaskKind.WRAP_UP, run.run_id))
         summary.handed_to_wrap_up.append(run.run_id.text)

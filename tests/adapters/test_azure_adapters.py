@@ -4,6 +4,7 @@ waits are shortened through client options, never by patching the SDK."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +31,7 @@ from shared.domain.errors import (
     ResourceGraphQueryRefused,
 )
 from shared.domain.ids import InvalidId, MachineId, RunId
-from shared.domain.machines import OperationOutcome, PowerState
+from shared.domain.machines import PowerState
 from tests.fake_azure import CLIENT_ID, FAST_RETRIES, SUBSCRIPTION, WORKSPACE_ID, vm_id
 
 CONFIGURATION = (
@@ -242,46 +243,122 @@ def test_an_arg_refusal_keeps_its_status_code_and_message(
 # Compute ---------------------------------------------------------------------------------
 
 
-def test_power_state_tags_start_and_deallocate(fake: FakeAzure, compute: ComputeMachines) -> None:
+def test_power_state_tags_start_and_deallocate_without_waiting(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    fake.model.settings.power_transition_seconds = 0.3
     facts = compute.get_machine(BATCH)
     assert facts.power.state is PowerState.DEALLOCATED
     assert facts.power.startable
     assert facts.tags["patch-group"] == "weekly"
-    assert compute.begin_start(BATCH).wait(30).outcome is OperationOutcome.SUCCEEDED
-    assert compute.get_power(BATCH).state is PowerState.RUNNING
-    assert compute.begin_deallocate(BATCH).wait(30).succeeded
-    assert compute.get_power(BATCH).state is PowerState.DEALLOCATED
+    compute.start(BATCH)  # returns once Azure accepted it: the VM is still booting
+    assert compute.get_power(BATCH).state is PowerState.STARTING
+    assert wait_for_power(compute, BATCH, PowerState.RUNNING)
+    compute.deallocate(BATCH)
+    assert wait_for_power(compute, BATCH, PowerState.DEALLOCATED)
     starts = fake.requests_matching("POST", r"batch-01/start$")
-    assert len(starts) == 1
-    assert starts[0].status == 202
+    assert [r.status for r in starts] == [202]
+    # Nothing polled the operations: the power reads tell how they ended.
+    assert fake.requests_matching("GET", "/operations/") == []
 
 
-def test_allocation_failure_ends_the_operation_failed_with_azure_words(
+def wait_for_power(compute: ComputeMachines, machine: MachineId, state: PowerState) -> bool:
+    deadline = time.monotonic() + 10
+    while compute.get_power(machine).state is not state:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_failed_start_shows_in_the_power_read_with_azure_words(
     fake: FakeAzure, compute: ComputeMachines
 ) -> None:
+    fake.model.settings.power_transition_seconds = 0.1
     fake.faults.fail_lro("batch-01", "start")
-    result = compute.begin_start(BATCH).wait(30)
-    assert result.outcome is OperationOutcome.FAILED
-    assert result.code == "AllocationFailed"
-    assert result.message
+    compute.start(BATCH)  # accepted: the failure comes later
+    assert wait_for_power(compute, BATCH, PowerState.DEALLOCATED)
+    [(_, power)] = compute.list_power_states(SUBSCRIPTION, [BATCH])
+    assert power.state is PowerState.DEALLOCATED
+    assert power.failed_code == "AllocationFailed"
+    assert power.failed_message
+    assert compute.get_power(BATCH).failed_code == "AllocationFailed"
 
 
-def test_arc_machines_are_not_startable_and_no_request_is_sent(
+def test_power_states_in_bulk_page_through_the_subscriptions_status_only_list(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    fake.model.settings.vm_list_page_size = 3
+    names = [f"fleet-{i:02d}" for i in range(10)]
+    for name in names:
+        fake.model.add_vm(SUBSCRIPTION, "rg-fleet", name, power_state="deallocated")
+    fake.model.set_power_state(vm_id(SUBSCRIPTION, "rg-fleet", "fleet-09"), "running")
+    fake.clear_requests()
+    asked = [MachineId.parse(vm_id(SUBSCRIPTION, "rg-fleet", n)) for n in names]
+    powers = dict(compute.list_power_states(SUBSCRIPTION, [*asked, WEB, ARC]))
+    assert powers[WEB].state is PowerState.RUNNING
+    assert powers[asked[9]].state is PowerState.RUNNING
+    assert {powers[m].state for m in asked[:9]} == {PowerState.DEALLOCATED}
+    assert powers[asked[0]].startable
+    # The Arc machine is not in Compute's list: not manageable, and no request for it.
+    assert (powers[ARC].state, powers[ARC].startable) == (None, False)
+    assert "Arc" in powers[ARC].note
+    pages = fake.requests_matching("GET", r"/providers/Microsoft\.Compute/virtualMachines$")
+    # 14 VMs in the subscription (10 + web, 2 batch... sorted by id), 3 a page: every page read
+    # once, each one ARM read against the subscription's read bucket.
+    assert len(pages) == 5
+    assert {r.query.get("statusOnly") for r in pages} == {"true"}
+    assert all(r.status == 200 for r in pages)
+    remaining = [
+        int(r.headers.get("x-ms-ratelimit-remaining-subscription-reads", "0")) for r in pages
+    ]
+    assert remaining == sorted(remaining, reverse=True)
+
+
+def test_a_bulk_read_stops_paging_once_every_machine_asked_about_was_seen(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    fake.model.settings.vm_list_page_size = 1
+    fake.clear_requests()
+    powers = dict(compute.list_power_states(SUBSCRIPTION, [BATCH]))
+    assert powers[BATCH].state is PowerState.DEALLOCATED
+    # batch-01 sorts first in its subscription: one page was enough.
+    assert len(fake.requests_matching("GET", r"Compute/virtualMachines$")) == 1
+    gone = MachineId.parse(vm_id(SUBSCRIPTION, "rg-batch", "no-such-vm"))
+    assert dict(compute.list_power_states(SUBSCRIPTION, [gone])) == {}
+
+
+def test_arc_machines_are_not_manageable_and_no_request_is_sent(
     fake: FakeAzure, compute: ComputeMachines
 ) -> None:
     fake.clear_requests()
     assert not compute.get_power(ARC).startable
-    assert compute.begin_start(ARC).wait().outcome is OperationOutcome.NOT_STARTABLE
-    assert compute.begin_deallocate(ARC).wait().outcome is OperationOutcome.NOT_STARTABLE
+    assert [power.startable for _, power in compute.list_power_states(SUBSCRIPTION, [ARC])] == [
+        False
+    ]
+    with pytest.raises(AzureCallFailed):
+        compute.start(ARC)
+    with pytest.raises(AzureCallFailed):
+        compute.deallocate(ARC)
     assert fake.requests == []
+
+
+def test_a_failing_bulk_read_fails_as_a_transient_azure_call(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    fake.faults.add_error("compute.list", 503)
+    with pytest.raises(AzureCallFailed) as raised:
+        dict(compute.list_power_states(SUBSCRIPTION, [BATCH]))
+    assert raised.value.is_transient
 
 
 def test_write_throttle_429s_are_retried_by_the_client(
     fake: FakeAzure, compute: ComputeMachines
 ) -> None:
     fake.faults.set_write_throttle(capacity=1, refill_per_second=20)
-    compute.begin_start(BATCH).wait(30)
-    assert compute.begin_deallocate(BATCH).wait(30).succeeded
+    compute.start(BATCH)
+    compute.deallocate(BATCH)
+    assert [r.status for r in fake.requests_matching("POST", r"batch-01/deallocate$")][-1] == 202
 
 
 @pytest.mark.parametrize(("mode", "status"), [("502", 502), ("drop", None), ("timeout", None)])
@@ -290,7 +367,7 @@ def test_a_start_whose_answer_is_lost_fails_transiently_though_azure_applied_it(
 ) -> None:
     fake.faults.lose_answer("compute.start", mode, times=1, seconds=0.2)
     with pytest.raises(AzureCallFailed) as raised:
-        compute.begin_start(BATCH)
+        compute.start(BATCH)
     assert raised.value.status == status
     assert raised.value.is_transient
     # A 502 to a POST is not retried by azure-core, nor is a POST that got no answer.
@@ -299,22 +376,11 @@ def test_a_start_whose_answer_is_lost_fails_transiently_though_azure_applied_it(
     assert compute.get_power(BATCH).state in (PowerState.STARTING, PowerState.RUNNING)
 
 
-def test_an_unreadable_operation_status_is_unknown_not_failed(
-    fake: FakeAzure, compute: ComputeMachines
-) -> None:
-    fake.faults.add_error("compute.operation", 503, retry_after=0.01)
-    result = compute.begin_start(BATCH).wait(30)
-    assert result.outcome is OperationOutcome.UNKNOWN
-    assert result.code == "ServiceUnavailable"
-    fake.faults.clear()
-    assert compute.get_power(BATCH).state in (PowerState.STARTING, PowerState.RUNNING)
-
-
 def test_a_start_only_ever_throttled_is_withdrawn_unsent_once_no_longer_wanted(
     fake: FakeAzure, compute: ComputeMachines
 ) -> None:
     fake.faults.set_write_throttle(capacity=1, refill_per_second=0.2)
-    compute.begin_start(WEB)  # spends the only token: the next write is throttled
+    compute.start(WEB)  # spends the only token: the next write is throttled
     asked: list[bool] = []
 
     def still_wanted() -> bool:
@@ -322,7 +388,7 @@ def test_a_start_only_ever_throttled_is_withdrawn_unsent_once_no_longer_wanted(
         return False
 
     with pytest.raises(CallWithdrawn) as raised:
-        compute.begin_start(BATCH, still_wanted)
+        compute.start(BATCH, still_wanted)
     assert raised.value.status == 429
     assert asked == [True]
     assert [r.status for r in fake.requests_matching("POST", r"batch-01/start$")] == [429]
@@ -335,8 +401,7 @@ def test_a_start_whose_first_answer_may_have_been_applied_is_never_withdrawn(
     # A 500 to a POST is retried by azure-core, and ARM may have acted on it: seen through.
     fake.faults.add_error("compute.start", 500, times=1)
     fake.faults.add_error("compute.start", 429, times=1, retry_after=0.05)
-    result = compute.begin_start(BATCH, lambda: False).wait(30)
-    assert result.succeeded
+    compute.start(BATCH, lambda: False)
     assert [r.status for r in fake.requests_matching("POST", r"batch-01/start$")] == [
         500,
         429,

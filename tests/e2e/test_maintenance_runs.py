@@ -216,8 +216,8 @@ def test_the_gate_outside_the_window_reports_instead_of_cancelling(stack: Stack)
 
 
 class CrashAfterStartCall:
-    """Our own ledger, failing the first "Started" write: the worker dies after Azure was
-    called and before it recorded so."""
+    """Our own ledger, failing the first write of an accepted start: the worker dies after
+    Azure accepted the call and before it recorded so."""
 
     def __init__(self, ledger: Any) -> None:
         self._ledger = ledger
@@ -227,8 +227,8 @@ class CrashAfterStartCall:
         return getattr(self._ledger, name)
 
     def save_machine(self, machine: MachineRecord) -> MachineRecord:
-        recorded_start = machine.history and machine.history[-1][2] == "start succeeded"
-        if machine.action is MachineAction.STARTED and recorded_start and not self.crashed:
+        recorded_start = machine.history and machine.history[-1][2] == "start accepted"
+        if machine.action is MachineAction.STARTING and recorded_start and not self.crashed:
             self.crashed = True
             raise RuntimeError("worker died between the start call and the ledger write")
         result: MachineRecord = self._ledger.save_machine(machine)

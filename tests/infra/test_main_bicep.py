@@ -269,15 +269,14 @@ def test_application_insights_disables_local_auth_and_is_backed_by_log_analytics
 
 
 def test_vm_role_holds_only_read_start_and_deallocate_plus_snapshots_when_enabled() -> None:
-    # The operation reads are what the SDK's pollers call: Compute's operation status for
-    # start/deallocate, the disk operation status for a snapshot's creation. Without them the
-    # role works only where Reader is assigned at the same scope.
+    # Starts and deallocations are not polled: no operation status read. A snapshot's creation
+    # is (the disk operation status read). Without it the role works only where Reader is
+    # assigned at the same scope.
     assert set(variable(ROLES, "vmPowerActions")) == {
         "Microsoft.Compute/virtualMachines/read",
         "Microsoft.Compute/virtualMachines/instanceView/read",
         "Microsoft.Compute/virtualMachines/start/action",
         "Microsoft.Compute/virtualMachines/deallocate/action",
-        "Microsoft.Compute/locations/operations/read",
     }
     assert set(variable(ROLES, "snapshotActions")) == {
         "Microsoft.Compute/disks/read",

@@ -14,13 +14,8 @@ from shared.domain.platform import PlatformRun
 from shared.domain.runs import NoteLevel, Run, RunStatus
 from shared.domain.tasks import Task, TaskKind
 from shared.domain.vocabulary import CancelOutcome, CancelSource, CancelVerdict
-from shared.services.cancellation import (
-    CONFIRM_ROUNDS,
-    CancelAnswer,
-    CancelContext,
-    cancel_run,
-    confirm_cancel,
-)
+from shared.services.cancel_confirmation import CONFIRM_ROUNDS, confirm_cancel
+from shared.services.cancellation import CancelAnswer, CancelContext, cancel_run
 from tests.builders import CORRELATION_ID, START, FixedClock, InMemoryRunLedger
 from tests.fakes import FakeCanceller, FakeGraph, ScheduledQueue
 

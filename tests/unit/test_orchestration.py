@@ -6,6 +6,7 @@ decisions at their boundaries quickly.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from shared.domain.errors import AzureCallFailed, NotificationFailed
 from shared.domain.events import EventKind, parse_event
 from shared.domain.ids import MachineId, RunId
-from shared.domain.machines import OperationOutcome, OperationResult, PowerState
+from shared.domain.machines import MachinePower, PowerState
 from shared.domain.policy import OptOutTag, OrchestrationPolicy
 from shared.domain.runs import MachineAction, MachineRecord, NoteLevel, RunStatus
 from shared.domain.tasks import Task, TaskKind
@@ -116,13 +117,15 @@ class World:
 
 
 def crash_once_when_start_is_recorded(world: World) -> list[bool]:
-    """Our own ledger fails the first "Started" write: the worker dies after Azure was called
-    and before it recorded so. Returns the list that says whether it crashed."""
+    """Our own ledger fails the first write of an accepted start: the worker dies after Azure
+    accepted the call and before it recorded so. Returns the list that says whether it
+    crashed."""
     crashed: list[bool] = []
     real_save = world.ledger.save_machine
 
     def save(machine: MachineRecord) -> MachineRecord:
-        if machine.action is MachineAction.STARTED and not crashed:
+        accepted = machine.history and machine.history[-1][2] == "start accepted"
+        if machine.action is MachineAction.STARTING and accepted and not crashed:
             crashed.append(True)
             raise RuntimeError("worker died after calling Azure")
         return real_save(machine)
@@ -408,7 +411,7 @@ def test_a_retry_after_the_intent_lease_checks_the_vm_instead_of_starting_it() -
     with pytest.raises(RuntimeError):
         world.work(until_minutes_before_start=34.9)
     world.queue._heap.clear()  # verify was lost too
-    world.clock.advance(timedelta(minutes=6))  # past OPERATION_WAIT_SECONDS + 60 s
+    world.clock.advance(timedelta(minutes=6))  # past the intent's lease
     world.queue.send(Task(TaskKind.START, RUN, (web,)))
     world.work()
     assert world.machines.count("start", web) == 1
@@ -418,7 +421,7 @@ def test_a_retry_after_the_intent_lease_checks_the_vm_instead_of_starting_it() -
 def test_a_worker_that_died_before_its_start_call_is_made_up_for() -> None:
     world = World()
     (web,) = world.fleet(web=PowerState.DEALLOCATED)
-    real_start = world.machines.begin_start
+    real_start = world.machines.start
     died: list[bool] = []
 
     def die_once(machine: MachineId, still_wanted: Any = None) -> Any:
@@ -427,7 +430,7 @@ def test_a_worker_that_died_before_its_start_call_is_made_up_for() -> None:
             raise RuntimeError("worker died after writing Starting")
         return real_start(machine)
 
-    world.machines.begin_start = die_once  # type: ignore[method-assign]
+    world.machines.start = die_once  # type: ignore[method-assign]
     world.deliver(PRE)
     with pytest.raises(RuntimeError):
         world.work()
@@ -515,7 +518,7 @@ def test_throttled_starts_are_retried_later_not_failed() -> None:
     world = World()
     web, api = world.fleet(web=PowerState.DEALLOCATED, api=PowerState.DEALLOCATED)
     throttled: list[str] = []
-    real_start = world.machines.begin_start
+    real_start = world.machines.start
 
     def throttle_first_calls(machine: MachineId, still_wanted: Any = None) -> Any:
         if len(throttled) < 3:
@@ -523,7 +526,7 @@ def test_throttled_starts_are_retried_later_not_failed() -> None:
             raise AzureCallFailed("Compute", 429, "TooManyRequests", "write limit")
         return real_start(machine)
 
-    world.machines.begin_start = throttle_first_calls  # type: ignore[method-assign]
+    world.machines.start = throttle_first_calls  # type: ignore[method-assign]
     world.deliver(PRE)
     world.work()
     assert world.row(web).action is MachineAction.STARTED
@@ -593,5 +596,84 @@ def test_a_start_answer_that_comes_after_wrap_up_began_does_not_undo_it() -> Non
     world.ledger.save_machine(
         world.row(web).moved_to(MachineAction.DEALLOCATED, world.clock.now(), "deallocated")
     )
-    world.orchestrator._record_start(starting, OperationResult(OperationOutcome.SUCCEEDED))
+    world.orchestrator._call(
+        starting,
+        lambda: None,
+        MachineAction.PLANNED,
+        MachineAction.START_FAILED,
+        "start accepted",
+    )
     assert world.row(web).action is MachineAction.DEALLOCATED
+
+
+def other_subscription_vm(name: str) -> MachineId:
+    return MachineId.parse(
+        "/subscriptions/0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f/resourceGroups/app/providers/"
+        f"Microsoft.Compute/virtualMachines/{name}"
+    )
+
+
+def test_power_states_are_read_in_bulk_and_only_for_subscriptions_with_unsettled_vms() -> None:
+    world = World()
+    web, api = world.fleet(web=PowerState.DEALLOCATED, api=PowerState.DEALLOCATED)
+    far = other_subscription_vm("far")
+    world.machines.add(far, PowerState.DEALLOCATED)
+    world.graph.machines[RUN.key].append(far)
+    world.deliver(PRE)
+    world.orchestrator.handle(Task(TaskKind.PREPARE, RUN))
+    for batch in ((web, api), (far,)):
+        world.orchestrator.handle(Task(TaskKind.START, RUN, batch))
+    assert [verb for verb, _ in world.machines.reads] == ["get"] * 3  # one look before each start
+    world.machines.vms[far.key].state = PowerState.STARTING  # still booting
+    world.machines.reads.clear()
+    world.orchestrator.handle(Task(TaskKind.VERIFY, RUN, round=1))
+    # One bulk read per subscription, not one read per VM.
+    assert sorted(world.machines.reads) == sorted(
+        [("list", web.subscription_id), ("list", far.subscription_id)]
+    )
+    assert world.row(web).action is MachineAction.STARTED
+    world.machines.reads.clear()
+    world.orchestrator.handle(Task(TaskKind.VERIFY, RUN, round=2))
+    # web and api were seen running: only the subscription of the one still booting is read.
+    assert world.machines.reads == [("list", far.subscription_id)]
+
+
+def test_a_whole_run_reads_azure_at_most_twice_per_vm_started() -> None:
+    world = World(start_batch_size=5)
+    names = {f"vm{i:02d}": PowerState.DEALLOCATED for i in range(20)}
+    machines = world.fleet(RUN, **names, db=PowerState.RUNNING)
+    world.deliver(PRE)
+    world.work()
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    started = sum(world.machines.count("start", m) for m in machines)
+    assert started == 20
+    assert all(world.row(m).action is MachineAction.DEALLOCATED for m in machines[:20])
+    assert len(world.machines.reads) <= 2 * started, world.machines.reads
+
+
+class RoleOnResourceGroupsOnly(FakeMachines):
+    """The app's role is assigned per resource group: the subscription-wide list is refused."""
+
+    def list_power_states(
+        self, subscription_id: str, machines: Iterable[MachineId]
+    ) -> Iterator[tuple[MachineId, MachinePower]]:
+        self.reads.append(("list", subscription_id))
+        raise AzureCallFailed("Compute", 403, "AuthorizationFailed", "no read at the subscription")
+
+
+def test_a_refused_bulk_read_falls_back_to_one_read_per_vm_and_the_run_still_wraps_up() -> None:
+    world = World()
+    world.machines = world.orchestrator.machines = RoleOnResourceGroupsOnly()
+    web, db = world.fleet(web=PowerState.DEALLOCATED, db=PowerState.RUNNING)
+    world.deliver(PRE)
+    world.work()
+    assert world.row(web).action is MachineAction.STARTED
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    assert world.row(web).action is MachineAction.DEALLOCATED
+    assert world.machines.count("deallocate", web) == 1
+    assert world.machines.count("deallocate", db) == 0
+    assert ("get", web.key) in world.machines.reads[2:]  # read alone after the refusal

@@ -4,49 +4,53 @@ says what happened, and a dead worker's work comes back after a lease."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from datetime import timedelta
 
 from shared.domain.errors import AzureCallFailed
 from shared.domain.ids import MachineId
-from shared.domain.machines import MachinePower, OperationOutcome, OperationResult, PowerState
+from shared.domain.machines import MachinePower, PowerState
 from shared.domain.runs import MachineAction, MachineRecord, NoteLevel, RunStatus
 from shared.domain.tasks import Task, TaskKind
 from shared.services.reporting import summary_message
 from tests.builders import POST, PRE, START
-from tests.fakes import Done, FakeMachines
+from tests.fakes import FakeMachines
 from tests.unit.test_orchestration import RUN, World
 
 
 class LosingMachines(FakeMachines):
-    """Azure does what it is asked, then the answer says otherwise (or nothing)."""
+    """Azure does what it is asked, then the answer is lost (an error instead), or the VM's
+    instance view reports a failure."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.start_answer: OperationResult | AzureCallFailed | None = None
-        self.deallocate_answer: OperationResult | None = None
+        # Raised after the call was applied (a 5xx or no answer once Azure acted on it).
+        self.start_error: AzureCallFailed | None = None
+        self.deallocate_error: AzureCallFailed | None = None
+        # The VM's instance view reports its start failed with this code, though it came up.
+        self.start_reported_failed: str | None = None
         self.deallocate_works = True
         self.start_applies = True
 
-    def begin_start(
-        self, machine: MachineId, still_wanted: Callable[[], bool] | None = None
-    ) -> Done:
+    def start(self, machine: MachineId, still_wanted: Callable[[], bool] | None = None) -> None:
         if self.start_applies:
-            done = super().begin_start(machine)
+            super().start(machine)
         else:  # the VM stays as it was, whatever the answer says
             self.calls.append(("start", machine.key))
-            done = Done(OperationResult(OperationOutcome.SUCCEEDED))
-        if isinstance(self.start_answer, AzureCallFailed):
-            raise self.start_answer
-        return Done(self.start_answer) if self.start_answer else done
+        if self.start_reported_failed:
+            self._vm(machine).failed = self.start_reported_failed
+        if self.start_error is not None:
+            raise self.start_error
 
-    def begin_deallocate(self, machine: MachineId) -> Done:
-        self.calls.append(("deallocate", machine.key))
+    def deallocate(self, machine: MachineId) -> None:
         if self.deallocate_works:
-            self._vm(machine).state = PowerState.DEALLOCATED
-            return Done(self.deallocate_answer or OperationResult(OperationOutcome.SUCCEEDED))
-        return Done(OperationResult(OperationOutcome.FAILED, "OperationNotAllowed", "locked"))
+            super().deallocate(machine)
+        else:  # accepted, then it fails: the VM keeps running
+            self.calls.append(("deallocate", machine.key))
+            self._vm(machine).failed = "OperationNotAllowed"
+        if self.deallocate_error is not None:
+            raise self.deallocate_error
 
 
 def losing_world(**policy: object) -> tuple[World, LosingMachines]:
@@ -60,7 +64,7 @@ def losing_world(**policy: object) -> tuple[World, LosingMachines]:
 def test_a_start_whose_answer_was_lost_is_the_runs_and_is_never_sent_twice() -> None:
     world, machines = losing_world()
     (web,) = world.fleet(web=PowerState.DEALLOCATED)
-    machines.start_answer = AzureCallFailed("Compute", 502, "BadGateway", "no answer")
+    machines.start_error = AzureCallFailed("Compute", 502, "BadGateway", "no answer")
     world.deliver(PRE)
     world.work()
     row = world.row(web)
@@ -78,7 +82,7 @@ def test_a_start_whose_answer_was_lost_is_the_runs_and_is_never_sent_twice() -> 
 def test_a_start_reported_failed_that_came_up_counts_as_running_at_the_gate() -> None:
     world, machines = losing_world(failure_budget_percent=0)
     (web,) = world.fleet(web=PowerState.DEALLOCATED)
-    machines.start_answer = OperationResult(OperationOutcome.FAILED, "InternalError", "oops")
+    machines.start_reported_failed = "InternalError"
     world.deliver(PRE)
     world.work()
     run = world.ledger.find_run(RUN)
@@ -93,29 +97,35 @@ def test_a_start_reported_failed_that_came_up_counts_as_running_at_the_gate() ->
     assert world.row(web).action is MachineAction.DEALLOCATED
 
 
-def test_a_start_failed_that_comes_up_later_is_read_again_by_verify() -> None:
+def test_a_start_failed_that_comes_up_later_is_read_again_at_the_gate() -> None:
     world, machines = losing_world(failure_budget_percent=0)
     (web,) = world.fleet(web=PowerState.DEALLOCATED)
     machines.vms[web.key].fails_with = "InternalError"
     world.deliver(PRE)
     world.orchestrator.handle(Task(TaskKind.PREPARE, RUN))
     world.orchestrator.handle(Task(TaskKind.START, RUN, (web,)))
-    assert world.row(web).action is MachineAction.START_FAILED
-    machines.vms[web.key].state = PowerState.RUNNING  # Azure brought it up after all
     world.orchestrator.handle(Task(TaskKind.VERIFY, RUN, round=1))
-    world.work()
+    assert world.row(web).action is MachineAction.START_FAILED
+    assert world.row(web).error_code == "InternalError"
+    machines.vms[web.key].state = PowerState.RUNNING  # Azure brought it up after all
+    world.work()  # the gate reads it again
     assert world.row(web).action is MachineAction.STARTED
     run = world.ledger.find_run(RUN)
     assert run is not None and run.gate_outcome == "Passed"
 
 
-def test_an_unreadable_start_status_leaves_the_power_state_to_decide_without_an_error() -> None:
-    world, machines = losing_world()
+def test_an_accepted_start_is_settled_by_the_power_state_without_waiting_or_an_error() -> None:
+    world, _ = losing_world()
     (web,) = world.fleet(web=PowerState.DEALLOCATED)
-    machines.start_answer = OperationResult(OperationOutcome.UNKNOWN, "ServiceUnavailable")
     world.deliver(PRE)
+    world.orchestrator.handle(Task(TaskKind.PREPARE, RUN))
+    world.orchestrator.handle(Task(TaskKind.START, RUN, (web,)))
+    row = world.row(web)
+    assert (row.action, row.history[-1][2]) == (MachineAction.STARTING, "start accepted")
+    assert row.owned_by_run
     world.work()
     assert world.row(web).action is MachineAction.STARTED
+    assert world.row(web).history[-1][2] == "seen running"
     assert not [n for n in world.ledger.list_notes(RUN) if n.level is NoteLevel.ERROR]
 
 
@@ -152,12 +162,12 @@ def test_a_cancel_landing_between_the_intent_and_the_call_stops_the_start() -> N
     assert world.row(web).action is MachineAction.PLANNED
 
 
-def test_a_deallocate_whose_status_was_unreadable_is_reported_deallocated() -> None:
+def test_a_deallocate_whose_answer_was_lost_is_reported_deallocated() -> None:
     world, machines = losing_world()
     (web,) = world.fleet(web=PowerState.DEALLOCATED)
     world.deliver(PRE)
     world.work()
-    machines.deallocate_answer = OperationResult(OperationOutcome.UNKNOWN, "ServiceUnavailable")
+    machines.deallocate_error = AzureCallFailed("Compute", 503, "ServiceUnavailable", "lost")
     world.clock.current = START + timedelta(hours=1)
     world.deliver(POST)
     world.work()
@@ -235,6 +245,7 @@ def test_a_dead_workers_intent_lapses_after_a_lease_and_the_vm_is_started_once()
     world.clock.advance(timedelta(seconds=50))
     world.orchestrator.handle(Task(TaskKind.START, RUN, (web,)))
     assert machines.count("start", web) == 1
+    world.orchestrator.handle(Task(TaskKind.VERIFY, RUN, round=1))
     assert world.row(web).action is MachineAction.STARTED
 
 
@@ -244,12 +255,12 @@ def test_a_start_refused_with_429_and_then_started_by_someone_else_is_left_alone
 
     def throttled_while_an_operator_starts_it(
         machine: MachineId, still_wanted: Callable[[], bool] | None = None
-    ) -> Done:
+    ) -> None:
         machines.calls.append(("start", machine.key))
         machines.vms[machine.key].state = PowerState.RUNNING
         raise AzureCallFailed("Compute", 429, "TooManyRequests", "throttled")
 
-    machines.begin_start = throttled_while_an_operator_starts_it  # type: ignore[method-assign]
+    machines.start = throttled_while_an_operator_starts_it  # type: ignore[method-assign]
     world.deliver(PRE)
     world.work()
     assert world.row(web).action is MachineAction.LEFT_ALONE
@@ -266,16 +277,18 @@ class ThrottledReads(LosingMachines):
         super().__init__()
         self.throttled = False
 
-    def get_power(self, machine: MachineId) -> MachinePower:
+    def list_power_states(
+        self, subscription_id: str, machines: Iterable[MachineId]
+    ) -> Iterator[tuple[MachineId, MachinePower]]:
         if self.throttled:
             raise AzureCallFailed("Compute", 429, "SubscriptionRequestsThrottled", "later")
-        return super().get_power(machine)
+        return super().list_power_states(subscription_id, machines)
 
 
 def gate_after_an_unanswered_start(world: World, machines: ThrottledReads) -> MachineId:
     """A start whose answer was lost and whose VM is still deallocated, then the gate."""
     (web,) = world.fleet(web=PowerState.DEALLOCATED)
-    machines.start_answer = OperationResult(OperationOutcome.UNKNOWN, "ServiceUnavailable")
+    machines.start_error = AzureCallFailed("Compute", 503, "ServiceUnavailable", "lost")
     machines.start_applies = False
     world.deliver(PRE)
     world.orchestrator.handle(Task(TaskKind.PREPARE, RUN))

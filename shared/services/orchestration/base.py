@@ -1,0 +1,353 @@
+"""The ports every step of a run uses, and the ledger writes they share: rows moved on their
+freshest copy, intents and their leases, power operations sent and their answers recorded, the
+watch loops' rounds, power states read in bulk."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+from shared.domain.errors import AzureCallFailed, CallWithdrawn, LedgerConflict
+from shared.domain.ids import MachineId, RunId
+from shared.domain.machine_steps import (
+    ANSWER_LOST,
+    NOT_LISTED,
+    awaiting_power,
+    call_over,
+    intent_is_fresh,
+)
+from shared.domain.machines import MachinePower
+from shared.domain.policy import OrchestrationPolicy
+from shared.domain.run_steps import round_is_new
+from shared.domain.runs import (
+    REFUSED,
+    MachineAction,
+    MachineRecord,
+    NoteLevel,
+    Run,
+    RunNote,
+)
+from shared.domain.tasks import Task
+from shared.domain.timeline import Clock
+from shared.services import cancellation
+from shared.services.conflicts import retry_on_conflict
+from shared.services.orchestration.fan_out import parallel
+from shared.services.orchestration.intent_renewer import IntentRenewer
+from shared.services.ports import (
+    Heartbeats,
+    Machines,
+    Notifier,
+    ReportStore,
+    RunCanceller,
+    RunLedger,
+    RunMachinesSource,
+    TaskQueue,
+)
+
+log = logging.getLogger(__name__)
+
+# Throttled or unanswered machines go into a new task this much later, at most this often.
+TRANSIENT_RETRY = timedelta(seconds=3)
+MAX_TRANSIENT_ROUNDS = 200
+
+
+@dataclass
+class StepsBase:
+    """The task worker's ports and the writes its steps share."""
+
+    ledger: RunLedger
+    queue: TaskQueue
+    graph: RunMachinesSource
+    machines: Machines
+    canceller: RunCanceller
+    reports: ReportStore
+    clock: Clock
+    policy: OrchestrationPolicy
+    heartbeats: Heartbeats | None = None
+    notifier: Notifier | None = None
+
+    def _run(self, task: Task) -> Run | None:
+        run = self.ledger.find_run(task.run_id)
+        if run is None:
+            log.warning("Task %s for unknown run %s dropped", task.kind, task.run_id.text)
+        return run
+
+    def cancel_context(self) -> cancellation.CancelContext:
+        """The ports and rules a cancel needs (the gate's and the operator API's)."""
+        return cancellation.CancelContext(
+            ledger=self.ledger,
+            canceller=self.canceller,
+            queue=self.queue,
+            clock=self.clock,
+            safety_margin=self.policy.cancel_safety_margin,
+            graph=self.graph,
+            confirm_after=self.policy.arg_retry,
+        )
+
+    def _retry_later(self, task: Task, run: Run, rows: Sequence[MachineRecord]) -> None:
+        """Machines whose calls were throttled or failed transiently: another task, later."""
+        if not rows:
+            return
+        if task.round >= MAX_TRANSIENT_ROUNDS:
+            for row in rows:
+                self._note(
+                    run.run_id,
+                    NoteLevel.ERROR,
+                    task.kind.value,
+                    f"{row.resource_id}: Azure kept throttling or failing; gave up "
+                    f"after {task.round} rounds",
+                )
+            return
+        machines = tuple(MachineId.parse(r.resource_id) for r in rows)
+        self.queue.send(Task(task.kind, run.run_id, machines, task.round + 1), TRANSIENT_RETRY)
+        log.info(
+            "Run %s: %d machines throttled or unanswered; %s again in %s",
+            run.run_id.text,
+            len(machines),
+            task.kind.value,
+            TRANSIENT_RETRY,
+        )
+
+    def _unless_taken(
+        self, run_id: RunId, machine: MachineId, step: Callable[[], MachineRecord]
+    ) -> MachineRecord:
+        """Run a start or stop step for one machine; if another delivery of the same work wrote
+        the machine's row first (a version conflict), its row decides and nothing was sent."""
+        try:
+            return step()
+        except LedgerConflict:
+            log.info("Run %s: %s is being handled by another worker", run_id.text, machine.text)
+            row = self.ledger.find_machine(run_id, machine.text)
+            return row or MachineRecord.planned(run_id, machine.text, self.clock.now())
+
+    def _call(
+        self,
+        row: MachineRecord,
+        call: Callable[[], None],
+        retry_as: MachineAction,
+        failed_as: MachineAction,
+        accepted: str,
+    ) -> MachineRecord:
+        """Send a power operation whose intent is recorded. Accepted: the row keeps its intent,
+        marked `accepted` (no worker waits on it; a bulk read settles it). A throttled or
+        unanswered call puts the row back (`retry_as`) for a later task, a refusal records the
+        failure."""
+        try:
+            call()
+        except AzureCallFailed as e:
+            if isinstance(e, CallWithdrawn):
+                # Only ever throttled, and the run stopped wanting it meanwhile: never sent.
+                return self._move(row, retry_as, "throttled, then withdrawn: not sent")
+            if e.status == 429:
+                # Throttled: ARM refused the call before acting on it.
+                return self._move(row, retry_as, f"{e.service} answered {e.status}: will retry")
+            if e.is_transient:
+                # A 5xx or no answer after the call went out: Azure may have applied it. The
+                # intent stays (the VM stays the run's); its power state decides on retry.
+                return self._mark_answer_lost(
+                    row, f"{e.service} answered {e.status or 'nothing'} {e.code or ''}".rstrip()
+                )
+            return self._save_failure(row, failed_as, e, refused=True)
+        waiting = row.action
+        return self._save_latest(
+            row,
+            lambda r: (
+                r.answered(accepted, self.clock.now())
+                if r.action is waiting and not call_over(r)
+                else r
+            ),
+        )
+
+    def _mark_answer_lost(self, row: MachineRecord, why: str) -> MachineRecord:
+        """Keep the row's intent (Starting/Deallocating), noting that no worker waits on it."""
+        waiting = row.action
+        return self._save_latest(
+            row,
+            lambda r: (
+                r.moved_to(waiting, self.clock.now(), f"{ANSWER_LOST}: {why}")
+                if r.action is waiting
+                else r
+            ),
+        )
+
+    def _move(
+        self,
+        row: MachineRecord,
+        action: MachineAction,
+        detail: str,
+        only_from: tuple[MachineAction, ...] = (),
+        **changes: Any,
+    ) -> MachineRecord:
+        """Record `action` on the freshest copy of the machine's row, unless another worker
+        recorded it already (a step seen twice is recorded once) or, with `only_from`, the row
+        has moved on from those actions meanwhile (an answer that came too late to matter)."""
+        now = self.clock.now()
+
+        def change(current: MachineRecord) -> MachineRecord:
+            if current.action is action or (only_from and current.action not in only_from):
+                return current
+            return current.moved_to(action, now, detail, **changes)
+
+        return self._save_latest(row, change)
+
+    def _save_failure(
+        self,
+        row: MachineRecord,
+        action: MachineAction,
+        error: AzureCallFailed,
+        *,
+        refused: bool = False,
+    ) -> MachineRecord:
+        self._note(
+            row.run_id,
+            NoteLevel.ERROR,
+            action.value,
+            f"{row.resource_id}: {error.code}: {error.message}",
+        )
+        return self._save_latest(
+            row,
+            lambda r: r.moved_to(
+                action,
+                self.clock.now(),
+                f"{REFUSED if refused else ''}{error.service} answered {error.code}",
+                error_code=error.code,
+                error_message=error.message,
+            ),
+        )
+
+    def _intent_is_fresh(self, row: MachineRecord) -> bool:
+        """Its worker may still be calling Azure (see machine_steps.intent_is_fresh)."""
+        return intent_is_fresh(row, self.clock.now(), self.policy.task_lease)
+
+    def _awaiting_power(self, row: MachineRecord) -> bool:
+        """Azure accepted the row's call less than a lease ago: the VM may not show it yet."""
+        return awaiting_power(row, self.clock.now(), self.policy.task_lease)
+
+    def _read_power(self, machines: Iterable[MachineId]) -> dict[MachineId, MachinePower]:
+        """Power states in bulk: one status-only listing per subscription the machines are in
+        (no other subscription is read). A subscription whose listing failed leaves its
+        machines out (unread); a VM its subscription does not list reads as state None."""
+        wanted: dict[str, list[MachineId]] = {}
+        for machine in machines:
+            wanted.setdefault(machine.subscription_id, []).append(machine)
+        powers: dict[MachineId, MachinePower] = {}
+        for subscription, asked in wanted.items():
+            try:
+                found = dict(self.machines.list_power_states(subscription, asked))
+            except AzureCallFailed as e:
+                if not e.is_refusal:
+                    log.warning("Power states of subscription %s unreadable: %s", subscription, e)
+                    continue
+                # Refused (e.g. 403: the app's role is assigned per resource group, and the
+                # list is a subscription-wide read): one read per VM, as Azure allows.
+                log.warning(
+                    "Subscription %s refused its VM list (%s); reading %d VMs one by one",
+                    subscription,
+                    e,
+                    len(asked),
+                )
+                powers.update(self._read_one_by_one(asked))
+                continue
+            for machine in asked:
+                powers[machine] = found.get(machine) or MachinePower(
+                    state=None, startable=False, note=NOT_LISTED
+                )
+        return powers
+
+    def _read_one_by_one(self, machines: Sequence[MachineId]) -> dict[MachineId, MachinePower]:
+        def read(machine: MachineId) -> tuple[MachineId, MachinePower | None]:
+            try:
+                return machine, self.machines.get_machine(machine).power
+            except AzureCallFailed as e:
+                log.warning("Power state of %s unreadable: %s", machine.text, e)
+                if e.is_transient:
+                    return machine, None  # unread this time
+                return machine, MachinePower(state=None, startable=False, note=NOT_LISTED)
+
+        pairs = parallel(self.policy.start_concurrency, read, machines)
+        return {machine: power for machine, power in pairs if power is not None}
+
+    def _renewing(self) -> IntentRenewer:
+        return IntentRenewer(self._renew, self.policy.task_lease.total_seconds() / 3)
+
+    def _renew(self, held: MachineRecord) -> None:
+        """Refresh the lease of an intent this worker still holds (nothing else changes)."""
+        row = self.ledger.find_machine(held.run_id, held.resource_id)
+        if row is None:
+            return
+
+        def touch(current: MachineRecord) -> MachineRecord:
+            if current.action is not held.action or call_over(current):
+                return current  # answered or settled meanwhile: nothing to keep alive
+            return replace(current, updated_at=self.clock.now())
+
+        self._save_latest(row, touch)
+
+    def _take_round(self, run_id: RunId, step: str, round_: int) -> bool:
+        """Make this delivery the watch loop's round `round_` of `step`; False when a later
+        round (or step) already ran, or this round did: a duplicate leaves at once. A loop
+        silent for three intervals and a lease is dead, and any round takes it over."""
+        now = self.clock.now()
+        silent_for = 3 * max(self.policy.verify_interval, self.policy.arg_retry)
+        silent_for += self.policy.task_lease
+        taken: list[bool] = []
+
+        def claim(run: Run) -> Run:
+            taken.clear()
+            if not round_is_new(run.watch_round, step, round_, now - silent_for):
+                taken.append(False)
+                return run
+            taken.append(True)
+            return replace(run, watch_round=f"{step}:{round_}:{now.isoformat()}")
+
+        self._update_run(run_id, claim)
+        return bool(taken and taken[0])
+
+    def _save_latest(
+        self, row: MachineRecord, change: Callable[[MachineRecord], MachineRecord]
+    ) -> MachineRecord:
+        """Apply `change` to the freshest copy of the row (re-read on a version conflict)."""
+        tries: list[MachineRecord | None] = []
+
+        def attempt() -> MachineRecord:
+            current = self.ledger.find_machine(row.run_id, row.resource_id) if tries else row
+            tries.append(current)
+            if current is None:
+                raise LedgerConflict(f"machine {row.resource_id} vanished")
+            updated = change(current)
+            if updated is current:
+                return current  # nothing to record
+            return self.ledger.save_machine(updated)
+
+        return retry_on_conflict(attempt, what=f"machine {row.resource_id}")
+
+    def _update_run(self, run_id: RunId, change: Callable[[Run], Run]) -> Run:
+        """Apply `change` to the freshest copy of the run (re-read on a version conflict)."""
+
+        def attempt() -> Run:
+            current = self.ledger.find_run(run_id)
+            if current is None:
+                raise LedgerConflict(f"run {run_id.text} vanished")
+            updated = change(current)
+            return current if updated is current else self.ledger.save_run(updated)
+
+        return retry_on_conflict(attempt, what=f"run {run_id.text}")
+
+    def _note(self, run_id: RunId, level: NoteLevel, source: str, message: str) -> None:
+        log.log(
+            logging.ERROR
+            if level is NoteLevel.ERROR
+            else logging.WARNING
+            if level is NoteLevel.WARNING
+            else logging.INFO,
+            "Run %s [%s]: %s",
+            run_id.text,
+            source,
+            message,
+        )
+        self.ledger.add_note(
+            RunNote(run_id=run_id, at=self.clock.now(), level=level, source=source, message=message)
+        )

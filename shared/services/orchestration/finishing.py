@@ -1,0 +1,214 @@
+"""The last steps: finish (settle the deallocations, name any VM left running, health check,
+patch results, the report), notify, and the record of a task that went to the poison queue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from shared.domain.errors import AzureCallFailed
+from shared.domain.ids import MachineId
+from shared.domain.machine_steps import (
+    accepted,
+    answer_lost,
+    machine_of,
+)
+from shared.domain.machines import MachinePower, PowerState
+from shared.domain.runs import (
+    MachineAction,
+    MachineRecord,
+    NoteLevel,
+    Run,
+    RunStatus,
+)
+from shared.domain.tasks import Task, TaskKind
+from shared.services.orchestration.fan_out import chunks
+from shared.services.orchestration.wrapping_up import WrappingUp
+from shared.services.reporting import build_report, matched_patch_results, summary_message
+
+log = logging.getLogger(__name__)
+
+
+class Finishing(WrappingUp):
+    """finish, notify, note_poisoned."""
+
+    def finish(self, task: Task) -> None:
+        """Once the stops are done: health check, patch results, the report."""
+        run = self._run(task)
+        if run is None or run.status is not RunStatus.WRAPPING_UP:
+            return
+        if not self._take_round(run.run_id, "finish", task.round):
+            log.info("Run %s: finish round %d ran already", run.run_id.text, task.round)
+            return
+        # Sent before the work, as verify does: a host dying mid-round does not end the loop.
+        self.queue.send(task.next_round(), self.policy.arg_retry)
+        rows = list(self.ledger.list_machines(run.run_id))
+        # Not from wrap-up's list: a start that landed after it (or a lost answer) shows here.
+        busy = [
+            r for r in rows if r.owned_by_run and r.action is not MachineAction.DEALLOCATE_FAILED
+        ]
+        now = self.clock.now()
+        started = run.wrap_up_started_at or now
+        if busy and now - started < self.policy.wrap_up_wait:
+            # One bulk read settles the deallocations Azure accepted; what is left gets a stop
+            # task when no worker is known to be handling it.
+            powers = self._read_power(machine_of(r) for r in busy)
+            settled = [
+                self._settle_deallocation(r, powers[machine_of(r)])
+                if r.action is MachineAction.DEALLOCATING and powers.get(machine_of(r)) is not None
+                else r
+                for r in busy
+            ]
+            left = [r for r in settled if r.action.owned_by_run]
+            again = tuple(
+                MachineId.parse(r.resource_id)
+                for r in left
+                if r.action is not MachineAction.DEALLOCATE_FAILED
+                and self._needs_stop_task(r, powers.get(machine_of(r)), started)
+            )
+            for batch in chunks(again, self.policy.start_batch_size):
+                self.queue.send(Task(TaskKind.STOP, run.run_id, tuple(batch), task.round))
+            if any(r.action is not MachineAction.DEALLOCATE_FAILED for r in left):
+                return
+            rows = list(self.ledger.list_machines(run.run_id))
+        if self._note_left_running(run, rows):
+            rows = list(self.ledger.list_machines(run.run_id))
+        health = self._health(run, rows, now)
+        if health is None:
+            return  # the next round asks again
+        patches = matched_patch_results(self.graph, run, rows)
+        final = self._update_run(
+            run.run_id,
+            lambda r: replace(r, status=RunStatus.COMPLETED, completed_at=now, updated_at=now),
+        )
+        report = build_report(final, rows, self.ledger, patches=patches, health=health)
+        location = self.reports.save_report(run.run_id, report)
+        self._update_run(run.run_id, lambda r: replace(r, report_location=location))
+        self.queue.send(Task(TaskKind.NOTIFY, run.run_id))
+        log.info("Run %s completed; report at %s", run.run_id.text, location)
+
+    def _needs_stop_task(
+        self, row: MachineRecord, power: MachinePower | None, wrap_up_started: datetime
+    ) -> bool:
+        """An owned machine no stop task is known to be handling: started (or its answer
+        lost) after wrap-up listed the machines, waiting longer than a stop task takes to be
+        picked up, a deallocate whose worker is gone, or one Azure accepted a lease ago that
+        the VM shows no sign of."""
+        if row.action is MachineAction.DEALLOCATING:
+            if accepted(row):
+                under_way = power is not None and power.state is PowerState.DEALLOCATING
+                return not under_way and not self._awaiting_power(row)
+            return not self._intent_is_fresh(row)
+        if answer_lost(row) or row.updated_at >= wrap_up_started:
+            return True
+        return self.clock.now() - row.updated_at >= self.policy.task_lease
+
+    def _note_left_running(self, run: Run, rows: Sequence[MachineRecord]) -> bool:
+        """Wrap-up is over: name every VM the run owns that may still run, loudly. A failed
+        deallocate is read again first (it may have worked). True if a row changed."""
+        changed = False
+        left = []
+        owned = [r for r in rows if r.owned_by_run]
+        powers = self._read_power(
+            machine_of(r) for r in owned if r.action is MachineAction.DEALLOCATE_FAILED
+        )
+        for row in owned:
+            if row.action is MachineAction.DEALLOCATE_FAILED:
+                power = powers.get(machine_of(row))
+                state = power.state if power is not None else None
+                if state is PowerState.DEALLOCATED:
+                    self._move(
+                        row,
+                        MachineAction.DEALLOCATED,
+                        "found deallocated after a failed deallocate answer",
+                        (MachineAction.DEALLOCATE_FAILED,),
+                        last_power_state=str(state),
+                    )
+                    changed = True
+                    continue
+            left.append(row.resource_id)
+        if not left:
+            return changed
+        self._note(
+            run.run_id,
+            NoteLevel.ERROR,
+            "wrap-up",
+            f"{len(left)} VMs the app started may still be running after "
+            f"{self.policy.wrap_up_wait} of wrap-up; stop them by hand: " + ", ".join(left),
+        )
+        return changed
+
+    def _health(
+        self, run: Run, rows: Sequence[MachineRecord], now: datetime
+    ) -> dict[str, object] | None:
+        """Heartbeats of the machines that should be up; None means "wait and ask again"."""
+        workspace = self.policy.log_analytics_workspace_id
+        if workspace is None or self.heartbeats is None:
+            return {"checked": False, "reason": "no Log Analytics workspace configured"}
+        expected = [
+            MachineId.parse(r.resource_id)
+            for r in rows
+            if r.prior_power_state == PowerState.RUNNING
+            or r.action in (MachineAction.HANDED_OVER, MachineAction.SHARED_WITH_RUN)
+        ]
+        if not expected:
+            return {"checked": True, "expected": 0, "missing": []}
+        since = run.post_event_at or run.wrap_up_started_at or now
+        try:
+            answer = self.heartbeats.list_last_heartbeats(workspace, expected, since, now)
+        except AzureCallFailed as e:
+            self._note(run.run_id, NoteLevel.WARNING, "health", f"heartbeat query failed: {e}")
+            return {"checked": False, "reason": str(e)}
+        missing = [m.text for m in expected if m not in answer.last_seen]
+        waited = now - (run.wrap_up_started_at or now)
+        if missing and waited < self.policy.health_wait:
+            return None
+        if missing:
+            self._note(
+                run.run_id,
+                NoteLevel.ERROR,
+                "health",
+                f"{len(missing)} machines sent no heartbeat after the run",
+            )
+        return {
+            "checked": True,
+            "expected": len(expected),
+            "missing": missing,
+            "complete": answer.complete,
+            "partialErrors": list(answer.partial_errors),
+        }
+
+    def notify(self, task: Task) -> None:
+        """Send the finished run's summary to the webhook; a failure raises (queue retries)."""
+        if self.notifier is None:
+            return
+        run = self._run(task)
+        if run is None or run.status is not RunStatus.COMPLETED:
+            return
+        report = self.reports.get_report(run.run_id)
+        self.notifier.send(summary_message(run, report))
+        log.info("Run %s: report sent to the webhook", run.run_id.text)
+
+    def note_poisoned(self, task: Task, dequeue_count: int) -> None:
+        """A task failed `dequeue_count` times and went to the poison queue: say so in the
+        run's record and its report (if written), so nothing is lost silently."""
+        message = (
+            f"task {task.kind.value} (round {task.round}, {len(task.machines)} machines) "
+            f"failed {dequeue_count} times and was moved to the poison queue"
+        )
+        self._note(task.run_id, NoteLevel.ERROR, "poison", message)
+        report = self.reports.get_report(task.run_id)
+        if report is not None:
+            amended = dict(report)
+            amended["notes"] = [
+                *report.get("notes", []),
+                {
+                    "at": self.clock.now().isoformat(),
+                    "level": NoteLevel.ERROR.value,
+                    "source": "poison",
+                    "message": message,
+                },
+            ]
+            self.reports.save_report(task.run_id, amended)

@@ -1,0 +1,281 @@
+"""The steps between the starts and T: verify (bulk power reads until every VM the app started
+runs, or T-15) and the gate (good enough, or cancel inside the window), and the read-back of a
+cancel Azure only accepted."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import timedelta
+
+from shared.domain.errors import AzureCallFailed
+from shared.domain.ids import MachineId
+from shared.domain.machine_steps import (
+    GATE_COUNTED,
+    WATCHED,
+    accepted,
+    machine_of,
+    seen_running,
+)
+from shared.domain.machines import MachinePower, PowerState
+from shared.domain.policy import GateCount
+from shared.domain.run_steps import with_gate
+from shared.domain.runs import (
+    MachineAction,
+    MachineRecord,
+    NoteLevel,
+    Run,
+    RunStatus,
+)
+from shared.domain.tasks import Task, TaskKind
+from shared.domain.timeline import machines_running_deadline
+from shared.domain.vocabulary import CancelSource, CancelVerdict, GateOutcome
+from shared.services import cancel_confirmation, cancellation
+from shared.services.orchestration.base import StepsBase
+from shared.services.orchestration.fan_out import chunks, parallel
+
+log = logging.getLogger(__name__)
+
+
+class Watching(StepsBase):
+    """verify, gate, confirm_cancel."""
+
+    def verify(self, task: Task) -> None:
+        """Re-read power states until every VM the app started runs, or T−15 passes."""
+        run = self._run(task)
+        if run is None or run.status is not RunStatus.PREPARING:
+            return
+        if not self._take_round(run.run_id, "verify", task.round):
+            log.info("Run %s: verify round %d ran already", run.run_id.text, task.round)
+            return
+        now = self.clock.now()
+        deadline = machines_running_deadline(run.scheduled_start)
+        delay = min(self.policy.verify_interval, max(deadline - now, timedelta(seconds=1)))
+        if now < deadline:
+            # Sent before the work: if this host dies mid-round, the loop still goes on (a
+            # message in flight on a dead host stays invisible for minutes).
+            self.queue.send(task.next_round(), delay)
+        rows = list(self.ledger.list_machines(run.run_id))
+        self._restart_stalled_fan_out(run, rows, task.round)
+        # A start Azure reported failed is read again too: it may have come up after all. One
+        # seen running since it was started is settled and not read again.
+        watched = [r for r in rows if r.action in WATCHED or r.owned_by_run]
+        to_read = [r for r in watched if not seen_running(r)]
+        powers = self._read_power(machine_of(r) for r in to_read)
+        updated = [r for r in watched if seen_running(r)]
+        updated += parallel(
+            self.policy.start_concurrency,
+            lambda r: self._refresh(r, powers.get(machine_of(r))),
+            to_read,
+        )
+        unsettled = [r for r in rows if r.action is MachineAction.PLANNED]
+        unsettled += [
+            r
+            for r in updated
+            if r.last_power_state != PowerState.RUNNING
+            and r.action is not MachineAction.START_FAILED
+        ]
+        now = self.clock.now()
+        orphaned = [
+            MachineId.parse(r.resource_id)
+            for r in updated
+            if r.action is MachineAction.STARTING
+            and not accepted(r)
+            and not self._intent_is_fresh(r)
+            and r.last_power_state in (PowerState.DEALLOCATED, PowerState.STOPPED)
+        ]
+        if orphaned and now < run.scheduled_start:
+            # Their worker died before its start call reached Azure: start them again.
+            self.queue.send(Task(TaskKind.START, run.run_id, tuple(orphaned), task.round))
+        if not unsettled or now >= deadline:
+            # Once: the verify rounds already queued end when they see the gate's turn.
+            if self._take_round(run.run_id, "gate", 0):
+                self.queue.send(Task(TaskKind.GATE, run.run_id))
+            return
+        log.info(
+            "Run %s: %d machines not running yet; checking again in %s",
+            run.run_id.text,
+            len(unsettled),
+            delay,
+        )
+
+    def _restart_stalled_fan_out(
+        self, run: Run, rows: Sequence[MachineRecord], round_: int
+    ) -> None:
+        """Machines not looked at yet while nothing in the run has moved for a task lease
+        (no step, no renewal): their start tasks died with a host. Send them again; a start
+        task that is merely late finds their rows taken and does nothing twice."""
+        planned = [r for r in rows if r.action is MachineAction.PLANNED]
+        now = self.clock.now()
+        if not planned or now >= run.scheduled_start:
+            return
+        quiet_for = now - max(r.updated_at for r in rows)
+        if quiet_for < self.policy.task_lease:
+            return
+        log.warning(
+            "Run %s: the fan-out has not moved for %s; %d machines get new start tasks",
+            run.run_id.text,
+            quiet_for,
+            len(planned),
+        )
+        machines = [MachineId.parse(r.resource_id) for r in planned]
+        for batch in chunks(machines, self.policy.start_batch_size):
+            self.queue.send(Task(TaskKind.START, run.run_id, tuple(batch), round_))
+
+    def _refresh(self, row: MachineRecord, power: MachinePower | None) -> MachineRecord:
+        """Record what a bulk read says of a watched machine; a start Azure accepted is
+        settled here: running, or failed (the VM's last operation failed, or it stayed down
+        for a lease after the start was accepted)."""
+        if power is None or power.state is None:
+            return row  # unread this round, or Azure does not describe it
+        state = str(power.state)
+        if row.action is MachineAction.STARTING and power.state is PowerState.RUNNING:
+            return self._move(row, MachineAction.STARTED, "seen running", last_power_state=state)
+        if (
+            row.action is MachineAction.STARTING
+            and accepted(row)
+            and power.state in (PowerState.DEALLOCATED, PowerState.STOPPED)
+            and (power.failed_code or self.clock.now() - row.updated_at >= self.policy.task_lease)
+        ):
+            return self._start_failed(row, power)
+        if row.action is MachineAction.START_FAILED and power.state is PowerState.RUNNING:
+            self._note(
+                row.run_id,
+                NoteLevel.INFO,
+                "start",
+                f"{row.resource_id}: running after all, although its start was reported failed",
+            )
+            return self._move(
+                row,
+                MachineAction.STARTED,
+                "seen running after a failed start answer",
+                (MachineAction.START_FAILED,),
+                last_power_state=state,
+            )
+        if row.last_power_state == state:
+            return row
+        # updated_at is left alone: it dates the app's own steps and their leases.
+        return self._save_latest(row, lambda r: replace(r, last_power_state=state))
+
+    def _start_failed(self, row: MachineRecord, power: MachinePower) -> MachineRecord:
+        """An accepted start whose VM did not come up: Azure's failure words when it has any."""
+        code = power.failed_code or "NotStarted"
+        message = power.failed_message or (
+            f"the start was accepted, but the VM is still {power.state} a lease later"
+        )
+        recorded = self._move(
+            row,
+            MachineAction.START_FAILED,
+            f"start failed: {code}",
+            (MachineAction.STARTING,),
+            error_code=code,
+            error_message=message,
+            last_power_state=str(power.state),
+        )
+        if recorded.action is MachineAction.START_FAILED:
+            self._note(
+                row.run_id,
+                NoteLevel.ERROR,
+                "start",
+                f"{row.resource_id}: start failed: {code}: {message}",
+            )
+        return recorded
+
+    def gate(self, task: Task) -> None:
+        """Decide: good enough, or cancel (inside the window), or report it is too late."""
+        run = self._run(task)
+        if run is None or run.status is not RunStatus.PREPARING:
+            return
+        rows = [r for r in self.ledger.list_machines(run.run_id) if r.action in GATE_COUNTED]
+        never_started = [r for r in rows if r.action is MachineAction.PLANNED]
+        # What verify saw last may be stale or missing (a throttled read leaves the old word):
+        # the rest are read once more now, and a VM Azure will not describe is not a failure.
+        doubtful = [
+            r
+            for r in rows
+            if r.action is not MachineAction.PLANNED
+            and not (r.action is MachineAction.STARTED and r.last_power_state == PowerState.RUNNING)
+        ]
+        powers = self._read_power(machine_of(r) for r in doubtful)
+        # Recorded too: a start seen running (or failed) reads so in the report.
+        parallel(
+            self.policy.start_concurrency,
+            lambda r: self._refresh(r, powers.get(machine_of(r))),
+            doubtful,
+        )
+        # None: Azure would not answer (throttled, failing) or does not list the VM.
+        readings = [
+            None if p is None or p.state is None else p.state
+            for p in (powers.get(machine_of(r)) for r in doubtful)
+        ]
+        count = GateCount(
+            attempted=len(rows),
+            not_running=len(never_started)
+            + sum(1 for state in readings if state is not None and state is not PowerState.RUNNING),
+            unknown=sum(1 for state in readings if state is None),
+        )
+        detail = count.describe(self.policy.failure_budget_percent)
+        if count.unknown:
+            self._note(
+                run.run_id,
+                NoteLevel.WARNING,
+                "gate",
+                f"{count.unknown} machines' power state could not be read at the gate; they are "
+                "not counted as failures",
+            )
+        if not count.exceeds(self.policy.failure_budget_percent):
+            self._update_run(run.run_id, lambda r: with_gate(r, GateOutcome.PASSED, detail))
+            log.info("Run %s: gate passed: %s", run.run_id.text, detail)
+            return
+        try:
+            answer = cancellation.cancel_run(
+                run.run_id,
+                self.cancel_context(),
+                requested_by="app:gate",
+                reason=f"failure budget exceeded: {detail}",
+                source=CancelSource.GATE,
+            )
+        except AzureCallFailed as e:
+            # One PUT per run from the gate: a cancel that failed is reported, never re-sent
+            # by a retried gate task.
+            failed = f"{detail}; the cancel failed: {e}"
+            self._note(run.run_id, NoteLevel.ERROR, "gate", failed)
+            self._update_run(run.run_id, lambda r: with_gate(r, GateOutcome.CANCEL_FAILED, failed))
+            return
+        if answer.verdict is CancelVerdict.TOO_EARLY:
+            # Verify finished before T−40 (the pre event can come a few minutes early).
+            self.queue.send(task.next_round(), answer.window.opens_at - answer.now)
+            return
+        outcome = answer.verdict.gate_outcome
+        level = NoteLevel.WARNING if outcome is GateOutcome.CANCELLED else NoteLevel.ERROR
+        self._note(run.run_id, level, "gate", f"{detail}; {answer.explanation}")
+        self._update_run(
+            run.run_id, lambda r: with_gate(r, outcome, f"{detail}; {answer.explanation}")
+        )
+
+    def confirm_cancel(self, task: Task) -> None:
+        """Read back a run whose cancel Azure only accepted (or whose answer was lost); a
+        report already written gets what Azure finally said."""
+        notes = cancel_confirmation.confirm_cancel(task, self.cancel_context())
+        run = self.ledger.find_run(task.run_id)
+        if not notes or run is None or run.report_location is None:
+            return
+        report = self.reports.get_report(task.run_id)
+        if report is None:
+            return
+        amended = dict(report)
+        amended["run"] = {**report.get("run", {}), "platformStatus": run.platform_status}
+        amended["notes"] = [
+            *report.get("notes", []),
+            *(
+                {
+                    "at": n.at.isoformat(),
+                    "level": n.level.value,
+                    "source": n.source,
+                    "message": n.message,
+                }
+                for n in notes
+            ),
+        ]
+        self.reports.save_report(task.run_id, amended)

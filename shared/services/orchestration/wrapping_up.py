@@ -1,0 +1,214 @@
+"""After the post event or a cancel: wrap-up (wait for patching to end, then list exactly the
+VMs the run owns) and stop (one batch: read in bulk, decide, record the intent, send the
+deallocate; nothing waits for it)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import timedelta
+
+from shared.domain.errors import AzureCallFailed
+from shared.domain.ids import MachineId, RunId
+from shared.domain.machine_steps import (
+    DEALLOCATE_ACCEPTED,
+    WATCHED,
+    Next,
+    accepted,
+    stop_after_reading,
+)
+from shared.domain.machines import MachinePower, PowerState
+from shared.domain.run_steps import still_patching
+from shared.domain.runs import (
+    MachineAction,
+    MachineRecord,
+    NoteLevel,
+    Run,
+    RunStatus,
+)
+from shared.domain.tasks import Task, TaskKind
+from shared.services.orchestration.fan_out import chunks, parallel
+from shared.services.orchestration.intent_renewer import IntentRenewer
+from shared.services.orchestration.ownership import Ownership
+
+log = logging.getLogger(__name__)
+
+
+class WrappingUp(Ownership):
+    """wrap_up and stop."""
+
+    def wrap_up(self, task: Task) -> None:
+        """After the post event or a cancel: stop exactly the VMs this run owns."""
+        run = self._run(task)
+        if run is None or run.status is RunStatus.COMPLETED:
+            return
+        now = self.clock.now()
+        run = self._update_run(
+            run.run_id,
+            lambda r: (
+                r
+                if r.status is RunStatus.WRAPPING_UP or r.status is RunStatus.COMPLETED
+                else replace(
+                    r, status=RunStatus.WRAPPING_UP, wrap_up_started_at=now, updated_at=now
+                )
+            ),
+        )
+        if run.status is RunStatus.COMPLETED:
+            return
+        if run.cancel_source is None and not self._machines_finished(run, task):
+            return
+        owned = [r for r in self.ledger.list_machines(run.run_id) if r.owned_by_run]
+        to_stop = [
+            MachineId.parse(r.resource_id) for r in owned if not self._hand_over(run.run_id, r)
+        ]
+        for batch in chunks(to_stop, self.policy.start_batch_size):
+            self.queue.send(Task(TaskKind.STOP, run.run_id, tuple(batch)))
+        self.queue.send(
+            Task(TaskKind.FINISH, run.run_id), self.policy.arg_retry if to_stop else timedelta(0)
+        )
+        log.info(
+            "Run %s: wrap-up: %d machines to stop, %d handed over",
+            run.run_id.text,
+            len(to_stop),
+            len(owned) - len(to_stop),
+        )
+
+    def _machines_finished(self, run: Run, task: Task) -> bool:
+        listed = list(self.graph.list_run_machines(run.run_id, run.subscription_ids))
+        run_level = (
+            self._run_level_status(run) if any(not (m.status or "").strip() for m in listed) else ""
+        )
+        # A missing per-machine status is not "unfinished": the field is undocumented, so
+        # the run-level status stands in for it.
+        unfinished = [m for m in listed if still_patching(m.status or run_level)]
+        if not unfinished:
+            return True
+        started = run.wrap_up_started_at or self.clock.now()
+        if self.clock.now() - started < self.policy.wrap_up_wait:
+            log.info(
+                "Run %s: ARG shows %d machines unfinished; waiting",
+                run.run_id.text,
+                len(unfinished),
+            )
+            self.queue.send(task.next_round(), self.policy.arg_retry)
+            return False
+        self._note(
+            run.run_id,
+            NoteLevel.WARNING,
+            "wrap-up",
+            f"{len(unfinished)} machines still unfinished in ARG after "
+            f"{self.policy.wrap_up_wait}; wrapping up anyway",
+        )
+        return True
+
+    def _run_level_status(self, run: Run) -> str:
+        """For machines whose record has no status: the post event's status, else the run's
+        record in Resource Graph now; "" when neither says (the post event, or the reconciler
+        that started wrap-up, already said the run ended: do not wait on a missing field)."""
+        if (run.post_event_status or "").strip():
+            return run.post_event_status or ""
+        configuration = run.run_id.configuration
+        for record in self.graph.list_runs([configuration], [configuration.subscription_id]):
+            if record.run_id == run.run_id:
+                return record.status or ""
+        return ""
+
+    def stop(self, task: Task) -> None:
+        """Deallocate one batch of VMs the run owns, unless another run now needs them."""
+        run = self._run(task)
+        if run is None or run.status is not RunStatus.WRAPPING_UP:
+            return
+        with self._renewing() as renewer:
+            self._stop_batch(task, run, renewer)
+
+    def _stop_batch(self, task: Task, run: Run, renewer: IntentRenewer) -> None:
+        """Read the batch's power states in bulk, send the deallocations; nothing waits for
+        them: finish's bulk reads settle them."""
+        powers = self._read_power(task.machines)
+        rows = parallel(
+            self.policy.start_concurrency,
+            lambda m: self._unless_taken(
+                run.run_id, m, lambda: self._stop_one(run.run_id, m, powers.get(m), renewer)
+            ),
+            task.machines,
+        )
+        self._retry_later(task, run, [row for row in rows if row.action in WATCHED])
+
+    def _stop_one(
+        self,
+        run_id: RunId,
+        machine: MachineId,
+        power: MachinePower | None,
+        renewer: IntentRenewer,
+    ) -> MachineRecord:
+        row = self.ledger.find_machine(run_id, machine.text)
+        if row is None or not row.owned_by_run:
+            return row or MachineRecord.planned(run_id, machine.text, self.clock.now())
+        if row.action is MachineAction.DEALLOCATING and (
+            self._intent_is_fresh(row) or self._awaiting_power(row)
+        ):
+            # Another worker is deallocating it, or Azure accepted the deallocate moments ago:
+            # finish settles it.
+            return row
+        if self._hand_over(run_id, row):
+            return self.ledger.find_machine(run_id, machine.text) or row
+        if power is None:
+            return row  # unread: retried in a later stop task
+        if power.state is None:
+            error = AzureCallFailed("Compute", 404, "ResourceNotFound", power.note)
+            return self._save_failure(row, MachineAction.DEALLOCATE_FAILED, error)
+        if row.action is MachineAction.DEALLOCATING:
+            settled = self._settle_deallocation(row, power)
+            if settled.action is not MachineAction.DEALLOCATING:
+                return settled
+        now = self.clock.now()
+        decision = stop_after_reading(row, power.state, now, self.policy.task_lease)
+        if decision.next is Next.LEAVE:
+            return row
+        if decision.next is Next.RELEASE:
+            self._release(run_id, machine)
+            return self.ledger.save_machine(decision.applied_to(row, now))
+        row = self.ledger.save_machine(decision.applied_to(row, now))
+        renewer.hold(row)
+        return self._call(
+            row,
+            lambda: self.machines.deallocate(machine),
+            MachineAction.STARTED,
+            MachineAction.DEALLOCATE_FAILED,
+            DEALLOCATE_ACCEPTED,
+        )
+
+    def _settle_deallocation(self, row: MachineRecord, power: MachinePower) -> MachineRecord:
+        """A Deallocating row as the VM's power state tells its end: deallocated (by the app's
+        call, whoever's worker sent it), or failed (Azure's words, for an accepted call)."""
+        if power.state is PowerState.DEALLOCATED:
+            self._release(row.run_id, MachineId.parse(row.resource_id))
+            return self._move(
+                row,
+                MachineAction.DEALLOCATED,
+                "seen deallocated"
+                if accepted(row)
+                else "found deallocated after the app's deallocate",
+                (MachineAction.DEALLOCATING,),
+                last_power_state=str(power.state),
+            )
+        if accepted(row) and power.failed_code and power.state is not PowerState.DEALLOCATING:
+            recorded = self._move(
+                row,
+                MachineAction.DEALLOCATE_FAILED,
+                f"deallocate failed: {power.failed_code}",
+                (MachineAction.DEALLOCATING,),
+                error_code=power.failed_code,
+                error_message=power.failed_message,
+                last_power_state=str(power.state),
+            )
+            if recorded.action is MachineAction.DEALLOCATE_FAILED:
+                self._note(
+                    row.run_id,
+                    NoteLevel.ERROR,
+                    "deallocate",
+                    f"{row.resource_id}: deallocate failed: {power.failed_code}: "
+                    f"{power.failed_message}",
+                )
+            return recorded
+        return row
