@@ -8,7 +8,6 @@ definition. Code the Functions runtime or the Azure SDK calls by convention is l
 from __future__ import annotations
 
 import ast
-import tokenize
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +44,21 @@ class Definition:
 
 
 def _names(path: Path, skip: tuple[int, int] | None = None) -> Counter[str]:
+    """How often each name is used in `path` (f-strings included), outside the `skip` lines."""
     counts: Counter[str] = Counter()
-    with open(path, encoding="utf-8") as source:
-        for token in tokenize.generate_tokens(source.readline):
-            if token.type != tokenize.NAME:
-                continue
-            if skip and skip[0] <= token.start[0] <= skip[1]:
-                continue
-            counts[token.string] += 1
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Name):
+            used = [node.id]
+        elif isinstance(node, ast.Attribute):
+            used = [node.attr]
+        elif isinstance(node, ast.alias):
+            used = [*node.name.split("."), *([node.asname] if node.asname else [])]
+        else:
+            continue
+        line = getattr(node, "lineno", None)
+        if skip and line is not None and skip[0] <= line <= skip[1]:
+            continue
+        counts.update(used)
     return counts
 
 

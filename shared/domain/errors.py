@@ -37,6 +37,11 @@ class AzureCallFailed(Exception):
         """Throttled (429), a server error, or no answer: the same call may work later."""
         return self.status is None or self.status == 429 or self.status >= 500
 
+    @property
+    def is_refusal(self) -> bool:
+        """A 4xx other than throttling: asking again will not help."""
+        return self.status is not None and 400 <= self.status < 500 and self.status != 429
+
 
 class CallWithdrawn(AzureCallFailed):
     """A call ARM had only throttled (429) was given up unsent: its caller no longer wanted it."""
