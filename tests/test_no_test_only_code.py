@@ -21,10 +21,13 @@ USERS = [
     *sorted((ROOT / "benchmarks").rglob("*.py")),
 ]
 
-# Methods the libraries call by convention, never our code: azure-core's pipeline policy hooks,
-# azure-core's TokenCredential protocol, and requests' HTTPAdapter overrides.
+# Methods the libraries call by convention, never our code: azure-core's pipeline policy hooks
+# and RetryPolicy overrides, azure-core's TokenCredential protocol, and requests' HTTPAdapter
+# overrides.
 CALLED_BY_THE_SDK = {
     "send",
+    "is_retry",
+    "increment",
     "on_request",
     "on_response",
     "on_exception",
