@@ -2,7 +2,7 @@
 
 Nothing here runs at import time, so the worker indexes functions fast and a bad setting fails
 the first call with a message naming it. SDK modules are imported inside the builders, where
-first used. Tests install their own Container with `use()`.
+first used. Tests install their own Container with `use()`, handing in fakes by name.
 """
 
 from __future__ import annotations
@@ -57,22 +57,18 @@ class Container:
     settings: Settings
     clock: Clock = field(default_factory=SystemClock)
     client_options: dict[str, Any] = field(default_factory=dict)
-    _built: dict[str, Any] = field(default_factory=dict)
+    # Adapters by name, as built; one handed in here ready-made is used as it is.
+    built: dict[str, Any] = field(default_factory=dict)
     # Re-entrant: building one adapter builds the ones it needs (the orchestrator, the ledger).
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def _once(self, name: str, build: Callable[[], T]) -> T:
-        if name not in self._built:
+        if name not in self.built:
             with self._lock:
-                if name not in self._built:
-                    self._built[name] = build()
-        value: T = self._built[name]
+                if name not in self.built:
+                    self.built[name] = build()
+        value: T = self.built[name]
         return value
-
-    def provide(self, name: str, adapter: object) -> None:
-        """Install an adapter by name (tests: an in-memory fake of one of our ports)."""
-        with self._lock:
-            self._built[name] = adapter
 
     @property
     def ledger(self) -> RunLedger:

@@ -210,11 +210,21 @@ class InMemoryRunLedger:
                 return False
             return not (start_to and run.scheduled_start >= start_to)
 
+        # As the Table ledger's: a continuation names the listing and the last run given, so a
+        # run written between two pages neither repeats nor shifts the next page.
+        listing = f"{(status or configuration or '').lower()}|"
         matching = [r for r in self._newest_first() if wanted(r)]
-        offset = int(after) if after is not None else 0
-        page = matching[offset : offset + top]
-        more = offset + top < len(matching)
-        return page, str(offset + top) if more else None
+        if after is not None:
+            if not after.startswith(listing) or after.count("|") < 2:
+                raise ValueError("continuation does not belong to this listing")
+            start_text, key = after.removeprefix(listing).split("|", 1)
+            last = (datetime.fromisoformat(start_text), key)
+            matching = [r for r in matching if (r.scheduled_start, r.run_id.key) < last]
+        page = matching[:top]
+        if len(matching) <= top:
+            return page, None
+        final = page[-1]
+        return page, f"{listing}{final.scheduled_start.isoformat()}|{final.run_id.key}"
 
     def find_runs_named(self, configuration_name: str, run_name: str) -> list[Run]:
         return [
@@ -243,6 +253,10 @@ class InMemoryRunLedger:
             del self.runs[run.run_id.key]
             for key in [k for k in self.machines if k[0] == run.run_id.key]:
                 del self.machines[key]
+            for event_key in [k for k in self.events if k[0] == run.run_id.key]:
+                del self.events[event_key]
+            self.notes = [n for n in self.notes if n.run_id != run.run_id]
+            self.cancels = [c for c in self.cancels if c.run_id != run.run_id]
         return [r.run_id for r in old]
 
     def find_claim(self, machine: MachineId) -> MachineClaim | None:
@@ -270,13 +284,14 @@ class InMemoryRunLedger:
         self.notes.append(note)
 
     def list_notes(self, run_id: RunId) -> Iterator[RunNote]:
-        return iter([n for n in self.notes if n.run_id == run_id])
+        return iter(sorted((n for n in self.notes if n.run_id == run_id), key=lambda n: n.at))
 
     def add_cancel_request(self, request: CancelRequest) -> None:
         self.cancels.append(copy.copy(request))
 
     def list_cancel_requests(self, run_id: RunId) -> Iterator[CancelRequest]:
-        return iter([c for c in self.cancels if c.run_id == run_id])
+        mine = (c for c in self.cancels if c.run_id == run_id)
+        return iter(sorted(mine, key=lambda c: c.requested_at))
 
     def add_refused_event(self, refusal: RefusedEvent) -> RefusedEvent:
         stored = dataclasses.replace(refusal, record_id=f"r{len(self.refused) + 1}")

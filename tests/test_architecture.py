@@ -73,6 +73,109 @@ def test_domain_imports_only_the_standard_library_and_itself() -> None:
             assert top in stdlib or name.startswith("shared.domain"), (path, name)
 
 
+def shared_modules_imported_by(path: Path) -> set[str]:
+    """The shared.* modules `path` imports (see shared_imports)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    return shared_imports(path.read_text(), package)
+
+
+def shared_imports(source: str, package: str) -> set[str]:
+    """The shared.* modules a module of `package` imports, anywhere in it (in functions and under
+    TYPE_CHECKING too); for `from shared.x import y` both `shared.x` and, when y is a module,
+    `shared.x.y`."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "shared")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            if module.split(".")[0] != "shared":
+                continue
+            found.add(module)
+            for alias in node.names:
+                candidate = ROOT.joinpath(*module.split("."), alias.name)
+                if candidate.with_suffix(".py").exists() or (candidate / "__init__.py").exists():
+                    found.add(f"{module}.{alias.name}")
+    return found
+
+
+def _room(module: str) -> str:
+    """The layer a shared.* module belongs to: domain, services, adapters, entrypoints, or the
+    top-level module itself (shared.config, shared.bootstrap)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "shared"
+
+
+ALLOWED_ROOMS = {
+    # The pure core: nothing but itself (and the standard library, checked above).
+    "domain": {"domain"},
+    # Use cases: the domain and each other, through their ports; never an adapter, an entry
+    # point, the settings or the composition root.
+    "services": {"domain", "services"},
+    # Azure at the edge: the domain's types and the settings they are built from.
+    "adapters": {"domain", "adapters", "config"},
+    # Triggers: use cases and the domain; adapters only ever through the composition root.
+    "entrypoints": {"domain", "services", "entrypoints", "config", "bootstrap", "shared"},
+    "config": {"domain"},
+    "bootstrap": {"domain", "services", "adapters", "config"},
+}
+
+
+def test_each_room_imports_only_the_rooms_inside_it() -> None:
+    wrong: list[str] = []
+    for path in sorted(SHARED.rglob("*.py")):
+        relative = path.relative_to(SHARED).parts
+        room = relative[0] if len(relative) > 1 else path.stem
+        if room == "__init__":
+            continue
+        for module in shared_modules_imported_by(path):
+            if module == "shared" or _room(module) in ALLOWED_ROOMS[room]:
+                continue
+            wrong.append(f"{path.relative_to(ROOT)} ({room}) imports {module}")
+    assert wrong == []
+
+
+def test_services_and_domain_never_import_azure_even_for_type_checking() -> None:
+    for package in ("domain", "services"):
+        for path in modules(package):
+            azure = [n for n in imports_of(path) if n.split(".")[0] in ("azure", "msal")]
+            assert azure == [], path
+
+
+def test_function_app_registers_entry_points_only() -> None:
+    imported = shared_modules_imported_by(ROOT / "function_app.py")
+    assert imported and all(m.startswith("shared.entrypoints") for m in imported), imported
+
+
+def test_the_import_walk_sees_a_forbidden_import_wherever_it_hides() -> None:
+    # The rule above is only as good as the walk: a service importing an adapter is seen, under
+    # TYPE_CHECKING, inside a function, and written relative.
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from shared.adapters import table_ledger\n"
+        "def later() -> None:\n"
+        "    from shared import bootstrap\n"
+        "    from ..entrypoints import events\n"
+    )
+    seen = shared_imports(source, "shared.services")
+    assert {
+        "shared.adapters.table_ledger",
+        "shared.bootstrap",
+        "shared.entrypoints.events",
+    } <= seen
+    assert {_room(m) for m in seen} - ALLOWED_ROOMS["services"] == {
+        "adapters",
+        "bootstrap",
+        "entrypoints",
+        "shared",
+    }
+
+
 def test_no_grab_bag_module_names() -> None:
     banned = {"utils.py", "helpers.py", "common.py", "manager.py"}
     assert [p for p in SHARED.rglob("*.py") if p.name in banned] == []

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.test_wiring import EXPECTED
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = (
@@ -40,15 +43,50 @@ def test_importing_function_app_imports_no_heavy_sdk() -> None:
     assert "shared.config" not in loaded
 
 
+# Run in a clean interpreter: an audit hook (PEP 578) records every file opened, directory
+# listed, socket and process touched while function_app is imported and its functions indexed.
+AUDITED_INDEXING = """
+import json, sys
+
+seen = []
+
+def audit(event, args):
+    if event == "open":
+        path, mode, flags = args
+        seen.append(["open", str(path), str(mode), flags])
+    elif event.startswith(("socket.", "subprocess.", "os.", "shutil.", "http.", "urllib.")):
+        seen.append([event, repr(args)[:300], None, None])
+
+sys.addaudithook(audit)
+import function_app
+
+count = len(function_app.app.get_functions())
+sys.stdout.write(json.dumps({"functions": count, "seen": seen}))
+"""
+CODE_FILES = (".py", ".pyc", ".so")
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+
 def test_importing_function_app_does_no_io_and_needs_no_settings() -> None:
-    # No settings at all in the environment: indexing must still work.
-    code = "import function_app; print(len(function_app.app.get_functions()))"
+    # No settings at all in the environment (indexing must still work), and no bytecode
+    # written: what is left is the import system reading code.
     out = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-B", "-c", AUDITED_INDEXING],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
         env={"PATH": "/usr/bin:/bin"},
     )
-    assert int(out.stdout.strip()) >= 3
+    audit = json.loads(out.stdout)
+    assert audit["functions"] == len(EXPECTED)  # every function indexed
+    seen = audit["seen"]
+    opened = [e for e in seen if e[0] == "open"]
+    assert opened  # the hook saw the imports (it would see any other open too)
+    not_code = [e[1] for e in opened if not e[1].endswith(CODE_FILES)]
+    assert not_code == []  # no settings file, no OpenAPI document, no static file
+    written = [e[1] for e in opened if e[2] not in ("r", "rb") or (e[3] or 0) & WRITE_FLAGS]
+    assert written == []
+    # Directory listings are the import system finding modules; nothing else touched.
+    other = [e[:2] for e in seen if e[0] not in ("open", "os.listdir")]
+    assert other == []  # no socket, no process, no file created, renamed or removed

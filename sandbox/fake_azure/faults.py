@@ -18,7 +18,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,11 +174,18 @@ class TokenBuckets:
     bucket that covers it, and is refused (429) when a bucket is empty.
     """
 
-    def __init__(self, capacity: int, refill_per_second: float) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        refill_per_second: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if capacity < 1 or refill_per_second <= 0:
             raise ValueError("capacity must be >= 1 and refill_per_second > 0")
         self.capacity = capacity
         self.refill_per_second = refill_per_second
+        # Seconds, monotonic; a test injects its own to refill the buckets without waiting.
+        self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
@@ -188,7 +195,7 @@ class TokenBuckets:
 
     def take(self, scope: str, now: float | None = None) -> ThrottleDecision:
         """Spend one token of the scope's bucket if there is one."""
-        moment = time.monotonic() if now is None else now
+        moment = self._clock() if now is None else now
         bucket_key = scope.lower()
         with self._lock:
             tokens = self._level(bucket_key, moment)
@@ -202,7 +209,7 @@ class TokenBuckets:
 
     def give_back(self, scope: str, now: float | None = None) -> None:
         """Return a token spent on a request another bucket then refused (it never ran)."""
-        moment = time.monotonic() if now is None else now
+        moment = self._clock() if now is None else now
         bucket_key = scope.lower()
         with self._lock:
             tokens = self._level(bucket_key, moment)
@@ -210,7 +217,7 @@ class TokenBuckets:
 
     def remaining(self, scope: str, now: float | None = None) -> int:
         """Whole tokens left in the scope's bucket, without spending one."""
-        moment = time.monotonic() if now is None else now
+        moment = self._clock() if now is None else now
         with self._lock:
             return int(self._level(scope.lower(), moment))
 
@@ -460,9 +467,14 @@ class FaultPlan:
         with self._lock:
             self._errors = [r for r in self._errors if r is not rule]
 
-    def set_write_throttle(self, capacity: int, refill_per_second: float) -> WriteThrottle:
-        """Limit ARM writes per subscription with a token bucket."""
-        throttle = WriteThrottle(capacity, refill_per_second)
+    def set_write_throttle(
+        self,
+        capacity: int,
+        refill_per_second: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> WriteThrottle:
+        """Limit ARM writes per subscription with a token bucket (refilled as `clock` moves)."""
+        throttle = WriteThrottle(capacity, refill_per_second, clock)
         with self._lock:
             self.write_throttle = throttle
         return throttle

@@ -17,7 +17,6 @@ from shared.domain.ids import ConfigurationId, InvalidId, MachineId, RunId
 
 RUN_TYPE = "microsoft.maintenance/maintenanceconfigurations/applyupdates"
 MACHINE_RUN_TYPE = "microsoft.maintenance/applyupdates"
-ASSIGNMENT_TYPE = "microsoft.maintenance/configurationassignments"
 MAX_LITERAL_LENGTH = 2048
 # KQL's escapes inside a '...' literal; everything else printable stands for itself.
 _KQL_ESCAPES = {"\\": "\\\\", "'": "\\'"}
@@ -64,20 +63,6 @@ def runs_of_configurations(configurations: Sequence[ConfigurationId]) -> str:
             f"| where type =~ {_literal(RUN_TYPE)}",
             f"| where properties.maintenanceConfigurationId in~ {ids}",
             "| project id, name, properties",
-            "| order by id asc",
-        )
-    )
-
-
-def assignments_of_configuration(configuration: ConfigurationId) -> str:
-    """Static assignments and dynamic scopes of a configuration."""
-    return "\n".join(
-        (
-            "maintenanceresources",
-            f"| where type =~ {_literal(ASSIGNMENT_TYPE)}",
-            f"| where properties.maintenanceConfigurationId =~ {_literal(configuration.text)}",
-            "| project id, subscriptionId, resourceId = tostring(properties.resourceId), "
-            "filter = properties.filter",
             "| order by id asc",
         )
     )

@@ -20,7 +20,17 @@ from shared.domain.ids import RunId
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-CLIENT_OPTIONS: dict[str, Any] = {"retry_total": 2, "connection_timeout": 5, "read_timeout": 30}
+# The storage SDK's own retry policy (ExponentialRetry) waits 15 s, then 18 s by default; here
+# two retries 1.5 s and 2.25 s apart (0 + 1.5^n, n from 1) and 3 s to connect, so a worker
+# fails fast and its queue message is retried. An upload may take longer to answer.
+CLIENT_OPTIONS: dict[str, Any] = {
+    "retry_total": 2,
+    "initial_backoff": 0,
+    "increment_base": 1.5,
+    "random_jitter_range": 0.5,
+    "connection_timeout": 3,
+    "read_timeout": 30,
+}
 
 
 def report_blob_name(run_id: RunId) -> str:

@@ -1,10 +1,11 @@
 """Azure Resource Graph (azure-mgmt-resourcegraph): machines and runs of maintenance
-configurations, assignments, patch results.
+configurations, patch results.
 
-Pages with the skip token (1,000 rows a page) until done. Throttling: azure-core's retry policy
-honours 429 with Retry-After, but for a POST it does not retry a 429 without Retry-After, so the
-adapter backs off itself (exponentially, bounded); it also waits out ARG's user quota
-(x-ms-user-quota-remaining = 0) before the next page.
+Pages with the skip token (1,000 rows a page) until done. Throttling is azure-core's retry policy:
+it honours a 429's Retry-After on any method, and retries a 429 without one (exponential back-off,
+a bounded number of times) once POST is among the methods it may retry, which a Resource Graph
+query (a read sent as POST) is. Between pages the adapter waits out ARG's user quota
+(x-ms-user-quota-remaining = 0) rather than spend a query on a certain 429.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from shared.adapters import kql
 from shared.adapters.azure_errors import translated
 from shared.domain.errors import ResourceGraphQueryRefused
 from shared.domain.ids import ConfigurationId, InvalidId, MachineId, RunId, parse_subscription_id
-from shared.domain.platform import Assignment, PatchResult, PlatformRun, RunMachine
+from shared.domain.platform import PatchResult, PlatformRun, RunMachine
 
 log = logging.getLogger(__name__)
 
@@ -31,40 +32,39 @@ PAGE_SIZE = 1000
 # ARG scopes a query to at most 1,000 subscriptions per request.
 MAX_SUBSCRIPTIONS_PER_QUERY = 1000
 MAX_QUOTA_WAIT_SECONDS = 30.0
-THROTTLE_RETRIES = 5
-THROTTLE_BACKOFF_SECONDS = 1.0
+# azure-core retries these methods on a 429 or 5xx without Retry-After: its defaults, and POST.
+RETRIED_METHODS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
+# Up to five retries of a throttled (or failed) query: when ARG names no Retry-After, the first
+# at once, then 2, 4, 8 and 16 s apart. Client options given to build() override these.
+RETRY_OPTIONS: dict[str, Any] = {
+    "retry_status": 5,
+    "retry_backoff_factor": 1.0,
+    "retry_backoff_max": 16,
+}
 
 
 class ResourceGraphMachines:
     """Queries ARG; one client per process."""
 
     def __init__(
-        self,
-        client: ResourceGraphClient,
-        sleep: Callable[[float], None] = time.sleep,
-        throttle_backoff: float = THROTTLE_BACKOFF_SECONDS,
+        self, client: ResourceGraphClient, sleep: Callable[[float], None] = time.sleep
     ) -> None:
         self._client = client
         self._sleep = sleep
-        self._throttle_backoff = throttle_backoff
 
     @classmethod
     def build(
-        cls,
-        credential: TokenCredential,
-        arm_endpoint: str,
-        throttle_backoff: float = THROTTLE_BACKOFF_SECONDS,
-        **client_options: Any,
+        cls, credential: TokenCredential, arm_endpoint: str, **client_options: Any
     ) -> ResourceGraphMachines:
-        """A ResourceGraphClient on `arm_endpoint`; options tune the SDK's retries
-        (retry_total, retry_backoff_factor, ...), `throttle_backoff` the adapter's own."""
+        """A ResourceGraphClient on `arm_endpoint`; options tune azure-core's retry policy
+        (retry_total, retry_status, retry_backoff_factor, ...) and its transport."""
         client = ResourceGraphClient(
             credential,
             base_url=arm_endpoint,
             credential_scopes=[f"{arm_endpoint}/.default"],
-            **client_options,
+            **{**RETRY_OPTIONS, **client_options},
         )
-        return cls(client, throttle_backoff=throttle_backoff)
+        return cls(client)
 
     def list_run_machines(
         self, run: RunId | str, subscriptions: Sequence[str]
@@ -106,30 +106,6 @@ class ResourceGraphMachines:
                 start=_text(properties.get("startDateTime")),
                 end=_text(properties.get("endDateTime")),
                 message=_message_of(properties),
-            )
-
-    def list_assignments(
-        self, configuration: ConfigurationId | str, subscriptions: Sequence[str]
-    ) -> Iterator[Assignment]:
-        """Configuration assignments (static machines and dynamic scopes)."""
-        parsed = (
-            configuration
-            if isinstance(configuration, ConfigurationId)
-            else ConfigurationId.parse(configuration)
-        )
-        for row in self._rows(kql.assignments_of_configuration(parsed), subscriptions):
-            machine = None
-            if row.get("resourceId"):
-                try:
-                    machine = MachineId.parse(row["resourceId"])
-                except InvalidId:
-                    machine = None
-            dynamic = row.get("filter")
-            yield Assignment(
-                record_id=str(row.get("id")),
-                subscription_id=_text(row.get("subscriptionId")),
-                machine=machine,
-                dynamic_filter=dynamic if isinstance(dynamic, Mapping) else None,
             )
 
     def list_patch_results(
@@ -186,21 +162,13 @@ class ResourceGraphMachines:
             self._respect_quota(headers)
 
     def _query(self, request: QueryRequest) -> tuple[QueryResponse, Mapping[str, str]]:
-        attempt = 0
-        while True:
-            try:
-                with translated("Resource Graph", ResourceGraphQueryRefused):
-                    return cast(
-                        tuple[QueryResponse, Mapping[str, str]],
-                        self._client.resources(request, cls=_with_headers),
-                    )
-            except ResourceGraphQueryRefused as e:
-                if e.status != 429 or attempt >= THROTTLE_RETRIES:
-                    raise
-                wait = self._throttle_backoff * 2**attempt
-                log.info("Resource Graph throttled without Retry-After; retrying in %.2f s", wait)
-                self._sleep(wait)
-                attempt += 1
+        with translated("Resource Graph", ResourceGraphQueryRefused):
+            return cast(
+                tuple[QueryResponse, Mapping[str, str]],
+                self._client.resources(
+                    request, cls=_with_headers, retry_on_methods=RETRIED_METHODS
+                ),
+            )
 
     def _respect_quota(self, headers: Mapping[str, str]) -> None:
         remaining = headers.get("x-ms-user-quota-remaining")

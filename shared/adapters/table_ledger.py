@@ -82,13 +82,16 @@ LEASE_PARTITION = "lease"
 TRANSACTION_LIMIT = 100  # entities in one entity-group transaction
 MAX_NOTE_LENGTH = 4000
 # Bounded retries: an Event Grid delivery waits 30 s for the answer, so fail well before that
-# and let Event Grid retry.
+# and let Event Grid retry. azure-core's retry policy: two retries 1 s then 2 s apart, a
+# storage account that does not take the connection within 3 s counts as down, and one call
+# with its retries never takes longer than 20 s.
 CLIENT_OPTIONS: dict[str, Any] = {
     "retry_total": 2,
     "retry_backoff_factor": 0.5,
-    "retry_backoff_max": 4,
-    "connection_timeout": 5,
+    "retry_backoff_max": 2,
+    "connection_timeout": 3,
     "read_timeout": 10,
+    "timeout": 20,
 }
 
 

@@ -22,7 +22,18 @@ if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
 MAX_DELAY = timedelta(days=7)  # the service's limit for a visibility timeout
-CLIENT_OPTIONS: dict[str, Any] = {"retry_total": 2, "connection_timeout": 5, "read_timeout": 10}
+# The event intake enqueues while Event Grid waits (30 s), so a queue that is down must fail in
+# seconds. The storage SDK's own retry policy (ExponentialRetry) waits 15 s, then 18 s by default;
+# here two retries 1.5 s and 2.25 s apart (0 + 1.5^n, n from 1), 3 s to connect and 5 s for a
+# message's answer.
+CLIENT_OPTIONS: dict[str, Any] = {
+    "retry_total": 2,
+    "initial_backoff": 0,
+    "increment_base": 1.5,
+    "random_jitter_range": 0.5,
+    "connection_timeout": 3,
+    "read_timeout": 5,
+}
 
 
 def build_queue_client(

@@ -82,15 +82,6 @@ def parse_run_name(value: object) -> datetime:
     return start
 
 
-def run_name_for(scheduled_start: datetime) -> str:
-    """The run name (yyyyMMddHHmmss, UTC) of a run scheduled to start at `scheduled_start`."""
-    if scheduled_start.tzinfo is None:
-        raise ValueError("scheduled start must be timezone-aware")
-    if scheduled_start.microsecond:
-        raise ValueError("a scheduled start has whole seconds")
-    return scheduled_start.astimezone(UTC).strftime(RUN_NAME_FORMAT)
-
-
 @dataclass(frozen=True)
 class ConfigurationId:
     """A maintenance configuration's ARM id."""

@@ -7,7 +7,6 @@ import enum
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from shared.domain.ids import InvalidId, MachineId, RunId
 from shared.domain.machines import MachinePower
@@ -32,16 +31,6 @@ class PlatformRun:
     start: str | None
     end: str | None
     message: str | None
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """A configuration assignment: a static machine, or a dynamic scope (filter)."""
-
-    record_id: str
-    subscription_id: str | None
-    machine: MachineId | None
-    dynamic_filter: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True)

@@ -87,10 +87,6 @@ class CancelWindow:
             return WindowPosition.OPEN
         return WindowPosition.CLOSED
 
-    def is_open(self, now: datetime) -> bool:
-        """True when a cancel sent at `now` is inside the window."""
-        return self.position(now) is WindowPosition.OPEN
-
 
 def preparation_due(scheduled_start: datetime) -> datetime:
     """When a run's preparation may begin: T−40, the earliest a real pre event comes and the
@@ -116,9 +112,3 @@ def within_calendar(value: datetime) -> bool:
 def _require_aware(value: datetime, what: str) -> None:
     if value.tzinfo is None:
         raise ValueError(f"{what} must be timezone-aware")
-
-
-def machines_deadline_passed(scheduled_start: datetime, now: datetime) -> bool:
-    """True from T−15 on: starting machines now may be too late for patching."""
-    _require_aware(now, "now")
-    return now >= machines_running_deadline(scheduled_start)

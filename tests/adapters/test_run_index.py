@@ -1,6 +1,6 @@
-"""The ledger's run index against real Azurite: pages newest first, per configuration and per
-status, a single run found by name, open runs, retention in bounded batches, and reads whose
-storage request count does not grow with the history."""
+"""The Table ledger's run index against real Azurite: reads whose storage request count does not
+grow with the history, and runs stored before the index. Its pages, filters, open runs and
+retention, as every RunLedger keeps them, are in test_ledger_contract.py."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from shared.adapters.table_ledger import TableRunLedger, partition_key
-from shared.domain.ids import ConfigurationId, MachineId, RunId
-from shared.domain.runs import MachineAction, MachineKind, MachineRecord, Run, RunStatus
+from shared.domain.ids import ConfigurationId, RunId
+from shared.domain.runs import Run, RunStatus
 
 SUBSCRIPTION = "1b7a0c4e-5d2f-4a8b-9c3d-2e1f0a9b8c7d"
 OTHER_SUBSCRIPTION = "c0de0000-1111-4222-8333-444455556666"
@@ -83,118 +83,6 @@ def page(ledger: TableRunLedger, top: int = 5, **filters: Any) -> tuple[list[Run
         **filters,
     }
     return ledger.list_runs_page(top=top, **wanted)
-
-
-def test_pages_come_newest_first_and_continue_where_the_last_one_ended(
-    ledger: TableRunLedger,
-) -> None:
-    runs = weekly_history(ledger, 7)
-    first, after = page(ledger, top=3)
-    assert [r.run_id for r in first] == runs[::-1][:3]
-    assert after is not None
-    second, after = page(ledger, top=3, after=after)
-    assert [r.run_id for r in second] == runs[::-1][3:6]
-    third, after = page(ledger, top=3, after=after)
-    assert [r.run_id for r in third] == runs[:1]
-    assert after is None
-    # Index rows carry the run row's version, so a reader can write the run back.
-    assert first[0].version == ledger.find_run(runs[-1]).version  # type: ignore[union-attr]
-
-
-def test_a_configuration_is_one_range_by_name_or_by_id(ledger: TableRunLedger) -> None:
-    weekly = weekly_history(ledger, 3)
-    elsewhere = save(ledger, run_of(WEEKLY_ELSEWHERE, FIRST + timedelta(days=1))).run_id
-    monthly = save(ledger, run_of(MONTHLY, FIRST + timedelta(days=2))).run_id
-    by_name, _ = page(ledger, top=10, configuration="Weekly-Linux")
-    assert {r.run_id for r in by_name} == {*weekly, elsewhere}
-    by_id, _ = page(ledger, top=10, configuration=WEEKLY.text.upper().replace("SUB", "sub"))
-    assert {r.run_id for r in by_id} == set(weekly)
-    assert [r.run_id for r in page(ledger, top=10, configuration="monthly")[0]] == [monthly]
-
-
-def test_a_status_change_moves_the_run_from_one_status_range_to_the_other(
-    ledger: TableRunLedger,
-) -> None:
-    first, second = weekly_history(ledger, 2)
-    stored = ledger.find_run(first)
-    assert stored is not None
-    ledger.save_run(
-        dataclasses.replace(stored, status=RunStatus.PREPARING, platform_status="InProgress")
-    )
-    assert [r.run_id for r in page(ledger, status="preparing")[0]] == [first]
-    assert [r.run_id for r in page(ledger, status="InProgress")[0]] == [first]
-    assert [r.run_id for r in page(ledger, status="Scheduled")[0]] == [second]
-    # Status and configuration together.
-    assert page(ledger, status="Preparing", configuration="monthly")[0] == []
-    assert [r.run_id for r in page(ledger, status="Preparing", configuration=WEEKLY.text)[0]] == [
-        first
-    ]
-
-
-def test_a_date_range_is_a_key_range(ledger: TableRunLedger) -> None:
-    runs = weekly_history(ledger, 6)
-    found, _ = page(
-        ledger,
-        top=10,
-        start_from=FIRST + timedelta(weeks=2),
-        start_to=FIRST + timedelta(weeks=4),
-    )
-    assert [r.run_id for r in found] == [runs[3], runs[2]]
-
-
-def test_a_continuation_from_another_listing_is_refused(ledger: TableRunLedger) -> None:
-    weekly_history(ledger, 3)
-    _, after = page(ledger, top=1)
-    assert after is not None
-    with pytest.raises(ValueError, match="continuation"):
-        page(ledger, top=1, status="Scheduled", after=after)
-
-
-def test_a_run_is_found_by_configuration_name_and_run_name(ledger: TableRunLedger) -> None:
-    start = FIRST + timedelta(weeks=1)
-    weekly = save(ledger, run_of(WEEKLY, start)).run_id
-    elsewhere = save(ledger, run_of(WEEKLY_ELSEWHERE, start)).run_id
-    save(ledger, run_of(WEEKLY, FIRST))
-    found = ledger.find_runs_named("weekly-linux", weekly.run_name)
-    assert {r.run_id for r in found} == {weekly, elsewhere}
-    assert ledger.find_runs_named("weekly-linux", "20991231000000") == []
-
-
-def test_completed_runs_leave_the_open_runs(ledger: TableRunLedger) -> None:
-    first, second, third = weekly_history(ledger, 3)
-    stored = ledger.find_run(second)
-    assert stored is not None
-    ledger.save_run(dataclasses.replace(stored, status=RunStatus.COMPLETED))
-    assert {r.run_id for r in ledger.list_open_runs()} == {first, third}
-    assert ledger.list_known_configurations() == [WEEKLY]
-
-
-def test_old_runs_are_removed_in_bounded_batches_with_all_their_rows(
-    ledger: TableRunLedger,
-) -> None:
-    runs = weekly_history(ledger, 5)
-    machine = MachineRecord(
-        run_id=runs[0],
-        resource_id=f"/subscriptions/{SUBSCRIPTION}/resourceGroups/app/providers/"
-        "Microsoft.Compute/virtualMachines/web-01",
-        kind=MachineKind.VIRTUAL_MACHINE,
-        prior_power_state="deallocated",
-        action=MachineAction.PLANNED,
-        updated_at=NOW,
-    )
-    ledger.save_machine(machine)
-    cutoff = FIRST + timedelta(weeks=3)  # runs 0, 1 and 2 are older
-    first_batch = ledger.remove_runs_before(cutoff, limit=2)
-    second_batch = ledger.remove_runs_before(cutoff, limit=2)
-    assert len(first_batch) == 2 and len(second_batch) == 1
-    assert {*first_batch, *second_batch} == {runs[0], runs[1], runs[2]}
-    assert ledger.remove_runs_before(cutoff, limit=2) == []
-    assert ledger.find_run(runs[0]) is None
-    assert list(ledger.list_machines(runs[0])) == []
-    assert {r.run_id for r in page(ledger, top=10)[0]} == {runs[3], runs[4]}
-    assert {r.run_id for r in ledger.list_open_runs()} == {runs[3], runs[4]}
-    assert ledger.find_runs_named("weekly-linux", runs[0].run_name) == []
-    assert MachineId.parse(machine.resource_id)  # the VM itself is not the ledger's to remove
 
 
 def test_runs_stored_before_the_index_are_indexed_once(

@@ -240,7 +240,7 @@ def test_a_crash_between_the_start_call_and_the_ledger_write_does_not_start_twic
 ) -> None:
     container = bootstrap.Container(settings=Settings.from_environ(os.environ))
     crashing = CrashAfterStartCall(container.ledger)
-    container.provide("ledger", crashing)
+    container.built["ledger"] = crashing
     bootstrap.use(container)
     run = stack.schedule("weekly", [BATCH_1], timedelta(minutes=32))
     deliver_ok(stack, PRE, run)

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -146,7 +147,20 @@ def test_cancel_answers_over_http(stack: Stack) -> None:
     assert without_key.status_code == 401
 
 
-def test_schemathesis_finds_no_server_error(stack: Stack) -> None:
+# The answers match the OpenAPI document: no 5xx, only documented status codes, the documented
+# content type (problem+json for errors), bodies and headers valid against their schemas.
+SCHEMATHESIS_CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+)
+
+
+def test_schemathesis_finds_answers_only_as_the_openapi_document_describes_them(
+    stack: Stack,
+) -> None:
     stack.schedule("weekly", [WEB], timedelta(minutes=30))
     env = {
         **os.environ,
@@ -163,7 +177,7 @@ def test_schemathesis_finds_no_server_error(stack: Stack) -> None:
             "--header",
             f"x-functions-key: {stack.host.function_key}",
             "--checks",
-            "not_a_server_error",
+            ",".join(SCHEMATHESIS_CHECKS),
             "--max-examples",
             "25",
             "--seed",
@@ -180,3 +194,74 @@ def test_schemathesis_finds_no_server_error(stack: Stack) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_answers_about_real_runs_match_the_openapi_document(stack: Stack) -> None:
+    # schemathesis's own fuzzing rarely names a run that exists; here every operation is asked
+    # about real ones (a run, its report, a dry-run cancel, a refused event) and about missing
+    # and malformed ones, and each answer is checked against the document.
+    import schemathesis
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_headers_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    run = stack.schedule("weekly", [WEB], timedelta(minutes=30))
+    deliver_ok(stack, PRE, run)
+    stack.deliver(PRE, run, StartDateTime="not a time")  # refused, and kept as such
+    stack.settle()
+    key = {"x-functions-key": stack.host.function_key}
+    document = stack.session.get(f"{stack.host.url}/api/openapi.json", headers=key, timeout=30)
+    assert document.status_code == 200
+    assert document.headers["Content-Type"].startswith("application/json")
+    schema = schemathesis.openapi.from_dict(document.json())
+    configuration = run.configuration_id.rsplit("/", 1)[-1]
+    asked: list[tuple[str, str, dict[str, Any], int]] = [
+        ("/runs", "GET", {}, 200),
+        ("/runs", "GET", {"query": {"configuration": configuration, "top": 1}}, 200),
+        ("/runs", "GET", {"query": {"top": "lots"}}, 400),
+        (
+            "/runs/{configuration}/{runName}",
+            "GET",
+            {"path_parameters": {"configuration": configuration, "runName": run.name}},
+            200,
+        ),
+        (
+            "/runs/{configuration}/{runName}",
+            "GET",
+            {"path_parameters": {"configuration": configuration, "runName": "20991231000000"}},
+            404,
+        ),
+        (
+            "/runs/{configuration}/{runName}",
+            "GET",
+            {"path_parameters": {"configuration": configuration, "runName": "yesterday"}},
+            400,
+        ),
+        (
+            "/runs/cancel",
+            "POST",
+            {"body": {"correlationId": run.correlation_id, "reason": "check", "dryRun": True}},
+            200,
+        ),
+        ("/runs/cancel", "POST", {"body": {"reason": "no run named"}}, 400),
+        ("/events/refused", "GET", {}, 200),
+        ("/openapi.json", "GET", {}, 200),
+    ]
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+        response_headers_conformance,
+    ]
+    for path, method, parts, status in asked:
+        case = schema[path][method].Case(**parts)
+        answer = case.call(base_url=f"{stack.host.url}/api", headers=key, timeout=60)
+        assert answer.status_code == status, (path, parts, answer.text)
+        case.validate_response(answer, checks=checks, headers=key)
+    refused = stack.refused_events()
+    assert refused and "StartDateTime" in refused[0]["reason"]

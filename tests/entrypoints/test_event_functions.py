@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import socket
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -19,7 +21,7 @@ from azure.functions.queue import QueueMessage
 
 from shared import bootstrap
 from shared.config import ConfigError, Settings
-from shared.domain.errors import LedgerUnavailable, NotificationFailed
+from shared.domain.errors import LedgerUnavailable, NotificationFailed, StorageUnavailable
 from shared.entrypoints.events import (
     on_maintenance_event_message,
     on_post_maintenance_event,
@@ -249,7 +251,7 @@ def guarded_container(
         }
     )
     container = bootstrap.Container(settings=settings, clock=FixedClock())
-    container.provide("notifier", notifier)
+    container.built["notifier"] = notifier
     return container
 
 
@@ -315,10 +317,21 @@ def test_queue_message_as_the_host_decodes_base64(
     assert len(rows(storage, table_name)) == 2
 
 
-def test_storage_unreachable_raises_so_event_grid_retries(table_name: str) -> None:
+# Event Grid waits 30 s for an answer; a failure must come well before that so the delivery is
+# retried rather than timed out. Generous for a loaded machine, far below 30 s.
+ANSWER_WHEN_STORAGE_IS_DOWN_WITHIN_SECONDS = 10.0
+
+
+def closed_loopback_port() -> int:
+    """A loopback port nothing listens on: connecting to it is refused."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_storage_unreachable_raises_so_event_grid_retries(table_name: str) -> None:
+    port = closed_loopback_port()
     conn = (
         f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
         f"TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
@@ -326,13 +339,36 @@ def test_storage_unreachable_raises_so_event_grid_retries(table_name: str) -> No
     settings = Settings.from_environ({"AzureWebJobsStorage": conn, "LEDGER_TABLE_NAME": table_name})
     bootstrap.use(bootstrap.Container(settings=settings))
     try:
+        began = time.monotonic()
         with pytest.raises(LedgerUnavailable):
             on_pre_maintenance_event(delivered(event_grid_event(PRE)))
+        assert time.monotonic() - began < ANSWER_WHEN_STORAGE_IS_DOWN_WITHIN_SECONDS
         # A refusal that cannot be recorded is retried too, so it is never lost.
         with pytest.raises(LedgerUnavailable):
             on_pre_maintenance_event(delivered(event_grid_event(POST)))
         with pytest.raises(LedgerUnavailable):
             on_maintenance_event_message(queue_message(json.dumps(event_grid_event(PRE)).encode()))
+    finally:
+        bootstrap.use(None)
+
+
+def test_an_unreachable_task_queue_fails_the_event_well_inside_event_grids_30_seconds(
+    azurite_connection_string: str, table_name: str
+) -> None:
+    # The ledger answers (Azurite); the queue and blob endpoints are a closed loopback port. The
+    # storage SDK's default retries took about 40 s to give up here.
+    port = closed_loopback_port()
+    down = f"http://127.0.0.1:{port}/devstoreaccount1"
+    conn = re.sub(r"QueueEndpoint=[^;]*", f"QueueEndpoint={down}", azurite_connection_string)
+    conn = re.sub(r"BlobEndpoint=[^;]*", f"BlobEndpoint={down}", conn)
+    assert f"QueueEndpoint={down}" in conn
+    settings = Settings.from_environ({"AzureWebJobsStorage": conn, "LEDGER_TABLE_NAME": table_name})
+    bootstrap.use(bootstrap.Container(settings=settings, clock=FixedClock()))
+    try:
+        began = time.monotonic()
+        with pytest.raises(StorageUnavailable, match="could not enqueue"):
+            on_pre_maintenance_event(delivered(event_grid_event(PRE)))
+        assert time.monotonic() - began < ANSWER_WHEN_STORAGE_IS_DOWN_WITHIN_SECONDS
     finally:
         bootstrap.use(None)
 

@@ -40,7 +40,7 @@ def world() -> Iterator[World]:
     world = World()
     settings = Settings.from_environ({"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
     container = bootstrap.Container(settings=settings, clock=world.clock)
-    container.provide("orchestrator", world.orchestrator)
+    container.built["orchestrator"] = world.orchestrator
     bootstrap.use(container)
     yield world
     bootstrap.use(None)

@@ -3,12 +3,13 @@ long-running operations, AllocationFailed, snapshots, and the per-subscription w
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import ManagedIdentityCredential
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import CreationData, Snapshot, SnapshotProperties
@@ -159,8 +160,36 @@ def test_a_start_answered_503_is_retried_by_the_client(
     assert fake.model.power_state(BATCH_01) == PowerState.RUNNING
 
 
+class Seconds:
+    """A monotonic clock that moves only when the test (or the SDK's sleep) moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class SleepMovesTheClock(RequestsTransport):  # type: ignore[misc]
+    """azure-core's requests transport whose sleep (a Retry-After, a back-off) moves `clock`
+    instead of waiting."""
+
+    def __init__(self, clock: Seconds, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clock = clock
+        self.slept: list[float] = []
+
+    def sleep(self, duration: float) -> None:
+        self.slept.append(duration)
+        self.clock.advance(duration)
+
+
 def test_the_write_throttle_is_a_token_bucket_per_subscription(fake: FakeAzure) -> None:
-    fake.faults.set_write_throttle(capacity=2, refill_per_second=5)
+    clock = Seconds()
+    fake.faults.set_write_throttle(capacity=2, refill_per_second=5, clock=clock)
     headers = {"Authorization": f"Bearer {fake.issue_token()}"}
 
     def deallocate(group: str, name: str, subscription: str = SUBSCRIPTION) -> requests.Response:
@@ -189,21 +218,32 @@ def test_the_write_throttle_is_a_token_bucket_per_subscription(fake: FakeAzure) 
         timeout=5,
     )
     assert reads.status_code == 200
-    time.sleep(0.25)  # 5 tokens a second: one is back
+    clock.advance(0.25)  # 5 tokens a second: one is back, and only one
     assert deallocate("rg-web", "web-01").status_code == 202
+    assert deallocate("rg-web", "web-01").status_code == 429
 
 
 @pytest.mark.alone
 def test_the_sdk_waits_out_a_write_throttle(
-    fake: FakeAzure, compute: ComputeManagementClient
+    fake: FakeAzure, credential: ManagedIdentityCredential
 ) -> None:
-    fake.faults.set_write_throttle(capacity=1, refill_per_second=2)
-    compute.virtual_machines.begin_start("rg-batch", "batch-01").result()
-    started = time.monotonic()
-    compute.virtual_machines.begin_start("rg-batch", "batch-02").result()
-    assert time.monotonic() - started >= 0.9  # the 429's Retry-After: 1 was honoured
+    clock = Seconds()
+    fake.faults.set_write_throttle(capacity=1, refill_per_second=2, clock=clock)
+    transport = SleepMovesTheClock(clock)
+    with ComputeManagementClient(
+        credential,
+        SUBSCRIPTION,
+        base_url=fake.url,
+        credential_scopes=[fake.credential_scope],
+        transport=transport,
+        **FAST_RETRIES,
+    ) as client:
+        # The starts only: their polling would move the clock too.
+        client.virtual_machines.begin_start("rg-batch", "batch-01", polling=False)
+        client.virtual_machines.begin_start("rg-batch", "batch-02", polling=False)
     statuses = [c.status for c in fake.requests_matching("POST", "/start$")]
     assert statuses == [202, 429, 202]
+    assert transport.slept == [1.0]  # the 429's Retry-After: 1, honoured
 
 
 def test_a_second_operation_preempts_the_one_in_flight(fake: FakeAzure) -> None:

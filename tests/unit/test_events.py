@@ -129,25 +129,41 @@ def test_missing_required_fields_are_named(field: str) -> None:
     assert field in refusal(envelope)
 
 
-def test_missing_or_odd_ids_are_refused() -> None:
-    for bad in [None, "", "   ", "x" * 600, "a\nb"]:
-        envelope = event_grid_event(PRE)
-        envelope["id"] = bad
-        refusal(envelope)
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (None, "event has no id"),
+        ("", "event has no id"),
+        ("   ", "event has no id"),
+        ("x" * 600, "event id is too long or holds control characters"),
+        ("a\nb", "event id is too long or holds control characters"),
+    ],
+)
+def test_missing_or_odd_ids_are_refused(bad: object, reason: str) -> None:
+    envelope = event_grid_event(PRE)
+    envelope["id"] = bad
+    assert refusal(envelope) == reason
 
 
 @pytest.mark.parametrize(
-    "correlation",
+    ("correlation", "reason"),
     [
-        "/subscriptions/x/resourceGroups/ops",
-        CORRELATION_ID.replace("weekly-linux", "weekly'linux"),
-        CORRELATION_ID.replace("weekly-linux", "we|ekly"),
-        CORRELATION_ID.replace("/ops/", "/../"),
-        CORRELATION_ID + "\n| project secrets",
+        ("/subscriptions/x/resourceGroups/ops", "CorrelationId is not an applyupdates id"),
+        (
+            CORRELATION_ID.replace("weekly-linux", "weekly'linux"),
+            "not a maintenance configuration id",
+        ),
+        (CORRELATION_ID.replace("weekly-linux", "we|ekly"), "not a maintenance configuration id"),
+        (CORRELATION_ID.replace("/ops/", "/../"), "CorrelationId must not contain '..'"),
+        (CORRELATION_ID + "\n| project secrets", "CorrelationId is not an applyupdates id"),
     ],
 )
-def test_correlation_ids_that_are_not_applyupdates_ids_are_refused(correlation: str) -> None:
-    refusal(event_grid_event(PRE, CorrelationId=correlation))
+def test_correlation_ids_that_are_not_applyupdates_ids_are_refused(
+    correlation: str, reason: str
+) -> None:
+    envelope = event_grid_event(PRE, CorrelationId=correlation)
+    envelope["id"] = "event-1"  # the envelope's own id is fine: the CorrelationId is refused
+    assert refusal(envelope).startswith(reason)
 
 
 def test_configuration_id_must_match_the_run() -> None:
@@ -158,17 +174,29 @@ def test_configuration_id_must_match_the_run() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
+    ("field", "value", "reason"),
     [
-        ("StartDateTime", "tomorrow"),
-        ("StartDateTime", "2026-13-01T03:00:00Z"),
-        ("EndDateTime", "2026-12-01T06:55"),
-        ("EndDateTime", 1733000000),
-        ("CancellationCutOffDateTime", "2026-12-01 02:50:00 UTC"),
+        ("StartDateTime", "tomorrow", "data.StartDateTime is not an ISO 8601 time: 'tomorrow'"),
+        (
+            "StartDateTime",
+            "2026-13-01T03:00:00Z",
+            "data.StartDateTime is not a real time: '2026-13-01T03:00:00Z'",
+        ),
+        (
+            "EndDateTime",
+            "2026-12-01T06:55",
+            "data.EndDateTime is not an ISO 8601 time: '2026-12-01T06:55'",
+        ),
+        ("EndDateTime", 1733000000, "data.EndDateTime is not a time string"),
+        (
+            "CancellationCutOffDateTime",
+            "2026-12-01 02:50:00 UTC",
+            "data.CancellationCutOffDateTime is not an ISO 8601 time: '2026-12-01 02:50:00 UTC'",
+        ),
     ],
 )
-def test_times_that_do_not_parse_are_refused(field: str, value: object) -> None:
-    refusal(event_grid_event(PRE, **{field: value}))
+def test_times_that_do_not_parse_are_refused(field: str, value: object, reason: str) -> None:
+    assert refusal(event_grid_event(PRE, **{field: value})) == reason
 
 
 def test_start_that_differs_from_the_run_name_is_accepted_as_t_and_noted() -> None:
@@ -264,11 +292,20 @@ def test_end_before_start_and_cutoff_after_start_are_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "subscriptions",
-    ["1b7a", ["not-a-guid"], [SUBSCRIPTION + "'"], [None], ["a"] * 1001, "[1, 2", 42, {"a": 1}],
+    ("subscriptions", "reason"),
+    [
+        ("1b7a", "subscription id is not a GUID: '1b7a'"),
+        (["not-a-guid"], "subscription id is not a GUID: 'not-a-guid'"),
+        ([SUBSCRIPTION + "'"], "subscription id is not a GUID"),
+        ([None], "subscription id must be a string"),
+        (["a"] * 1001, "ResourceSubscriptionIds holds more than 1000 ids"),
+        ("[1, 2", "ResourceSubscriptionIds is not a JSON array of ids"),
+        (42, "ResourceSubscriptionIds is neither an array nor a string"),
+        ({"a": 1}, "ResourceSubscriptionIds is neither an array nor a string"),
+    ],
 )
-def test_bad_subscription_ids_are_refused(subscriptions: object) -> None:
-    refusal(event_grid_event(PRE, ResourceSubscriptionIds=subscriptions))
+def test_bad_subscription_ids_are_refused(subscriptions: object, reason: str) -> None:
+    assert refusal(event_grid_event(PRE, ResourceSubscriptionIds=subscriptions)).startswith(reason)
 
 
 def test_conflicting_duplicate_keys_in_data_are_refused() -> None:

@@ -1,5 +1,3 @@
-from datetime import datetime
-
 import pytest
 
 from shared.domain.ids import (
@@ -8,21 +6,12 @@ from shared.domain.ids import (
     RunId,
     parse_run_name,
     parse_subscription_id,
-    run_name_for,
 )
 from tests.builders import CONFIGURATION, CORRELATION_ID, RUN_NAME, START, SUBSCRIPTION
 
 
-def test_run_name_and_scheduled_start_convert_both_ways() -> None:
+def test_a_run_name_parses_to_its_scheduled_start_in_utc() -> None:
     assert parse_run_name(RUN_NAME) == START
-    assert run_name_for(START) == RUN_NAME
-
-
-def test_run_name_for_converts_other_zones_to_utc() -> None:
-    from datetime import timedelta, timezone
-
-    local = datetime(2026, 12, 1, 4, 0, tzinfo=timezone(timedelta(hours=1)))
-    assert run_name_for(local) == RUN_NAME
 
 
 @pytest.mark.parametrize(
@@ -41,13 +30,6 @@ def test_run_name_for_converts_other_zones_to_utc() -> None:
 def test_run_names_that_are_not_real_times_are_refused(name: str) -> None:
     with pytest.raises(InvalidId):
         parse_run_name(name)
-
-
-def test_run_name_for_refuses_naive_and_fractional_times() -> None:
-    with pytest.raises(ValueError, match="timezone"):
-        run_name_for(datetime(2026, 12, 1, 3))
-    with pytest.raises(ValueError, match="whole seconds"):
-        run_name_for(START.replace(microsecond=5))
 
 
 def test_correlation_id_parses_into_configuration_and_start() -> None:

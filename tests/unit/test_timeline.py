@@ -5,7 +5,6 @@ import pytest
 from shared.domain.timeline import (
     CancelWindow,
     WindowPosition,
-    machines_deadline_passed,
     machines_running_deadline,
 )
 from tests.builders import START
@@ -36,8 +35,8 @@ def test_cutoff_earlier_than_t_minus_10_closes_the_window_earlier() -> None:
     cutoff = START - timedelta(minutes=12)
     window = CancelWindow.for_run(START, cutoff, MARGIN)
     assert window.closes_at == cutoff - MARGIN
-    assert window.is_open(cutoff - MARGIN - SECOND)
-    assert not window.is_open(cutoff - MARGIN)
+    assert window.position(cutoff - MARGIN - SECOND) is WindowPosition.OPEN
+    assert window.position(cutoff - MARGIN) is WindowPosition.CLOSED
     assert "CancellationCutOffDateTime" in window.closes_because
 
 
@@ -55,8 +54,8 @@ def test_cutoff_exactly_at_t_minus_10_gives_the_same_close() -> None:
 def test_margin_is_a_setting_and_zero_margin_closes_at_the_limit() -> None:
     window = CancelWindow.for_run(START, None, timedelta(0))
     assert window.closes_at == START - timedelta(minutes=10)
-    assert window.is_open(START - timedelta(minutes=10) - SECOND)
-    assert not window.is_open(START - timedelta(minutes=10))
+    assert window.position(START - timedelta(minutes=10) - SECOND) is WindowPosition.OPEN
+    assert window.position(START - timedelta(minutes=10)) is WindowPosition.CLOSED
     wide = CancelWindow.for_run(START, None, timedelta(seconds=300))
     assert wide.closes_at == START - timedelta(minutes=15)
 
@@ -79,9 +78,3 @@ def test_negative_margin_and_naive_times_are_refused() -> None:
 
 def test_machines_must_run_by_t_minus_15() -> None:
     assert machines_running_deadline(START) == datetime(2026, 12, 1, 2, 45, tzinfo=UTC)
-
-
-def test_machines_deadline_passes_exactly_at_t_minus_15() -> None:
-    deadline = START - timedelta(minutes=15)
-    assert not machines_deadline_passed(START, deadline - timedelta(microseconds=1))
-    assert machines_deadline_passed(START, deadline)
