@@ -120,7 +120,10 @@ ALLOWED_ROOMS = {
     "adapters": {"domain", "adapters", "config"},
     # Triggers: use cases and the domain; adapters only ever through the composition root.
     "entrypoints": {"domain", "services", "entrypoints", "config", "bootstrap", "shared"},
-    "config": {"domain"},
+    # The settings: the domain's types, and the catalogue of every setting (which imports
+    # nothing of the app).
+    "config": {"domain", "settings_catalogue"},
+    "settings_catalogue": set(),
     "bootstrap": {"domain", "services", "adapters", "config"},
 }
 
