@@ -35,12 +35,9 @@ from typing import Any
 from azure.data.tables import TableServiceClient
 
 from sandbox.azurite import running_azurite
-from shared.adapters.table_ledger import (
-    INDEX_PARTITION,
-    TRANSACTION_LIMIT,
-    TableRunLedger,
-    _run_entity,
-)
+from shared.adapters.table_ledger import TableRunLedger
+from shared.adapters.table_rows import TRANSACTION_LIMIT, run_entity
+from shared.adapters.table_run_index import INDEX_PARTITION
 from shared.domain.ids import ConfigurationId, RunId
 from shared.domain.policy import OrchestrationPolicy
 from shared.domain.runs import MachineAction, MachineKind, MachineRecord, Run, RunStatus
@@ -115,7 +112,7 @@ def build(table: Any, ledger: TableRunLedger, runs: list[Run], touched: set[int]
         table.submit_transaction(operations[start : start + TRANSACTION_LIMIT])
     sample = [r for n, r in enumerate(runs) if n in touched or n % 50 == 0]
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda r: table.create_entity(_run_entity(r)), sample))
+        list(pool.map(lambda r: table.create_entity(run_entity(r)), sample))
     return time.perf_counter() - started
 
 

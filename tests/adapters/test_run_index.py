@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from azure.data.tables import TableServiceClient
 
-from shared.adapters.table_ledger import TableRunLedger, partition_key
+from shared.adapters.table_ledger import TableRunLedger
+from shared.adapters.table_rows import partition_key
 from shared.domain.ids import ConfigurationId, RunId
 from shared.domain.runs import Run, RunStatus
 

@@ -10,7 +10,8 @@ from datetime import timedelta
 import pytest
 from azure.data.tables import TableServiceClient
 
-from shared.adapters.table_ledger import TableRunLedger, build_table_service, partition_key
+from shared.adapters.table_ledger import TableRunLedger, build_table_service
+from shared.adapters.table_rows import partition_key
 from shared.config import StorageConnection
 from shared.domain.errors import LedgerUnavailable
 from shared.domain.events import EventKind, parse_event
