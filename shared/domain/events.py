@@ -154,36 +154,66 @@ def parse_event(envelope: Mapping[str, Any], expected: frozenset[EventKind]) -> 
 def _parse_envelope(
     envelope: Mapping[str, Any], expected: frozenset[EventKind]
 ) -> MaintenanceEvent:
-    if "specversion" in envelope:
-        schema = EnvelopeSchema.CLOUD_EVENTS
-        if envelope.get("specversion") != "1.0":
-            raise InvalidEvent(
-                "unsupported CloudEvents specversion "
-                + describe_for_log(envelope.get("specversion"))
-            )
-        type_key, time_key = "type", "time"
-    else:
-        schema = EnvelopeSchema.EVENT_GRID
-        type_key, time_key = "eventType", "eventTime"
+    schema, type_key, time_key = _schema_of(envelope)
+    event_id = _event_id(envelope)
+    kind = _kind_of(envelope.get(type_key), event_id)
+    if kind not in expected:
+        wanted = " or ".join(sorted(k.value for k in expected))
+        raise InvalidEvent(f"event type {kind.value} is not {wanted} here", event_id)
+    raw_data = envelope.get("data")
+    if not isinstance(raw_data, Mapping):
+        raise InvalidEvent("event has no data object", event_id)
+    data = _case_insensitive(raw_data, event_id)
+    oddities: list[str] = []
+    run, subscriptions = _run_and_subscriptions(envelope, schema, data, event_id, oddities)
+    start, end, cutoff = _times(data, run, event_id, oddities)
+    status = _status(data, event_id)
+    event_time = None
+    if envelope.get(time_key) is not None:
+        event_time = _wrap(lambda: parse_time(envelope.get(time_key), time_key), event_id)
+    return MaintenanceEvent(
+        event_id=event_id,
+        kind=kind,
+        schema=schema,
+        run=run,
+        event_time=event_time,
+        start=start,
+        end=end,
+        cancellation_cutoff=cutoff,
+        subscription_ids=subscriptions,
+        status=status,
+        oddities=tuple(oddities),
+    )
 
+
+def _schema_of(envelope: Mapping[str, Any]) -> tuple[EnvelopeSchema, str, str]:
+    """The envelope's schema, and the names of its type and time fields."""
+    if "specversion" not in envelope:
+        return EnvelopeSchema.EVENT_GRID, "eventType", "eventTime"
+    if envelope.get("specversion") != "1.0":
+        raise InvalidEvent(
+            "unsupported CloudEvents specversion " + describe_for_log(envelope.get("specversion"))
+        )
+    return EnvelopeSchema.CLOUD_EVENTS, "type", "time"
+
+
+def _event_id(envelope: Mapping[str, Any]) -> str:
     event_id = envelope.get("id")
     if not isinstance(event_id, str) or not event_id.strip():
         raise InvalidEvent("event has no id")
     if len(event_id) > MAX_EVENT_ID_LENGTH or not event_id.isprintable():
         raise InvalidEvent("event id is too long or holds control characters")
+    return event_id
 
-    event_type = envelope.get(type_key)
-    kind = _kind_of(event_type, event_id)
-    if kind not in expected:
-        wanted = " or ".join(sorted(k.value for k in expected))
-        raise InvalidEvent(f"event type {kind.value} is not {wanted} here", event_id)
 
-    raw_data = envelope.get("data")
-    if not isinstance(raw_data, Mapping):
-        raise InvalidEvent("event has no data object", event_id)
-    data = _case_insensitive(raw_data, event_id)
-
-    oddities: list[str] = []
+def _run_and_subscriptions(
+    envelope: Mapping[str, Any],
+    schema: EnvelopeSchema,
+    data: Mapping[str, Any],
+    event_id: str,
+    oddities: list[str],
+) -> tuple[RunId, tuple[str, ...]]:
+    """The run, checked against the configuration and the topic, and its subscriptions."""
     try:
         run = RunId.parse(_required(data, "CorrelationId", event_id))
         configuration = ConfigurationId.parse(
@@ -201,7 +231,14 @@ def _parse_envelope(
             "ResourceSubscriptionIds is empty or missing; the machines are looked for in the "
             f"configuration's own subscription {configuration.subscription_id}"
         )
+    return run, subscriptions
 
+
+def _times(
+    data: Mapping[str, Any], run: RunId, event_id: str, oddities: list[str]
+) -> tuple[datetime, datetime, datetime | None]:
+    """StartDateTime (T), EndDateTime and the cancellation cut-off, checked against each
+    other."""
     start = _time(data, "StartDateTime", event_id)
     end = _time(data, "EndDateTime", event_id)
     if start != run.scheduled_start:
@@ -218,30 +255,16 @@ def _parse_envelope(
         cutoff = _time(data, "CancellationCutOffDateTime", event_id)
         if cutoff > start:
             raise InvalidEvent("CancellationCutOffDateTime is after StartDateTime", event_id)
+    return start, end, cutoff
 
+
+def _status(data: Mapping[str, Any], event_id: str) -> str | None:
     status = data.get("status")
     if status is not None and (
         not isinstance(status, str) or len(status) > MAX_STATUS_LENGTH or not status.isprintable()
     ):
         raise InvalidEvent("Status is not a short string", event_id)
-
-    event_time = None
-    if envelope.get(time_key) is not None:
-        event_time = _wrap(lambda: parse_time(envelope.get(time_key), time_key), event_id)
-
-    return MaintenanceEvent(
-        event_id=event_id,
-        kind=kind,
-        schema=schema,
-        run=run,
-        event_time=event_time,
-        start=start,
-        end=end,
-        cancellation_cutoff=cutoff,
-        subscription_ids=subscriptions,
-        status=status,
-        oddities=tuple(oddities),
-    )
+    return status
 
 
 def _check_topic(

@@ -62,6 +62,24 @@ def seen_running(row: MachineRecord) -> bool:
     return row.action is MachineAction.STARTED and row.last_power_state == PowerState.RUNNING
 
 
+def not_running_yet(row: MachineRecord) -> bool:
+    """A watched machine verify is still waiting for (a failed start is not waited for)."""
+    return (
+        row.last_power_state != PowerState.RUNNING and row.action is not MachineAction.START_FAILED
+    )
+
+
+def orphaned_start(row: MachineRecord, now: datetime, lease: timedelta) -> bool:
+    """A start intent whose worker died before its call reached Azure: not accepted, not
+    fresh, and the VM still down."""
+    return (
+        row.action is MachineAction.STARTING
+        and not accepted(row)
+        and not intent_is_fresh(row, now, lease)
+        and row.last_power_state in (PowerState.DEALLOCATED, PowerState.STOPPED)
+    )
+
+
 def intent_is_fresh(row: MachineRecord, now: datetime, lease: timedelta) -> bool:
     """Written so recently that its worker may still be calling Azure: its call is not over,
     and its worker renews it while it waits (throttle retries included), so a lapsed one is a

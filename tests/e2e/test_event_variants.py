@@ -258,30 +258,37 @@ def test_events_the_app_must_not_use_are_refused_loudly_and_listed(
     assert power(stack, BATCH_2) == "stopped"
     assert stack.fake.requests_matching("POST", r"/start$") == []
 
-    refused = stack.refused_events()
-    assert len(refused) == len(deliveries) + 1
-    reasons = [r["reason"] for r in refused]
-    for _, expected in deliveries:
-        assert any(expected in reason for reason in reasons), (expected, reasons)
+    assert_listed(stack.refused_events(), [reason for _, reason in deliveries])
+    assert_logged_and_notified(stack, caplog, len(deliveries), ours, foreign)
+
+
+def assert_listed(refused: list[dict[str, Any]], reasons: list[str]) -> None:
+    """Each refusal is listed, newest first, with its reason and a short excerpt."""
+    assert len(refused) == len(reasons) + 1
+    listed = [r["reason"] for r in refused]
+    for expected in reasons:
+        assert any(expected in reason for reason in listed), (expected, listed)
     queued = [r for r in refused if r["channel"].startswith("queue")]
     assert len(queued) == 1 and "garbage-1" in queued[0]["excerpt"]
     assert all(len(r["excerpt"]) <= 1000 for r in refused)
     assert refused == sorted(refused, key=lambda r: r["refusedAt"], reverse=True)
 
-    # One ERROR line per refusal, each naming the event id and the reason.
+
+def assert_logged_and_notified(
+    stack: Stack, caplog: pytest.LogCaptureFixture, deliveries: int, ours: Any, foreign: Any
+) -> None:
+    """One ERROR line per refusal, each naming the event id and the reason; the webhook heard
+    of each, without its URL in any log line."""
     errors = [
         r.getMessage()
         for r in caplog.records
         if r.levelno == logging.ERROR and r.getMessage().startswith("Refused maintenance event")
     ]
-    assert len(errors) == len(deliveries) + 1
-    assert sum(ours.correlation_id in e or foreign.correlation_id in e for e in errors) == len(
-        deliveries
-    )
-
-    # The webhook heard of each, without its URL in any log line.
+    assert len(errors) == deliveries + 1
+    named = sum(ours.correlation_id in e or foreign.correlation_id in e for e in errors)
+    assert named == deliveries
     posts = stack.fake.requests_matching("POST", "webhook")
-    assert len(posts) == len(deliveries) + 1
+    assert len(posts) == deliveries + 1
     assert all("refusedEvent" in p.body and "Refused" in p.body["text"] for p in posts)
     assert "_sandbox/webhook" not in "\n".join(r.getMessage() for r in caplog.records)
 

@@ -52,25 +52,7 @@ class Finishing(WrappingUp):
         now = self.clock.now()
         started = run.wrap_up_started_at or now
         if busy and now - started < self.policy.wrap_up_wait:
-            # One bulk read settles the deallocations Azure accepted; what is left gets a stop
-            # task when no worker is known to be handling it.
-            powers = self._read_power(machine_of(r) for r in busy)
-            settled = [
-                self._settle_deallocation(r, powers[machine_of(r)])
-                if r.action is MachineAction.DEALLOCATING and powers.get(machine_of(r)) is not None
-                else r
-                for r in busy
-            ]
-            left = [r for r in settled if r.action.owned_by_run]
-            again = tuple(
-                MachineId.parse(r.resource_id)
-                for r in left
-                if r.action is not MachineAction.DEALLOCATE_FAILED
-                and self._needs_stop_task(r, powers.get(machine_of(r)), started)
-            )
-            for batch in chunks(again, self.policy.start_batch_size):
-                self.queue.send(Task(TaskKind.STOP, run.run_id, tuple(batch), task.round))
-            if any(r.action is not MachineAction.DEALLOCATE_FAILED for r in left):
+            if self._still_stopping(run, busy, started, task.round):
                 return
             rows = list(self.ledger.list_machines(run.run_id))
         if self._note_left_running(run, rows):
@@ -88,6 +70,32 @@ class Finishing(WrappingUp):
         self._update_run(run.run_id, lambda r: replace(r, report_location=location))
         self.queue.send(Task(TaskKind.NOTIFY, run.run_id))
         log.info("Run %s completed; report at %s", run.run_id.text, location)
+
+    def _still_stopping(
+        self, run: Run, busy: Sequence[MachineRecord], started: datetime, round_: int
+    ) -> bool:
+        """One bulk read settles the deallocations Azure accepted; what is left gets a stop
+        task when no worker is known to be handling it. True while any is still on its way."""
+        powers = self._read_power(machine_of(r) for r in busy)
+        settled = [
+            self._settle_deallocation(r, powers[machine_of(r)])
+            if r.action is MachineAction.DEALLOCATING and powers.get(machine_of(r)) is not None
+            else r
+            for r in busy
+        ]
+        left = [
+            r
+            for r in settled
+            if r.action.owned_by_run and r.action is not MachineAction.DEALLOCATE_FAILED
+        ]
+        again = tuple(
+            machine_of(r)
+            for r in left
+            if self._needs_stop_task(r, powers.get(machine_of(r)), started)
+        )
+        for batch in chunks(again, self.policy.start_batch_size):
+            self.queue.send(Task(TaskKind.STOP, run.run_id, tuple(batch), round_))
+        return bool(left)
 
     def _needs_stop_task(
         self, row: MachineRecord, power: MachinePower | None, wrap_up_started: datetime

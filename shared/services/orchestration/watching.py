@@ -16,6 +16,8 @@ from shared.domain.machine_steps import (
     WATCHED,
     accepted,
     machine_of,
+    not_running_yet,
+    orphaned_start,
     seen_running,
 )
 from shared.domain.machines import MachinePower, PowerState
@@ -58,37 +60,11 @@ class Watching(StepsBase):
             self.queue.send(task.next_round(), delay)
         rows = list(self.ledger.list_machines(run.run_id))
         self._restart_stalled_fan_out(run, rows, task.round)
-        # A start Azure reported failed is read again too: it may have come up after all. One
-        # seen running since it was started is settled and not read again.
-        watched = [r for r in rows if r.action in WATCHED or r.owned_by_run]
-        to_read = [r for r in watched if not seen_running(r)]
-        powers = self._read_power(machine_of(r) for r in to_read)
-        updated = [r for r in watched if seen_running(r)]
-        updated += parallel(
-            self.policy.start_concurrency,
-            lambda r: self._refresh(r, powers.get(machine_of(r))),
-            to_read,
-        )
+        updated = self._read_watched(rows)
         unsettled = [r for r in rows if r.action is MachineAction.PLANNED]
-        unsettled += [
-            r
-            for r in updated
-            if r.last_power_state != PowerState.RUNNING
-            and r.action is not MachineAction.START_FAILED
-        ]
-        now = self.clock.now()
-        orphaned = [
-            MachineId.parse(r.resource_id)
-            for r in updated
-            if r.action is MachineAction.STARTING
-            and not accepted(r)
-            and not self._intent_is_fresh(r)
-            and r.last_power_state in (PowerState.DEALLOCATED, PowerState.STOPPED)
-        ]
-        if orphaned and now < run.scheduled_start:
-            # Their worker died before its start call reached Azure: start them again.
-            self.queue.send(Task(TaskKind.START, run.run_id, tuple(orphaned), task.round))
-        if not unsettled or now >= deadline:
+        unsettled += [r for r in updated if not_running_yet(r)]
+        self._restart_orphans(run, updated, task.round)
+        if not unsettled or self.clock.now() >= deadline:
             # Once: the verify rounds already queued end when they see the gate's turn.
             if self._take_round(run.run_id, "gate", 0):
                 self.queue.send(Task(TaskKind.GATE, run.run_id))
@@ -99,6 +75,30 @@ class Watching(StepsBase):
             len(unsettled),
             delay,
         )
+
+    def _read_watched(self, rows: Sequence[MachineRecord]) -> list[MachineRecord]:
+        """The rows verify watches, each as a bulk power read leaves it. A start Azure
+        reported failed is read again too (it may have come up after all); one seen running
+        since it was started is settled and not read again."""
+        watched = [r for r in rows if r.action in WATCHED or r.owned_by_run]
+        to_read = [r for r in watched if not seen_running(r)]
+        powers = self._read_power(machine_of(r) for r in to_read)
+        updated = [r for r in watched if seen_running(r)]
+        updated += parallel(
+            self.policy.start_concurrency,
+            lambda r: self._refresh(r, powers.get(machine_of(r))),
+            to_read,
+        )
+        return updated
+
+    def _restart_orphans(self, run: Run, rows: Sequence[MachineRecord], round_: int) -> None:
+        """Starts whose worker died before the call reached Azure: start them again."""
+        now = self.clock.now()
+        if now >= run.scheduled_start:
+            return
+        orphaned = [machine_of(r) for r in rows if orphaned_start(r, now, self.policy.task_lease)]
+        if orphaned:
+            self.queue.send(Task(TaskKind.START, run.run_id, tuple(orphaned), round_))
 
     def _restart_stalled_fan_out(
         self, run: Run, rows: Sequence[MachineRecord], round_: int
@@ -187,34 +187,7 @@ class Watching(StepsBase):
         run = self._run(task)
         if run is None or run.status is not RunStatus.PREPARING:
             return
-        rows = [r for r in self.ledger.list_machines(run.run_id) if r.action in GATE_COUNTED]
-        never_started = [r for r in rows if r.action is MachineAction.PLANNED]
-        # What verify saw last may be stale or missing (a throttled read leaves the old word):
-        # the rest are read once more now, and a VM Azure will not describe is not a failure.
-        doubtful = [
-            r
-            for r in rows
-            if r.action is not MachineAction.PLANNED
-            and not (r.action is MachineAction.STARTED and r.last_power_state == PowerState.RUNNING)
-        ]
-        powers = self._read_power(machine_of(r) for r in doubtful)
-        # Recorded too: a start seen running (or failed) reads so in the report.
-        parallel(
-            self.policy.start_concurrency,
-            lambda r: self._refresh(r, powers.get(machine_of(r))),
-            doubtful,
-        )
-        # None: Azure would not answer (throttled, failing) or does not list the VM.
-        readings = [
-            None if p is None or p.state is None else p.state
-            for p in (powers.get(machine_of(r)) for r in doubtful)
-        ]
-        count = GateCount(
-            attempted=len(rows),
-            not_running=len(never_started)
-            + sum(1 for state in readings if state is not None and state is not PowerState.RUNNING),
-            unknown=sum(1 for state in readings if state is None),
-        )
+        count = self._count_at_gate(run)
         detail = count.describe(self.policy.failure_budget_percent)
         if count.unknown:
             self._note(
@@ -228,6 +201,38 @@ class Watching(StepsBase):
             self._update_run(run.run_id, lambda r: with_gate(r, GateOutcome.PASSED, detail))
             log.info("Run %s: gate passed: %s", run.run_id.text, detail)
             return
+        self._cancel_at_gate(run, task, detail)
+
+    def _count_at_gate(self, run: Run) -> GateCount:
+        """Machines the app had to start and how many of them are not running now. What
+        verify saw last may be stale or missing (a throttled read leaves the old word): the rest
+        are read once more, and a VM Azure will not describe is not a failure."""
+        rows = [r for r in self.ledger.list_machines(run.run_id) if r.action in GATE_COUNTED]
+        never_started = [r for r in rows if r.action is MachineAction.PLANNED]
+        doubtful = [
+            r for r in rows if r.action is not MachineAction.PLANNED and not seen_running(r)
+        ]
+        powers = self._read_power(machine_of(r) for r in doubtful)
+        # Recorded too: a start seen running (or failed) reads so in the report.
+        parallel(
+            self.policy.start_concurrency,
+            lambda r: self._refresh(r, powers.get(machine_of(r))),
+            doubtful,
+        )
+        # None: Azure would not answer (throttled, failing) or does not list the VM.
+        readings = [
+            None if p is None or p.state is None else p.state
+            for p in (powers.get(machine_of(r)) for r in doubtful)
+        ]
+        down = sum(1 for state in readings if state is not None and state is not PowerState.RUNNING)
+        return GateCount(
+            attempted=len(rows),
+            not_running=len(never_started) + down,
+            unknown=sum(1 for state in readings if state is None),
+        )
+
+    def _cancel_at_gate(self, run: Run, task: Task, detail: str) -> None:
+        """Too many VMs are not running: cancel inside the window, and record the answer."""
         try:
             answer = cancellation.cancel_run(
                 run.run_id,
