@@ -13,6 +13,8 @@ records and settings live in records.py and are re-exported here so callers impo
 
 from __future__ import annotations
 
+from shared.domain.timeline import Clock, SystemClock
+
 from .log_analytics_model import LogAnalyticsModel
 from .records import (
     EVENT_SUBSCRIPTION_IDS,
@@ -21,7 +23,6 @@ from .records import (
     MAINTENANCE_RUN_ID_VARIANTS,
     RUN_NAME_CLOCKS,
     ArcMachine,
-    Clock,
     Heartbeat,
     MaintenanceConfiguration,
     MaintenanceRun,
@@ -31,7 +32,6 @@ from .records import (
     PatchResult,
     PowerState,
     Snapshot,
-    SystemClock,
     VirtualMachine,
     VmSpec,
     key,

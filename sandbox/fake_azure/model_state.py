@@ -6,11 +6,12 @@ import datetime as dt
 import threading
 from typing import Any
 
+from shared.domain.timeline import Clock, SystemClock
+
 from .records import (
     DEFAULT_TENANT_ID,
     ArcMachine,
     AsyncOperation,
-    Clock,
     ConfigurationAssignment,
     Heartbeat,
     MaintenanceConfiguration,
@@ -19,7 +20,6 @@ from .records import (
     PatchResult,
     Snapshot,
     Subscription,
-    SystemClock,
     VirtualMachine,
 )
 

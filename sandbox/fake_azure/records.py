@@ -9,7 +9,7 @@ import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from .query_engine import format_datetime
 
@@ -89,22 +89,6 @@ def time_zone_of(name: str) -> dt.tzinfo:
         return zoneinfo.ZoneInfo(WINDOWS_TIME_ZONES.get(name, name))
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as error:
         raise ValueError(f"unknown time zone {name!r}") from error
-
-
-class Clock(Protocol):
-    """Source of the current time (aware UTC)."""
-
-    def now(self) -> dt.datetime:
-        """Return the current time."""
-        ...
-
-
-class SystemClock:
-    """The wall clock."""
-
-    def now(self) -> dt.datetime:
-        """Return the current UTC time."""
-        return dt.datetime.now(UTC)
 
 
 class ManualClock:

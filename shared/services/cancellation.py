@@ -20,7 +20,7 @@ from datetime import datetime
 from http import HTTPStatus
 
 from shared.domain.cancel_rules import refusal
-from shared.domain.errors import AzureCallFailed, CancelRefused, LedgerConflict
+from shared.domain.errors import AzureCallFailed, CancelRefused
 from shared.domain.ids import RunId
 from shared.domain.runs import Run
 from shared.domain.tasks import Task, TaskKind
@@ -44,6 +44,7 @@ from shared.services.cancel_records import (
     mark_requested,
     read_back,
 )
+from shared.services.conflicts import retry_on_conflict
 
 __all__ = ["CancelAnswer", "CancelContext", "cancel_run"]
 
@@ -61,7 +62,10 @@ def cancel_run(
 ) -> CancelAnswer:
     """Cancel `run_id` if its window is open and it is not already cancelled or under way."""
     ledger, clock = context.ledger, context.clock
-    for _ in range(MAX_ATTEMPTS):
+
+    def decide() -> CancelAnswer | tuple[Run, PendingCancel, bool]:
+        """Refuse (audited), or mark the run "cancel requested" (ETag-checked: a lost race
+        reads the run again and decides again)."""
         now = clock.now()
         run = ledger.find_run(run_id)
         # T from the run's events (StartDateTime); the run name only when none was seen.
@@ -70,22 +74,14 @@ def cancel_run(
             start, run.cancellation_cutoff if run else None, context.safety_margin
         )
         refused = refusal(run, window, now, start)
-        if refused is not None:
-            verdict, why = refused
+        if refused is not None or dry_run:
+            verdict, why = refused or (
+                CancelVerdict.WOULD_CANCEL,
+                f"the window is open until {window.closes_at.isoformat()}; a cancel would be sent",
+            )
             answer = CancelAnswer(
                 verdict,
                 why,
-                run_id,
-                now,
-                window,
-                run.status.value if run else None,
-                run.platform_status if run else None,
-            )
-            return audited(context, answer, requested_by, reason, dry_run)
-        if dry_run:
-            answer = CancelAnswer(
-                CancelVerdict.WOULD_CANCEL,
-                f"the window is open until {window.closes_at.isoformat()}; a cancel would be sent",
                 run_id,
                 now,
                 window,
@@ -100,17 +96,20 @@ def cancel_run(
             if unknown is not None:
                 return audited(context, unknown, requested_by, reason, dry_run)
         earlier_attempt = run is not None and run.cancel_requested_at is not None
-        try:
-            marked = mark_requested(ledger, run_id, run, now)
-        except LedgerConflict:
-            continue  # someone else changed the run: look again
-        request = PendingCancel(context, window, requested_by, reason, source)
-        if earlier_attempt:
-            settled = _settle_earlier_attempt(request, marked)
-            if settled is not None:
-                return settled
-        return _send(request, marked)
-    raise LedgerConflict(f"run {run_id.text} kept changing while cancelling")
+        marked = mark_requested(ledger, run_id, run, now)
+        return marked, PendingCancel(context, window, requested_by, reason, source), earlier_attempt
+
+    decided = retry_on_conflict(
+        decide, what=f"run {run_id.text} while cancelling", attempts=MAX_ATTEMPTS
+    )
+    if isinstance(decided, CancelAnswer):
+        return decided
+    marked, request, earlier_attempt = decided
+    if earlier_attempt:
+        settled = _settle_earlier_attempt(request, marked)
+        if settled is not None:
+            return settled
+    return _send(request, marked)
 
 
 def _unknown_to_azure(

@@ -15,6 +15,7 @@ from shared.domain.runs import EventRecord, NoteLevel, RefusedEvent, Run, RunNot
 from shared.domain.tasks import MAX_TASK_DELAY, Task, TaskKind
 from shared.domain.timeline import Clock, preparation_due
 from shared.domain.vocabulary import PlatformStatus, is_cancelled, is_finished
+from shared.services.conflicts import retry_on_conflict
 from shared.services.ports import Notifier, RunLedger, RunMachinesSource
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,16 @@ def take_in_event(
     seen_status = None
     if graph is not None and event.kind is EventKind.POST and clock.now() < event.start:
         seen_status = _platform_status(graph, event.run)
-    for attempt in range(1, MAX_ATTEMPTS + 1):
+
+    def record() -> IntakeOutcome:
+        """Fold the event into the freshest copy of its run (a lost race raises LedgerConflict
+        and is tried again on a fresh read)."""
         now = clock.now()
         current = ledger.find_run(event.run)
         if is_early_post_event(event, current, now, seen_status):
             held = _hold_early_post_event(event, current, ledger, now)
             if held is None:
-                continue
+                raise LedgerConflict(f"run {event.run.text} was created meanwhile")
             return IntakeOutcome(run=held, duplicate=False, held=True)
         updated = (current or Run.first_seen(event.run, now)).after_event(event, now)
         if seen_status is not None:
@@ -66,14 +70,6 @@ def take_in_event(
         except DuplicateEvent:
             log.info("Duplicate %s event for run %s ignored", event.kind.short, event.run.text)
             return IntakeOutcome(run=current, duplicate=True)
-        except LedgerConflict:
-            log.info(
-                "Run %s changed while recording a %s event (attempt %d); re-reading",
-                event.run.text,
-                event.kind.short,
-                attempt,
-            )
-            continue
         log.info(
             "Recorded %s event for run %s; run status %s",
             event.kind.short,
@@ -92,7 +88,8 @@ def take_in_event(
                 f"is scheduled for {due.isoformat()} and nothing is asked of Azure until then",
             )
         return IntakeOutcome(run=stored, duplicate=False)
-    raise LedgerConflict(f"run {event.run.text} kept changing over {MAX_ATTEMPTS} attempts")
+
+    return retry_on_conflict(record, what=f"run {event.run.text}", attempts=MAX_ATTEMPTS)
 
 
 def is_early_post_event(
