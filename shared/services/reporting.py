@@ -9,7 +9,7 @@ from typing import Any
 
 from shared.domain.ids import MachineId
 from shared.domain.platform import PatchMatch, PatchResult, match_patch_results, patch_window
-from shared.domain.runs import MachineRecord, Run
+from shared.domain.runs import MachineRecord, Run, RunNote
 from shared.services.ports import RunLedger, RunMachinesSource
 
 REPORT_VERSION = 1
@@ -106,10 +106,7 @@ def build_report(
             for m in sorted(machines, key=lambda m: m.resource_id.lower())
         ],
         "health": dict(health or {"checked": False}),
-        "notes": [
-            {"at": _iso(n.at), "level": n.level.value, "source": n.source, "message": n.message}
-            for n in ledger.list_notes(run.run_id)
-        ],
+        "notes": [note_entry(n) for n in ledger.list_notes(run.run_id)],
     }
 
 
@@ -153,6 +150,16 @@ def _machine(
             "maintenanceRunId": patch.maintenance_run_id,
             "matchedBy": matched[1].value if matched else None,
         },
+    }
+
+
+def note_entry(note: RunNote) -> dict[str, Any]:
+    """A note as the report lists it."""
+    return {
+        "at": _iso(note.at),
+        "level": note.level.value,
+        "source": note.source,
+        "message": note.message,
     }
 
 

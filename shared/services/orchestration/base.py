@@ -46,6 +46,7 @@ from shared.services.ports import (
     RunMachinesSource,
     TaskQueue,
 )
+from shared.services.reporting import note_entry
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +337,18 @@ class StepsBase:
 
         return retry_on_conflict(attempt, what=f"run {run_id.text}")
 
-    def _note(self, run_id: RunId, level: NoteLevel, source: str, message: str) -> None:
+    def _amend_report(self, run_id: RunId, notes: Sequence[RunNote], **run_fields: Any) -> None:
+        """Add `notes` (and `run_fields` to its run section) to a report already written."""
+        report = self.reports.get_report(run_id)
+        if report is None:
+            return
+        amended = dict(report)
+        if run_fields:
+            amended["run"] = {**report.get("run", {}), **run_fields}
+        amended["notes"] = [*report.get("notes", []), *(note_entry(n) for n in notes)]
+        self.reports.save_report(run_id, amended)
+
+    def _note(self, run_id: RunId, level: NoteLevel, source: str, message: str) -> RunNote:
         log.log(
             logging.ERROR
             if level is NoteLevel.ERROR
@@ -348,6 +360,8 @@ class StepsBase:
             source,
             message,
         )
-        self.ledger.add_note(
-            RunNote(run_id=run_id, at=self.clock.now(), level=level, source=source, message=message)
+        note = RunNote(
+            run_id=run_id, at=self.clock.now(), level=level, source=source, message=message
         )
+        self.ledger.add_note(note)
+        return note

@@ -206,17 +206,5 @@ class Finishing(WrappingUp):
             f"task {task.kind.value} (round {task.round}, {len(task.machines)} machines) "
             f"failed {dequeue_count} times and was moved to the poison queue"
         )
-        self._note(task.run_id, NoteLevel.ERROR, "poison", message)
-        report = self.reports.get_report(task.run_id)
-        if report is not None:
-            amended = dict(report)
-            amended["notes"] = [
-                *report.get("notes", []),
-                {
-                    "at": self.clock.now().isoformat(),
-                    "level": NoteLevel.ERROR.value,
-                    "source": "poison",
-                    "message": message,
-                },
-            ]
-            self.reports.save_report(task.run_id, amended)
+        note = self._note(task.run_id, NoteLevel.ERROR, "poison", message)
+        self._amend_report(task.run_id, [note])

@@ -266,21 +266,4 @@ class Watching(StepsBase):
         run = self.ledger.find_run(task.run_id)
         if not notes or run is None or run.report_location is None:
             return
-        report = self.reports.get_report(task.run_id)
-        if report is None:
-            return
-        amended = dict(report)
-        amended["run"] = {**report.get("run", {}), "platformStatus": run.platform_status}
-        amended["notes"] = [
-            *report.get("notes", []),
-            *(
-                {
-                    "at": n.at.isoformat(),
-                    "level": n.level.value,
-                    "source": n.source,
-                    "message": n.message,
-                }
-                for n in notes
-            ),
-        ]
-        self.reports.save_report(task.run_id, amended)
+        self._amend_report(run.run_id, notes, platformStatus=run.platform_status)
