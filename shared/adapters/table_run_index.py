@@ -172,13 +172,17 @@ class RunIndex(TableAccess):
                 results_per_page=limit,
             ).by_page()
             entities = list(next(iter(pages), []))[:limit]
+        index_keys: list[str] = []
         for entity in entities:
             run = indexed_run(entity)
             self._delete_partition(partition_key(run.run_id))
-            keys = [k for k in index_row_keys(run, strings_of(entity.get("StatusKeys"))) if k]
-            keys.append(open_row_key(run))
-            self._delete_rows(INDEX_PARTITION, keys)
+            index_keys.extend(index_row_keys(run, strings_of(entity.get("StatusKeys"))))
+            if run.status is not RunStatus.COMPLETED:
+                index_keys.append(open_row_key(run))  # a completed run's went with its status
             removed.append(run.run_id)
+        # Index rows last, all the batch's together (transactions of 100): a remover stopped
+        # half-way finds the same runs through them next time.
+        self._delete_rows(INDEX_PARTITION, index_keys)
         return removed
 
     def _index_run(self, run: Run) -> None:

@@ -502,6 +502,32 @@ def test_old_runs_are_removed_in_bounded_batches_with_all_their_rows(
     assert MachineId.parse(machine.resource_id)  # the VM itself is not the ledger's to remove
 
 
+def test_removed_completed_runs_are_in_no_listing_by_status_configuration_or_name(
+    ledger: RunLedger,
+) -> None:
+    def completed(run_id: RunId) -> Run:
+        return ledger.save_run(
+            dataclasses.replace(
+                Run.first_seen(run_id, NOW), status=RunStatus.COMPLETED, platform_status="Succeeded"
+            )
+        )
+
+    old = [completed(run_of(WEEKLY, FIRST + timedelta(weeks=n))).run_id for n in range(3)]
+    kept = completed(run_of(WEEKLY, FIRST + timedelta(weeks=5)))
+    removed = ledger.remove_runs_before(FIRST + timedelta(weeks=4), limit=10)
+    assert set(removed) == set(old)
+    for filters in (
+        {},
+        {"status": "Completed"},
+        {"status": "Succeeded"},
+        {"configuration": "weekly-linux"},
+        {"configuration": WEEKLY.text},
+    ):
+        assert [r.run_id for r in page(ledger, top=10, **filters)[0]] == [kept.run_id], filters
+    assert all(ledger.find_runs_named("weekly-linux", r.run_name) == [] for r in old)
+    assert list(ledger.list_open_runs()) == []
+
+
 def test_a_run_written_between_two_pages_neither_repeats_nor_skips_a_run(
     ledger: RunLedger,
 ) -> None:

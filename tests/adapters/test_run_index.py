@@ -151,3 +151,23 @@ def test_a_reconcile_tick_costs_the_same_whatever_the_completed_history(
         save(ledger, run_id, RunStatus.COMPLETED)
     assert tick_cost() == small
     assert {r.run_id for r in ledger.list_open_runs()} == set(under_way)
+
+
+def test_removing_a_batch_of_old_runs_costs_two_requests_a_run_and_one_read_besides(
+    ledger: TableRunLedger, counter: RequestCounter
+) -> None:
+    # Each run: one read of its partition, one transaction deleting it; the batch's index rows
+    # (6 a completed run: all, cfg, name, named, two statuses) go in one shared transaction.
+    for n in range(10):
+        ledger.save_run(
+            dataclasses.replace(
+                Run.first_seen(run_of(MONTHLY, FIRST + timedelta(days=n)), NOW),
+                status=RunStatus.COMPLETED,
+                platform_status="Succeeded",
+            )
+        )
+    counter.count = 0
+    removed = ledger.remove_runs_before(FIRST + timedelta(days=20), limit=10)
+    assert len(removed) == 10
+    assert counter.count == 1 + 2 * 10 + 1
+    assert page(ledger, top=20)[0] == []
