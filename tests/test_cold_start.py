@@ -41,6 +41,9 @@ def test_importing_function_app_imports_no_heavy_sdk() -> None:
     deferred = [m for m in loaded if m.startswith(("shared.services", "shared.adapters"))]
     assert deferred == []
     assert "shared.config" not in loaded
+    # So do the console's pages and the run model they (and the use cases) are built on.
+    assert [m for m in loaded if m.startswith("shared.entrypoints.console_")] == []
+    assert "shared.domain.runs" not in loaded
 
 
 # Run in a clean interpreter: an audit hook (PEP 578) records every file opened, directory

@@ -31,22 +31,15 @@ import azure.functions as func
 
 from shared import bootstrap
 from shared.domain.ids import InvalidId, RunId
-from shared.domain.runs import RefusedEvent
 from shared.entrypoints import http_api
-from shared.entrypoints.console_pages import (
-    CancelAnswerView,
-    Links,
-    Page,
-    message_page,
-    refused_page,
-    run_page,
-    runs_page,
-)
 
 if TYPE_CHECKING:
+    from shared.domain.runs import RefusedEvent
+    from shared.entrypoints.console_pages import Page
     from shared.services.console_views import RunView
 
-# The use cases (shared.services) are imported where first used, as in http_api.
+# The use cases (shared.services) and the pages (console_pages, with the domain's run model) are
+# imported where first used, as in http_api: the worker indexes the app without them (cold start).
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +88,7 @@ def console_runs(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _runs(req: func.HttpRequest, page: Page) -> func.HttpResponse:
+    from shared.entrypoints.console_pages import runs_page
     from shared.services import console_views, run_queries
 
     services = bootstrap.container()
@@ -116,6 +110,8 @@ def console_run(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _run(req: func.HttpRequest, page: Page) -> func.HttpResponse:
+    from shared.entrypoints.console_pages import run_page
+
     return _html(run_page(page, _run_view(req.params.get("run", ""))), page)
 
 
@@ -148,6 +144,8 @@ def console_cancel(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _cancel(req: func.HttpRequest, page: Page) -> func.HttpResponse:
+    from shared.entrypoints.console_pages import CancelAnswerView, run_page
+
     form = _form(req)
     _check_same_origin(req)
     _check_token(req, form.get(CSRF_FORM_FIELD, ""))
@@ -188,6 +186,8 @@ def console_refused(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _refused(req: func.HttpRequest, page: Page) -> func.HttpResponse:
+    from shared.entrypoints.console_pages import refused_page
+
     return _html(refused_page(page, _refused_events(REFUSED_SHOWN)), page)
 
 
@@ -214,6 +214,8 @@ def console_static(req: func.HttpRequest) -> func.HttpResponse:
 def _guarded(
     handler: Callable[[func.HttpRequest, Page], func.HttpResponse], req: func.HttpRequest
 ) -> func.HttpResponse:
+    from shared.entrypoints.console_pages import Links, Page, message_page
+
     try:
         page = _page(req)
     except Exception:
@@ -240,6 +242,8 @@ def _guarded(
 
 
 def _page(req: func.HttpRequest) -> Page:
+    from shared.entrypoints.console_pages import Links, Page
+
     path = urllib.parse.urlsplit(req.url).path
     at = path.lower().find("/console")
     base = path[: at + len("/console")] if at >= 0 else "/api/console"
