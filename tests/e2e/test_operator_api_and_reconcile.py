@@ -265,3 +265,52 @@ def test_answers_about_real_runs_match_the_openapi_document(stack: Stack) -> Non
         case.validate_response(answer, checks=checks, headers=key)
     refused = stack.refused_events()
     assert refused and "StartDateTime" in refused[0]["reason"]
+
+
+def test_the_timer_removes_runs_older_than_run_retention_days(
+    azurite_connection_string: str,
+) -> None:
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from shared.adapters.table_ledger import TableRunLedger, build_table_service
+    from shared.config import StorageConnection
+    from shared.domain.ids import ConfigurationId, RunId
+    from shared.domain.runs import Run, RunStatus
+
+    with running_stack(
+        e2e_scenario(),
+        storage_connection_string=azurite_connection_string,
+        settings={"RUN_RETENTION_DAYS": "2"},
+    ) as stack:
+        weekly = next(c for c in stack.fake.model.configurations if c.name == "weekly")
+        ledger = TableRunLedger(
+            build_table_service(StorageConnection(connection_string=azurite_connection_string)),
+            stack.ledger_table,
+        )
+        now = datetime.now(UTC).replace(microsecond=0)
+        # Completed runs the app handled 3, 4 and 5 days ago (older than 2 days, younger than
+        # the default 90) and one a day ago.
+        ages = {"old-3": 3, "old-4": 4, "old-5": 5, "recent": 1}
+        names = {}
+        for label, days in ages.items():
+            start = now - timedelta(days=days)
+            run_id = RunId.of(ConfigurationId.parse(weekly.id), start.strftime("%Y%m%d%H%M%S"))
+            ledger.save_run(
+                dataclasses.replace(Run.first_seen(run_id, start), status=RunStatus.COMPLETED)
+            )
+            names[label] = run_id.run_name
+        stack.tick_reconciler()
+        stack.settle()
+        listed = stack.session.get(
+            f"{stack.host.url}/api/runs",
+            headers={"x-functions-key": stack.host.function_key},
+            timeout=30,
+        ).json()["runs"]
+        assert [r["runName"] for r in listed] == [names["recent"]]
+        gone = stack.session.get(
+            f"{stack.host.url}/api/runs/weekly/{names['old-3']}",
+            headers={"x-functions-key": stack.host.function_key},
+            timeout=30,
+        )
+        assert gone.status_code == 404
