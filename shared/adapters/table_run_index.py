@@ -178,7 +178,8 @@ class RunIndex(TableAccess):
             self._delete_partition(partition_key(run.run_id))
             index_keys.extend(index_row_keys(run, strings_of(entity.get("StatusKeys"))))
             if run.status is not RunStatus.COMPLETED:
-                index_keys.append(open_row_key(run))  # a completed run's went with its status
+                # A completed run has none: the index write that completed it deleted it.
+                index_keys.append(open_row_key(run))
             removed.append(run.run_id)
         # Index rows last, all the batch's together (transactions of 100): a remover stopped
         # half-way finds the same runs through them next time.
