@@ -24,7 +24,7 @@ from shared.domain.runs import (
     RunStatus,
 )
 from shared.domain.tasks import Task, TaskKind
-from shared.services.orchestration.fan_out import chunks
+from shared.services.orchestration.fan_out import chunks, parallel
 from shared.services.orchestration.wrapping_up import WrappingUp, carried_word
 from shared.services.reporting import build_report, matched_patch_results, summary_message
 
@@ -84,12 +84,16 @@ class Finishing(WrappingUp):
         task when no worker is known to be handling it. True while any is still on its way."""
         read_at = self.clock.now()
         powers = self._read_power(machine_of(r) for r in busy)
-        settled = [
-            self._settle_deallocation(r, powers[machine_of(r)])
-            if r.action is MachineAction.DEALLOCATING and powers.get(machine_of(r)) is not None
-            else r
-            for r in busy
-        ]
+
+        def settle(row: MachineRecord) -> MachineRecord:
+            power = powers.get(machine_of(row))
+            if row.action is MachineAction.DEALLOCATING and power is not None:
+                return self._settle_deallocation(row, power)
+            return row
+
+        # Each settlement is a few ledger writes: in parallel, as verify refreshes, so that a
+        # round over thousands of VMs ends well within the round interval.
+        settled = parallel(self.policy.start_concurrency, settle, busy)
         left = [
             r
             for r in settled

@@ -60,9 +60,12 @@ class WrappingUp(Ownership):
             return
         if run.cancel_source is None and not self._machines_finished(run, task):
             return
-        owned = [r for r in self.ledger.list_machines(run.run_id) if r.owned_by_run]
+        # Each stop task hands a VM over instead when another active run needs it (it looks at
+        # the VM's claim just before deciding): no claim is read here, once per VM.
         to_stop = [
-            MachineId.parse(r.resource_id) for r in owned if not self._hand_over(run.run_id, r)
+            MachineId.parse(r.resource_id)
+            for r in self.ledger.list_machines(run.run_id)
+            if r.owned_by_run
         ]
         # One bulk read for the whole wrap-up; the stop tasks carry it (none reads again).
         read_at = self.clock.now()
@@ -81,10 +84,10 @@ class WrappingUp(Ownership):
             Task(TaskKind.FINISH, run.run_id), self.policy.arg_retry if to_stop else timedelta(0)
         )
         log.info(
-            "Run %s: wrap-up: %d machines to stop, %d handed over",
+            "Run %s: wrap-up: %d machines to stop or hand over, in %d stop tasks",
             run.run_id.text,
             len(to_stop),
-            len(owned) - len(to_stop),
+            -(-len(to_stop) // self.policy.start_batch_size),
         )
 
     def _machines_finished(self, run: Run, task: Task) -> bool:
