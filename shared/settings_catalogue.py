@@ -145,10 +145,11 @@ SETTINGS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec(
         "START_CONCURRENCY",
-        "16",
+        "4",
         "Start/stop calls in flight per task. Total concurrency is this times the host's queue "
         "batch size (host.json `batchSize`, or AzureFunctionsJobHost__extensions__queues__"
-        "batchSize) times the instance count (1-64).",
+        "batchSize) times the instance count (1-64). Pacing sends at most 10 writes a second "
+        "per subscription, so more threads only compete with the event intake for the CPU.",
     ),
     SettingSpec(
         "VERIFY_INTERVAL_SECONDS",
