@@ -73,7 +73,7 @@ def test_the_ledger_queue_and_report_clients_are_on_pooled_transports_with_their
         assert transport.connection_config.timeout == options["connection_timeout"]
         assert transport.connection_config.read_timeout == options["read_timeout"]
         adapter = pool_of(transport, ledger.table.url)
-        assert adapter._pool_maxsize == http_pool_size(container.settings) == 4 * 24 + 32  # type: ignore[attr-defined]
+        assert adapter._pool_maxsize == http_pool_size(container.settings) == 4 * 24 + 32
 
 
 def test_many_threads_writing_the_ledger_and_the_queue_reuse_connections_without_warnings(
