@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import copy
 import multiprocessing
 import os
 import statistics
@@ -54,6 +55,7 @@ from sandbox.fake_azure import FakeAzure
 from sandbox.fake_azure.scenario import fleet_scenario
 from sandbox.stack import (
     CLIENT_ID,
+    HOST_JSON,
     POST,
     PRE,
     HostProcess,
@@ -76,14 +78,21 @@ def percentile(values: list[float], fraction: float) -> float:
 
 @contextlib.contextmanager
 def app_in_its_own_process(
-    scenario: Mapping[str, Any], settings: Mapping[str, str]
+    scenario: Mapping[str, Any], settings: Mapping[str, str], queue_batch: int = 0
 ) -> Iterator[tuple[Stack, HostProcess]]:
     """The stack with the local host (and so the app) in a process of its own, as the Python
     worker is in Azure: the fake Azure, in this process, does not share the app's GIL."""
     with running_azurite() as azurite, requests.Session() as session:
         fake = FakeAzure.start(scenario)
         table = "ledger" + uuid.uuid4().hex[:12]
-        host = HostProcess(app_environment(fake, azurite.connection_string, table, settings))
+        host_json = copy.deepcopy(HOST_JSON)
+        if queue_batch:
+            # host.json's queue batch: this many messages, fetched again at half of them left.
+            queues = host_json["extensions"]["queues"]
+            queues["batchSize"], queues["newBatchThreshold"] = queue_batch, queue_batch // 2
+        host = HostProcess(
+            app_environment(fake, azurite.connection_string, table, settings), host_json
+        )
         try:
             host.start()
             session.trust_env = False  # no proxy from the environment; the host is plain http
@@ -274,7 +283,9 @@ def main() -> int:
             stack = running.enter_context(running_stack(scenario, settings=settings))
             app_pid: int | None = None
         else:
-            stack, host = running.enter_context(app_in_its_own_process(scenario, settings))
+            stack, host = running.enter_context(
+                app_in_its_own_process(scenario, settings, args.queue_batch)
+            )
             app_pid = host.pid
             print(f"the host's log: {host.log_folder}", flush=True)
         model = stack.fake.model
@@ -343,6 +354,12 @@ def _arguments() -> argparse.Namespace:
         type=int,
         default=0,
         help="START_CONCURRENCY; 0: the app's default",
+    )
+    parser.add_argument(
+        "--queue-batch",
+        type=int,
+        default=0,
+        help="host.json queues batchSize (newBatchThreshold half of it); 0: the tests' 16 + 8",
     )
     parser.add_argument("--event-interval", type=float, default=1.0, help="s between pre events")
     parser.add_argument("--baseline", type=int, default=0, help="VMs in the tutorial baseline")
