@@ -36,6 +36,7 @@ import argparse
 import collections
 import contextlib
 import copy
+import datetime as dt
 import multiprocessing
 import os
 import statistics
@@ -527,13 +528,12 @@ def _wrap_up(stack: Stack, run: Any, already_running: list[str], outcome: Outcom
     model.complete_run(run.correlation_id, status="Succeeded", results_lag=0)
     stack.fake.clear_requests()
     wrap_started = time.perf_counter()
+    post_sent = model.now()
     stack.deliver(POST, run).raise_for_status()
     stack.settle(timeout=MAX_SECONDS)
-    deallocated = collections.Counter(
-        r.path.rsplit("/", 1)[0].lower()
-        for r in stack.fake.requests_matching("POST", r"/deallocate$")
-        if r.status == 202
-    )
+    accepted = [r for r in stack.fake.requests_matching("POST", r"/deallocate$") if r.status == 202]
+    deallocated = collections.Counter(r.path.rsplit("/", 1)[0].lower() for r in accepted)
+    _wrap_up_calls(stack, accepted, post_sent, len(deallocated))
     outcome.stopped_right = set(deallocated) == outcome.started_vms and all(
         n == 1 for n in deallocated.values()
     )
@@ -548,6 +548,27 @@ def _wrap_up(stack: Stack, run: Any, already_running: list[str], outcome: Outcom
         f"wrap-up: {len(deallocated)} VMs deallocated in "
         f"{time.perf_counter() - wrap_started:.1f} s ({exactly}); {outcome.still_running} of "
         f"{len(already_running)} pre-running VMs still running; run {final['run']['status']}",
+        flush=True,
+    )
+
+
+def _wrap_up_calls(stack: Stack, accepted: list[Any], post_sent: dt.datetime, stopped: int) -> None:
+    """When the last deallocate was accepted, against the write budget's ideal (a
+    subscription's bucket of 200 spends at once, then 10 a second), and what wrap-up read."""
+    if not accepted:
+        return
+    per_subscription = collections.Counter(r.path.split("/")[2].lower() for r in accepted)
+    ideal = max(max(0, n - 200) / 10 for n in per_subscription.values())
+    last = (max(r.time for r in accepted) - post_sent).total_seconds()
+    requests = stack.fake.requests
+    reads = sum(
+        1 for r in requests if r.method == "GET" and r.path.lower().startswith("/subscriptions/")
+    )
+    throttled = sum(1 for r in requests if r.status == 429)
+    print(
+        f"wrap-up: last deallocate accepted {last:.1f} s after the post event (write-budget "
+        f"ideal {ideal:.1f} s); {reads} ARM reads = {reads / max(1, stopped):.2f} per VM "
+        f"stopped; {throttled} answers of 429",
         flush=True,
     )
 

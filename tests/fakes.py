@@ -3,6 +3,7 @@ sandbox and Azurite separately)."""
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -52,6 +53,8 @@ class FakeMachines:
         self.vms: dict[str, FakeVm] = {}
         self.calls: list[tuple[str, str]] = []
         self.reads: list[tuple[str, str]] = []
+        self.turns: list[str] = []
+        self.turn_waits: dict[str, float] = {}
 
     def add(self, machine: MachineId, state: PowerState, **kw: Any) -> None:
         self.vms[machine.key] = FakeVm(state, **kw)
@@ -85,6 +88,12 @@ class FakeMachines:
                 yield machine, MachinePower(None, False)
             elif machine.key in self.vms:
                 yield machine, self.get_power(machine)
+
+    @contextlib.contextmanager
+    def power_turn(self, machine: MachineId) -> Iterator[float]:
+        """Every turn is now, unless a test set `turn_waits` (seconds per subscription)."""
+        self.turns.append(machine.key)
+        yield self.turn_waits.get(machine.subscription_id.lower(), 0.0)
 
     def start(self, machine: MachineId, still_wanted: Callable[[], bool] | None = None) -> None:
         self.calls.append(("start", machine.key))
@@ -231,6 +240,10 @@ class ScheduledQueue:
 
     def __len__(self) -> int:
         return len(self._heap)
+
+    def pending(self) -> list[tuple[datetime, Task]]:
+        """The tasks not yet run, with the time each becomes visible, soonest first."""
+        return [(when, task) for when, _, task in sorted(self._heap)]
 
     def drain(self, handle: Any, limit: int = 2000, until: datetime | None = None) -> list[Task]:
         done: list[Task] = []

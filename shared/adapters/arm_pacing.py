@@ -19,12 +19,13 @@ caller's work goes back to the queue for later instead of holding a worker threa
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +133,19 @@ class _Bucket:
         self.emptied += 1
 
 
+@dataclass
+class HeldTurn:
+    """A token taken ahead of a request by the thread that will send it (`ArmBudgets.hold`):
+    that thread's next request of this kind to this subscription uses it instead of queueing
+    again; given back if no request used it."""
+
+    subscription: str
+    kind: str
+    ready_at: float
+    emptied: int
+    used: bool = False
+
+
 class ArmBudgets:
     """The process's view of ARM's budgets, per (subscription, operation type), thread-safe.
 
@@ -154,6 +168,8 @@ class ArmBudgets:
         # Compute writes of a subscription held back until then (a Compute budget ran dry).
         self._compute_held: dict[str, float] = {}
         self._lock = threading.Lock()
+        # Turns each thread holds for its next request (see `hold`).
+        self._held = threading.local()
 
     def _bucket(self, subscription: str, kind: str, now: float) -> _Bucket:
         key = (subscription, kind)
@@ -179,6 +195,9 @@ class ArmBudgets:
         taken again behind the pause: those tokens were never there."""
         allowed = self.max_wait if max_wait is None else max_wait
         subscription = subscription.lower()
+        slept = self._use_held(subscription, kind)
+        if slept is not None:
+            return slept
         slept = 0.0
         while True:
             with self._lock:
@@ -202,6 +221,61 @@ class ArmBudgets:
                 if bucket.emptied == emptied:
                     bucket.in_flight += 1
                     return slept
+
+    @contextlib.contextmanager
+    def hold(self, subscription: str, kind: str, *, compute_write: bool = False) -> Iterator[float]:
+        """Take this thread's next turn for a `kind` request to `subscription` now, before the
+        work that leads to the request (so a crowd of threads learns its places at once, and
+        those too far back do no work at all). Yields 0.0 when the turn is held: the thread's
+        next such request uses it (sleeping until it comes, at most `max_wait`); a turn no
+        request used is given back on exit. Yields the seconds to the turn (nothing taken)
+        when it is further than `max_wait`."""
+        subscription = subscription.lower()
+        with self._lock:
+            now = self._monotonic()
+            bucket = self._bucket(subscription, kind, now)
+            held = self._compute_held.get(subscription, now) - now if compute_write else 0.0
+            wait = bucket.reserve(now, self.max_wait) if held <= self.max_wait else -held
+            if wait < 0:
+                refused = -wait
+            else:
+                refused = 0.0
+                turn = HeldTurn(subscription, kind, now + max(wait, held), bucket.emptied)
+        if refused:
+            yield max(refused, held)
+            return
+        turns: dict[tuple[str, str], HeldTurn] = self._held.__dict__.setdefault("turns", {})
+        outer = turns.get((subscription, kind))
+        turns[(subscription, kind)] = turn
+        try:
+            yield 0.0
+        finally:
+            if outer is None:
+                turns.pop((subscription, kind), None)
+            else:
+                turns[(subscription, kind)] = outer
+            if not turn.used:
+                with self._lock:
+                    if bucket.emptied == turn.emptied:
+                        bucket.level = min(bucket.capacity, bucket.level + 1.0)
+
+    def _use_held(self, subscription: str, kind: str) -> float | None:
+        """The seconds slept for this thread's held turn, or None when it holds none (or the
+        turn was voided by a 429 since: the request queues again)."""
+        turns: dict[tuple[str, str], HeldTurn] = self._held.__dict__.get("turns", {})
+        turn = turns.get((subscription, kind))
+        if turn is None or turn.used:
+            return None
+        turn.used = True
+        wait = max(0.0, turn.ready_at - self._monotonic())
+        if wait > 0:
+            self._sleep(wait)
+        with self._lock:
+            bucket = self._bucket(subscription, kind, self._monotonic())
+            if bucket.emptied != turn.emptied:
+                return None
+            bucket.in_flight += 1
+        return wait
 
     def observe(
         self,

@@ -7,6 +7,7 @@ request is sent for them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from azure.mgmt.compute.models import (
 )
 
 from shared.adapters.arm_clients import PerSubscription
+from shared.adapters.arm_pacing import WRITES
 from shared.adapters.azure_errors import service_words, translated
 from shared.domain.errors import AzureCallFailed, CallWithdrawn
 from shared.domain.ids import MachineId
@@ -191,6 +193,19 @@ class ComputeMachines:
                 yield target, _power_of(vm.instance_view.statuses if vm.instance_view else None)
                 if not wanted:
                     return
+
+    @contextlib.contextmanager
+    def power_turn(self, machine: MachineId | str) -> Iterator[float]:
+        """Hold this thread's turn for a start or deallocate of `machine` in its subscription's
+        ARM and Compute write budgets: 0.0 while held (the thread's next power operation uses
+        it), else the seconds until a turn would come (nothing held; ask again later)."""
+        target = _machine(machine)
+        if target.is_arc:
+            yield 0.0  # no Compute call is ever sent for it
+            return
+        budgets = self._clients.budgets
+        with budgets.hold(target.subscription_id, WRITES, compute_write=True) as wait:
+            yield wait
 
     def start(
         self, machine: MachineId | str, still_wanted: Callable[[], bool] | None = None

@@ -38,6 +38,8 @@ GATE_COUNTED = (
     MachineAction.PLANNED,
 )
 UP = (PowerState.RUNNING, PowerState.STARTING)
+# A power state read in bulk this recently may decide a stop even when it says "down".
+CARRIED_POWER_FRESH = timedelta(seconds=30)
 DOWN = (PowerState.DEALLOCATED, PowerState.STOPPED)
 
 
@@ -171,6 +173,19 @@ def start_after_reading(
     if now >= scheduled_start:
         return Decision(Next.RECORD, MachineAction.TOO_LATE_TO_START, "patching has begun", seen)
     return Decision(Next.START, changes=seen)
+
+
+def carried_power_decides(
+    row: MachineRecord, carried: str | None, read_at: datetime, now: datetime
+) -> bool:
+    """Whether the power state wrap-up read for a VM (at `read_at`) may decide its stop. Yes
+    when the VM was up: deallocating is right whatever happened since (at worst Azure is asked
+    to deallocate a VM already down), or when it was read moments ago. No for a row whose
+    deallocate is already under way, and for an old read saying the VM was down: what happened
+    since decides, so the VM is read again."""
+    if carried is None or row.action is MachineAction.DEALLOCATING:
+        return False
+    return PowerState.of(carried) in UP or now - read_at < CARRIED_POWER_FRESH
 
 
 def stop_after_reading(

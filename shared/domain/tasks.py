@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.domain.ids import InvalidId, MachineId, RunId
@@ -20,6 +21,8 @@ MAX_TASK_BYTES = 48 * 1024  # a Storage queue message holds 64 KiB, base64 takes
 MAX_TASK_DELAY = timedelta(days=6)
 # Far more rounds than any wait loop takes (they end at deadlines); bounds what a message claims.
 MAX_ROUND = 1_000_000
+# A carried power state is one of Azure's short words (`deallocated`, `running`, ...).
+MAX_POWER_WORD = 40
 
 
 class TaskKind(enum.StrEnum):
@@ -48,17 +51,23 @@ class Task:
     run_id: RunId
     machines: tuple[MachineId, ...] = ()
     round: int = 0
+    # Power states read in bulk for `machines` (same order; None: not read) at `read_at`:
+    # wrap-up's one read of the VMs it stops, carried so that no stop task reads again.
+    powers: tuple[str | None, ...] = ()
+    read_at: datetime | None = None
 
     def to_json(self) -> str:
         """The queue message body."""
-        text = json.dumps(
-            {
-                "kind": self.kind.value,
-                "run": self.run_id.text,
-                "machines": [m.text for m in self.machines],
-                "round": self.round,
-            }
-        )
+        body: dict[str, Any] = {
+            "kind": self.kind.value,
+            "run": self.run_id.text,
+            "machines": [m.text for m in self.machines],
+            "round": self.round,
+        }
+        if self.read_at is not None:
+            body["powers"] = list(self.powers)
+            body["read_at"] = self.read_at.isoformat()
+        text = json.dumps(body)
         if len(text) > MAX_TASK_BYTES:
             raise ValueError("task too large for one queue message")
         return text
@@ -84,10 +93,51 @@ class Task:
             parsed = tuple(MachineId.parse(m) for m in machines)
         except (ValueError, InvalidId) as e:
             raise InvalidTask(f"not a task: {e}") from e
-        return cls(kind=kind, run_id=run_id, machines=parsed, round=round_)
+        powers, read_at = _carried_powers(document, len(parsed))
+        return cls(
+            kind=kind, run_id=run_id, machines=parsed, round=round_, powers=powers, read_at=read_at
+        )
 
     def next_round(self) -> Task:
         """The same step again, later (verify and wait loops count their rounds)."""
-        return Task(
-            kind=self.kind, run_id=self.run_id, machines=self.machines, round=self.round + 1
+        return replace(self, round=self.round + 1)
+
+    def carried_power(self, machine: MachineId) -> str | None:
+        """The power state word carried for `machine`, if it was read."""
+        for each, power in zip(self.machines, self.powers, strict=False):
+            if each == machine:
+                return power
+        return None
+
+    def with_machines(self, machines: Sequence[MachineId], round_: int) -> Task:
+        """The same step for some of its machines (their carried powers kept), at `round_`."""
+        carried = {m: p for m, p in zip(self.machines, self.powers, strict=False)}
+        kept = tuple(machines)
+        return replace(
+            self,
+            machines=kept,
+            round=round_,
+            powers=tuple(carried.get(m) for m in kept) if self.read_at is not None else (),
         )
+
+
+def _carried_powers(
+    document: dict[str, Any], machines: int
+) -> tuple[tuple[str | None, ...], datetime | None]:
+    if "read_at" not in document:
+        return (), None
+    powers = document.get("powers")
+    read_at = document.get("read_at")
+    if (
+        not isinstance(powers, list)
+        or len(powers) != machines
+        or not all(p is None or (isinstance(p, str) and len(p) <= MAX_POWER_WORD) for p in powers)
+    ):
+        raise InvalidTask("not a task: powers is not one short word or null per machine")
+    try:
+        when = datetime.fromisoformat(str(read_at))
+    except ValueError as e:
+        raise InvalidTask("not a task: read_at is not an ISO 8601 time") from e
+    if when.tzinfo is None:
+        raise InvalidTask("not a task: read_at has no time zone")
+    return tuple(powers), when

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -204,6 +205,13 @@ class Machines(Protocol):
         """The power states of these machines of one subscription, in as few reads as Azure
         allows (a VM Azure does not list is left out; an Arc machine is not manageable).
         AzureCallFailed when the subscription's list cannot be read."""
+        ...
+
+    def power_turn(self, machine: MachineId) -> AbstractContextManager[float]:
+        """Hold this thread's turn for a start or deallocate of `machine` in Azure's write
+        budgets: 0.0 while held (the thread's next power operation uses it), else the seconds
+        until a turn would come, and nothing is held: the work is better put off than done and
+        then refused."""
         ...
 
     def start(self, machine: MachineId, still_wanted: Callable[[], bool] | None = None) -> None:

@@ -101,6 +101,80 @@ def test_a_refused_call_reads_as_arms_own_throttling_to_the_domain() -> None:
     assert failed.value.code == "ThrottledBeforeSending"
 
 
+def test_a_held_turn_is_the_next_requests_place_and_is_not_taken_twice() -> None:
+    clock = SteppedClock()
+    budgets = budgets_on(clock)
+    for _ in range(200):
+        budgets.acquire(SUB, WRITES)
+    with budgets.hold(SUB, WRITES) as wait:
+        assert wait == 0.0
+        assert budgets.level(SUB, WRITES) == pytest.approx(-1.0)
+        # The request sent while the turn is held sleeps until it and takes nothing more.
+        assert budgets.acquire(SUB, WRITES) == pytest.approx(0.1)
+        assert budgets.level(SUB, WRITES) == pytest.approx(0.0)
+        # A second request from the same thread queues as any other.
+        assert budgets.acquire(SUB, WRITES) == pytest.approx(0.1)
+    assert budgets.level(SUB, WRITES) == pytest.approx(0.0)
+
+
+def test_a_held_turn_no_request_used_is_given_back() -> None:
+    clock = SteppedClock()
+    budgets = budgets_on(clock)
+    with budgets.hold(SUB, WRITES) as wait:
+        assert wait == 0.0
+        assert budgets.level(SUB, WRITES) == pytest.approx(199.0)
+    assert budgets.level(SUB, WRITES) == pytest.approx(200.0)
+
+
+def test_a_turn_further_than_the_allowed_wait_is_not_held_and_says_how_far() -> None:
+    clock = SteppedClock()
+    budgets = ArmBudgets(max_wait=1.0, monotonic=clock.monotonic, sleep=lambda _: None)
+    for _ in range(210):
+        budgets.acquire(SUB, WRITES)
+    level = budgets.level(SUB, WRITES)
+    with budgets.hold(SUB, WRITES) as wait:
+        assert wait == pytest.approx(1.1)
+        assert budgets.level(SUB, WRITES) == level
+        # Nothing is held: a request sent anyway queues (and is refused) as any other.
+        with pytest.raises(ArmThrottled):
+            budgets.acquire(SUB, WRITES)
+    assert budgets.level(SUB, WRITES) == level
+
+
+def test_a_held_turn_a_429_voided_is_taken_again_behind_the_pause() -> None:
+    clock = SteppedClock()
+    budgets = budgets_on(clock, max_wait=10.0)
+    with budgets.hold(SUB, WRITES) as wait:
+        assert wait == 0.0
+        budgets.observe(
+            SUB,
+            WRITES,
+            429,
+            {"Retry-After": "4", "x-ms-ratelimit-remaining-subscription-writes": "0"},
+        )
+        # The held token was never there: the request waits out the pause for a new one.
+        assert budgets.acquire(SUB, WRITES) == pytest.approx(4.1)
+    # Nothing is given back for a turn the 429 voided.
+    # The pause's first token went to that request; nothing was given back for the void one.
+    assert budgets.level(SUB, WRITES) == pytest.approx(0.0)
+
+
+def test_a_compute_hold_is_a_turn_too_far_for_power_operations_only() -> None:
+    clock = SteppedClock()
+    budgets = budgets_on(clock)
+    budgets.observe(
+        SUB,
+        WRITES,
+        429,
+        {"Retry-After": "20", "x-ms-ratelimit-remaining-resource": "Microsoft.Compute/PutVM3Min;0"},
+        compute=True,
+    )
+    with budgets.hold(SUB, WRITES, compute_write=True) as wait:
+        assert wait == pytest.approx(20.0)
+    with budgets.hold(SUB, WRITES) as wait:
+        assert wait == 0.0
+
+
 def test_what_arm_says_remains_lowers_the_level_for_budget_spent_by_other_instances() -> None:
     clock = SteppedClock()
     budgets = budgets_on(clock)
@@ -295,6 +369,31 @@ def test_two_instances_sharing_the_budget_keep_to_it_through_the_remaining_heade
     assert answers.count(202) == outcomes.count(None)
     # Without the headers each would spend the whole bucket as its own: ~40 refusals at once.
     assert answers.count(429) <= FLEET * 0.05
+
+
+def test_a_power_turn_held_through_compute_is_what_the_start_uses(
+    fake: FakeAzure, fleet: list[MachineId]
+) -> None:
+    budgets = ArmBudgets(buckets={**ARM_BUCKETS, WRITES: (40, 1.0)}, max_wait=0.5)
+    fake.faults.set_arm_limits(writes=(40, 1.0))
+    compute = instance(fake, budgets)
+    for machine in fleet[:39]:
+        compute.start(machine)
+    with compute.power_turn(fleet[39]) as wait:
+        assert wait == 0.0
+
+        # The last token is this thread's: another thread's turn is too far now.
+        def other_turn() -> float:
+            with compute.power_turn(fleet[40]) as elsewhere:
+                return elsewhere
+
+        with ThreadPoolExecutor(1) as other:
+            assert 0.5 < other.submit(other_turn).result() <= 1.0
+        compute.start(fleet[39])
+    with compute.power_turn(fleet[40]) as wait:
+        # The bucket refills 1 a second: the next turn is further than the allowed 0.5 s.
+        assert 0.5 < wait <= 1.0
+    assert [r.status for r in fake.requests_matching("POST", r"/start$")] == [202] * 40
 
 
 def test_a_start_that_would_wait_too_long_is_refused_unsent_and_reads_as_throttled(

@@ -277,8 +277,18 @@ def test_a_cancel_for_a_run_azure_does_not_know_leaves_no_run_and_no_wider_queri
     known = schedule(stack, [WEB], timedelta(minutes=30))
     ghost_subscription = str(uuid.uuid4())
     # Well formed, inside its window, but not a run Azure has.
-    unknown_name = (known.scheduled_start + timedelta(seconds=30)).strftime("%Y%m%d%H%M%S")
-    unknown_run = known.correlation_id.replace(known.name, unknown_name)
+    # A second no other run of the module's fake took (runs share it, one name a second).
+    unknown_run = next(
+        name
+        for name in (
+            known.correlation_id.replace(
+                known.name,
+                (known.scheduled_start + timedelta(seconds=s)).strftime("%Y%m%d%H%M%S"),
+            )
+            for s in range(30, 300)
+        )
+        if stack.fake.model.find_run(name) is None
+    )
     ghost_run = (
         f"/subscriptions/{ghost_subscription}/resourceGroups/rg-ghost/providers/"
         "Microsoft.Maintenance/maintenanceConfigurations/ghost/providers/"

@@ -6,6 +6,7 @@ from shared.domain.ids import MachineId, RunId
 from shared.domain.machine_steps import (
     START_ACCEPTED,
     Next,
+    carried_power_decides,
     start_after_reading,
     start_before_reading,
     stop_after_reading,
@@ -104,3 +105,24 @@ def test_a_failed_start_that_stayed_down_has_nothing_to_stop() -> None:
     assert (decision.next, decision.action) == (Next.RELEASE, MachineAction.START_FAILED)
     up = stop_after_reading(failed, PowerState.RUNNING, NOW, LEASE)
     assert up.next is Next.DEALLOCATE
+
+
+def test_a_carried_up_state_decides_a_stop_however_old_it_is() -> None:
+    started = planned().moved_to(MachineAction.STARTED, NOW, "seen running")
+    long_ago = NOW - timedelta(minutes=10)
+    assert carried_power_decides(started, "running", long_ago, NOW)
+    assert carried_power_decides(started, "Starting", long_ago, NOW)
+
+
+def test_a_carried_down_state_decides_only_while_fresh() -> None:
+    started = planned().moved_to(MachineAction.STARTED, NOW, "seen running")
+    assert carried_power_decides(started, "deallocated", NOW - timedelta(seconds=10), NOW)
+    assert not carried_power_decides(started, "deallocated", NOW - timedelta(seconds=31), NOW)
+    assert not carried_power_decides(started, "stopped", NOW - timedelta(minutes=2), NOW)
+
+
+def test_no_carried_state_decides_for_an_unread_vm_or_a_deallocation_under_way() -> None:
+    started = planned().moved_to(MachineAction.STARTED, NOW, "seen running")
+    deallocating = started.moved_to(MachineAction.DEALLOCATING, NOW, "deallocate requested")
+    assert not carried_power_decides(started, None, NOW, NOW)
+    assert not carried_power_decides(deallocating, "running", NOW, NOW)

@@ -53,6 +53,19 @@ log = logging.getLogger(__name__)
 # Throttled or unanswered machines go into a new task this much later, at most this often.
 TRANSIENT_RETRY = timedelta(seconds=3)
 MAX_TRANSIENT_ROUNDS = 200
+# Machines waiting for a write turn come back when it is near, but at least this often (the
+# pacing's view of the budgets may improve: another instance stopped spending them).
+MAX_TURN_WAIT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A machine whose power operation was not attempted: its subscription's next write turn
+    was `wait_seconds` away (more than the pacing lets a thread wait), so nothing was read,
+    written or sent for it; a later task takes it up."""
+
+    machine: MachineId
+    wait_seconds: float
 
 
 @dataclass
@@ -88,10 +101,66 @@ class StepsBase:
             confirm_after=self.policy.arg_retry,
         )
 
-    def _retry_later(self, task: Task, run: Run, rows: Sequence[MachineRecord]) -> None:
-        """Machines whose calls were throttled or failed transiently: another task, later."""
-        if not rows:
+    def _in_turn(
+        self, machine: MachineId, step: Callable[[], MachineRecord]
+    ) -> MachineRecord | Deferred:
+        """Run a start or stop step for one machine while holding its subscription's next write
+        turn; when that turn is too far off, do nothing and say how far (Deferred)."""
+        with self.machines.power_turn(machine) as wait:
+            if wait > 0:
+                return Deferred(machine, wait)
+            return step()
+
+    def _turns_near(self, machines: Iterable[MachineId]) -> bool:
+        """Every subscription of these machines has a write turn within the pacing's wait. When
+        one has not, quiet rows are machines waiting in the queue for their turns, not work a
+        dead host lost, and sending them again would only add to the wait."""
+        first: dict[str, MachineId] = {}
+        for machine in machines:
+            first.setdefault(machine.subscription_id.lower(), machine)
+        for machine in first.values():
+            with self.machines.power_turn(machine) as wait:
+                if wait > 0:
+                    return False
+        return True
+
+    def _retry_later(
+        self,
+        task: Task,
+        run: Run,
+        rows: Sequence[MachineRecord],
+        deferred: Sequence[Deferred] = (),
+    ) -> None:
+        """Machines whose calls were throttled or failed transiently, and machines put off
+        until their write turn: another task, later. Only rounds with throttled or failed
+        calls count towards giving up; waiting for a turn is bounded by the run's own end
+        (a start task stops with the run's preparation, a stop task with its wrap-up)."""
+        if not rows and not deferred:
             return
+        if not rows:
+            # Come back when the turns are near, not sooner: nothing is read or sent meanwhile.
+            wait = min(d.wait_seconds for d in deferred) - TRANSIENT_RETRY.total_seconds()
+            delay = max(TRANSIENT_RETRY, timedelta(seconds=min(wait, MAX_TURN_WAIT_SECONDS)))
+            machines = [d.machine for d in deferred]
+            self.queue.send(task.with_machines(machines, task.round), delay)
+            log.info(
+                "Run %s: %d machines wait for their write turn; %s again in %s",
+                run.run_id.text,
+                len(machines),
+                task.kind.value,
+                delay,
+            )
+            return
+        self._retry_failed(task, run, rows, deferred)
+
+    def _retry_failed(
+        self,
+        task: Task,
+        run: Run,
+        rows: Sequence[MachineRecord],
+        deferred: Sequence[Deferred],
+    ) -> None:
+        """Throttled or failed calls (with any machines put off): again soon, one round on."""
         if task.round >= MAX_TRANSIENT_ROUNDS:
             for row in rows:
                 self._note(
@@ -101,9 +170,10 @@ class StepsBase:
                     f"{row.resource_id}: Azure kept throttling or failing; gave up "
                     f"after {task.round} rounds",
                 )
+            self._retry_later(task, run, (), deferred)
             return
-        machines = tuple(MachineId.parse(r.resource_id) for r in rows)
-        self.queue.send(Task(task.kind, run.run_id, machines, task.round + 1), TRANSIENT_RETRY)
+        machines = [MachineId.parse(r.resource_id) for r in rows] + [d.machine for d in deferred]
+        self.queue.send(task.with_machines(machines, task.round + 1), TRANSIENT_RETRY)
         log.info(
             "Run %s: %d machines throttled or unanswered; %s again in %s",
             run.run_id.text,

@@ -24,8 +24,8 @@ from shared.domain.runs import (
     RunStatus,
 )
 from shared.domain.tasks import Task, TaskKind
-from shared.services.orchestration.fan_out import chunks
-from shared.services.orchestration.wrapping_up import WrappingUp
+from shared.services.orchestration.fan_out import chunks, parallel
+from shared.services.orchestration.wrapping_up import WrappingUp, carried_word
 from shared.services.reporting import build_report, matched_patch_results, summary_message
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ class Finishing(WrappingUp):
         now = self.clock.now()
         started = run.wrap_up_started_at or now
         if busy and now - started < self.policy.wrap_up_wait:
-            if self._still_stopping(run, busy, started, task.round):
+            last_moved = max(r.updated_at for r in rows)
+            if self._still_stopping(run, busy, started, task.round, last_moved):
                 return
             rows = list(self.ledger.list_machines(run.run_id))
         if self._note_left_running(run, rows):
@@ -72,38 +73,66 @@ class Finishing(WrappingUp):
         log.info("Run %s completed; report at %s", run.run_id.text, location)
 
     def _still_stopping(
-        self, run: Run, busy: Sequence[MachineRecord], started: datetime, round_: int
+        self,
+        run: Run,
+        busy: Sequence[MachineRecord],
+        started: datetime,
+        round_: int,
+        last_moved: datetime,
     ) -> bool:
         """One bulk read settles the deallocations Azure accepted; what is left gets a stop
         task when no worker is known to be handling it. True while any is still on its way."""
+        read_at = self.clock.now()
         powers = self._read_power(machine_of(r) for r in busy)
-        settled = [
-            self._settle_deallocation(r, powers[machine_of(r)])
-            if r.action is MachineAction.DEALLOCATING and powers.get(machine_of(r)) is not None
-            else r
-            for r in busy
-        ]
+
+        def settle(row: MachineRecord) -> MachineRecord:
+            power = powers.get(machine_of(row))
+            if row.action is MachineAction.DEALLOCATING and power is not None:
+                return self._settle_deallocation(row, power)
+            return row
+
+        # Each settlement is a few ledger writes: in parallel, as verify refreshes, so that a
+        # round over thousands of VMs ends well within the round interval.
+        settled = parallel(self.policy.start_concurrency, settle, busy)
         left = [
             r
             for r in settled
             if r.action.owned_by_run and r.action is not MachineAction.DEALLOCATE_FAILED
         ]
+        # Stop tasks waiting in the queue for their write turns touch no row: while rows keep
+        # moving, the ones still waiting are theirs, not orphans.
+        quiet = self.clock.now() - max(
+            [last_moved, *(r.updated_at for r in settled)]
+        ) >= self.policy.task_lease and self._turns_near(map(machine_of, left))
         again = tuple(
             machine_of(r)
             for r in left
-            if self._needs_stop_task(r, powers.get(machine_of(r)), started)
+            if self._needs_stop_task(r, powers.get(machine_of(r)), started, quiet)
         )
         for batch in chunks(again, self.policy.start_batch_size):
-            self.queue.send(Task(TaskKind.STOP, run.run_id, tuple(batch), round_))
+            self.queue.send(
+                Task(
+                    TaskKind.STOP,
+                    run.run_id,
+                    tuple(batch),
+                    round_,
+                    powers=tuple(carried_word(powers.get(m)) for m in batch),
+                    read_at=read_at,
+                )
+            )
         return bool(left)
 
     def _needs_stop_task(
-        self, row: MachineRecord, power: MachinePower | None, wrap_up_started: datetime
+        self,
+        row: MachineRecord,
+        power: MachinePower | None,
+        wrap_up_started: datetime,
+        quiet: bool,
     ) -> bool:
         """An owned machine no stop task is known to be handling: started (or its answer
         lost) after wrap-up listed the machines, waiting longer than a stop task takes to be
-        picked up, a deallocate whose worker is gone, or one Azure accepted a lease ago that
-        the VM shows no sign of."""
+        picked up once the stops went quiet, a deallocate whose worker is gone, or one Azure
+        accepted a lease ago that the VM shows no sign of."""
         if row.action is MachineAction.DEALLOCATING:
             if accepted(row):
                 under_way = power is not None and power.state is PowerState.DEALLOCATING
@@ -111,7 +140,7 @@ class Finishing(WrappingUp):
             return not self._intent_is_fresh(row)
         if answer_lost(row) or row.updated_at >= wrap_up_started:
             return True
-        return self.clock.now() - row.updated_at >= self.policy.task_lease
+        return quiet and self.clock.now() - row.updated_at >= self.policy.task_lease
 
     def _note_left_running(self, run: Run, rows: Sequence[MachineRecord]) -> bool:
         """Wrap-up is over: name every VM the run owns that may still run, loudly. A failed

@@ -28,6 +28,7 @@ from shared.domain.runs import (
 from shared.domain.tasks import MAX_TASK_DELAY, Task, TaskKind
 from shared.domain.timeline import machines_running_deadline, preparation_due
 from shared.domain.vocabulary import GateOutcome
+from shared.services.orchestration.base import Deferred
 from shared.services.orchestration.fan_out import chunks, parallel
 from shared.services.orchestration.intent_renewer import IntentRenewer
 from shared.services.orchestration.ownership import Ownership
@@ -136,19 +137,26 @@ class Starting(Ownership):
 
     def _start_batch(self, task: Task, run: Run, renewer: IntentRenewer) -> None:
         """Send the starts; nothing waits for a VM to boot: verify's bulk reads settle them."""
-        rows = parallel(
+        results = parallel(
             self.policy.start_concurrency,
-            lambda m: self._unless_taken(run.run_id, m, lambda: self._start_one(run, m, renewer)),
+            lambda m: self._in_turn(
+                m,
+                lambda: self._unless_taken(run.run_id, m, lambda: self._start_one(run, m, renewer)),
+            ),
             task.machines,
         )
+        deferred = [r for r in results if isinstance(r, Deferred)]
         retry = [
             row
-            for row in rows
-            if row.action is MachineAction.PLANNED
-            or (row.action is MachineAction.STARTING and answer_lost(row))
+            for row in results
+            if isinstance(row, MachineRecord)
+            and (
+                row.action is MachineAction.PLANNED
+                or (row.action is MachineAction.STARTING and answer_lost(row))
+            )
         ]
-        if retry and self._still_starting(run.run_id):
-            self._retry_later(task, run, retry)
+        if (retry or deferred) and self._still_starting(run.run_id):
+            self._retry_later(task, run, retry, deferred)
 
     def _start_one(self, run: Run, machine: MachineId, renewer: IntentRenewer) -> MachineRecord:
         """Read one VM, decide (shared/domain/machine_steps), and start it if that is the

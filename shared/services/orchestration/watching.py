@@ -111,7 +111,7 @@ class Watching(StepsBase):
         if not planned or now >= run.scheduled_start:
             return
         quiet_for = now - max(r.updated_at for r in rows)
-        if quiet_for < self.policy.task_lease:
+        if quiet_for < self.policy.task_lease or not self._turns_near(map(machine_of, planned)):
             return
         log.warning(
             "Run %s: the fan-out has not moved for %s; %d machines get new start tasks",

@@ -12,9 +12,11 @@ from shared.domain.errors import AzureCallFailed
 from shared.domain.ids import MachineId, RunId
 from shared.domain.machine_steps import (
     DEALLOCATE_ACCEPTED,
+    NOT_LISTED,
     WATCHED,
     Next,
     accepted,
+    carried_power_decides,
     stop_after_reading,
 )
 from shared.domain.machines import MachinePower, PowerState
@@ -27,6 +29,7 @@ from shared.domain.runs import (
     RunStatus,
 )
 from shared.domain.tasks import Task, TaskKind
+from shared.services.orchestration.base import Deferred
 from shared.services.orchestration.fan_out import chunks, parallel
 from shared.services.orchestration.intent_renewer import IntentRenewer
 from shared.services.orchestration.ownership import Ownership
@@ -57,20 +60,34 @@ class WrappingUp(Ownership):
             return
         if run.cancel_source is None and not self._machines_finished(run, task):
             return
-        owned = [r for r in self.ledger.list_machines(run.run_id) if r.owned_by_run]
+        # Each stop task hands a VM over instead when another active run needs it (it looks at
+        # the VM's claim just before deciding): no claim is read here, once per VM.
         to_stop = [
-            MachineId.parse(r.resource_id) for r in owned if not self._hand_over(run.run_id, r)
+            MachineId.parse(r.resource_id)
+            for r in self.ledger.list_machines(run.run_id)
+            if r.owned_by_run
         ]
+        # One bulk read for the whole wrap-up; the stop tasks carry it (none reads again).
+        read_at = self.clock.now()
+        powers = self._read_power(to_stop) if to_stop else {}
         for batch in chunks(to_stop, self.policy.start_batch_size):
-            self.queue.send(Task(TaskKind.STOP, run.run_id, tuple(batch)))
+            self.queue.send(
+                Task(
+                    TaskKind.STOP,
+                    run.run_id,
+                    tuple(batch),
+                    powers=tuple(carried_word(powers.get(m)) for m in batch),
+                    read_at=read_at,
+                )
+            )
         self.queue.send(
             Task(TaskKind.FINISH, run.run_id), self.policy.arg_retry if to_stop else timedelta(0)
         )
         log.info(
-            "Run %s: wrap-up: %d machines to stop, %d handed over",
+            "Run %s: wrap-up: %d machines to stop or hand over, in %d stop tasks",
             run.run_id.text,
             len(to_stop),
-            len(owned) - len(to_stop),
+            -(-len(to_stop) // self.policy.start_batch_size),
         )
 
     def _machines_finished(self, run: Run, task: Task) -> bool:
@@ -122,23 +139,48 @@ class WrappingUp(Ownership):
             self._stop_batch(task, run, renewer)
 
     def _stop_batch(self, task: Task, run: Run, renewer: IntentRenewer) -> None:
-        """Read the batch's power states in bulk, send the deallocations; nothing waits for
-        them: finish's bulk reads settle them."""
-        powers = self._read_power(task.machines)
-        rows = parallel(
+        """Send the deallocations, each in its write turn, deciding from the power states
+        wrap-up read (a VM is read again alone only when that read cannot be trusted for it);
+        nothing waits for them: finish's bulk reads settle them."""
+        results = parallel(
             self.policy.start_concurrency,
-            lambda m: self._unless_taken(
-                run.run_id, m, lambda: self._stop_one(run.run_id, m, powers.get(m), renewer)
+            lambda m: self._in_turn(
+                m,
+                lambda: self._unless_taken(
+                    run.run_id, m, lambda: self._stop_one(run.run_id, m, task, renewer)
+                ),
             ),
             task.machines,
         )
-        self._retry_later(task, run, [row for row in rows if row.action in WATCHED])
+        self._retry_later(
+            task,
+            run,
+            [r for r in results if isinstance(r, MachineRecord) and r.action in WATCHED],
+            [r for r in results if isinstance(r, Deferred)],
+        )
+
+    def _power_for_stop(
+        self, row: MachineRecord, machine: MachineId, task: Task
+    ) -> MachinePower | None:
+        """The power state wrap-up carried for the VM when it can decide the stop (see
+        `carried_power_decides`), else one read of the VM now (None: unreadable this time)."""
+        carried = task.carried_power(machine)
+        if task.read_at is not None and carried_power_decides(
+            row, carried, task.read_at, self.clock.now()
+        ):
+            return MachinePower(PowerState.of(carried), startable=False)
+        try:
+            return self.machines.get_machine(machine).power
+        except AzureCallFailed as e:
+            if e.is_transient:
+                return None
+            return MachinePower(state=None, startable=False, note=NOT_LISTED)
 
     def _stop_one(
         self,
         run_id: RunId,
         machine: MachineId,
-        power: MachinePower | None,
+        task: Task,
         renewer: IntentRenewer,
     ) -> MachineRecord:
         row = self.ledger.find_machine(run_id, machine.text)
@@ -152,6 +194,7 @@ class WrappingUp(Ownership):
             return row
         if self._hand_over(run_id, row):
             return self.ledger.find_machine(run_id, machine.text) or row
+        power = self._power_for_stop(row, machine, task)
         if power is None:
             return row  # unread: retried in a later stop task
         if power.state is None:
@@ -212,3 +255,10 @@ class WrappingUp(Ownership):
                 )
             return recorded
         return row
+
+
+def carried_word(power: MachinePower | None) -> str | None:
+    """A power state as a stop task carries it (None: unread, or a VM Azure does not list)."""
+    if power is None or power.state is None:
+        return None
+    return str(power.state)
