@@ -37,6 +37,7 @@ import collections
 import contextlib
 import copy
 import datetime as dt
+import json
 import multiprocessing
 import os
 import statistics
@@ -47,6 +48,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import requests
@@ -70,6 +72,7 @@ MAX_SECONDS = 1200  # bounded: the benchmark gives up rather than run on
 ARM_WRITES = (200, 10.0)  # ARM's subscription write bucket (the fake's default)
 COMPUTE_UPDATE_VM = (1500, 500.0 / 60.0)  # Compute's per-subscription "Update VM" budget
 MAX_PRE_EVENTS = 400
+APP_HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -86,11 +89,16 @@ def app_in_its_own_process(
     with running_azurite() as azurite, requests.Session() as session:
         fake = FakeAzure.start(scenario)
         table = "ledger" + uuid.uuid4().hex[:12]
+        # The tests' host.json (short visibility timeouts), with the app's own queue batch or
+        # `queue_batch` (this many messages, fetched again at half of them left).
         host_json = copy.deepcopy(HOST_JSON)
+        queues = host_json["extensions"]["queues"]
         if queue_batch:
-            # host.json's queue batch: this many messages, fetched again at half of them left.
-            queues = host_json["extensions"]["queues"]
             queues["batchSize"], queues["newBatchThreshold"] = queue_batch, queue_batch // 2
+        else:
+            app_queues = json.loads(APP_HOST_JSON.read_text(encoding="utf-8"))["extensions"]
+            queues["batchSize"] = app_queues["queues"]["batchSize"]
+            queues["newBatchThreshold"] = app_queues["queues"]["newBatchThreshold"]
         host = HostProcess(
             app_environment(fake, azurite.connection_string, table, settings), host_json
         )
@@ -360,7 +368,7 @@ def _arguments() -> argparse.Namespace:
         "--queue-batch",
         type=int,
         default=0,
-        help="host.json queues batchSize (newBatchThreshold half of it); 0: the tests' 16 + 8",
+        help="host.json queues batchSize (newBatchThreshold half of it); 0: the app's host.json",
     )
     parser.add_argument("--event-interval", type=float, default=1.0, help="s between pre events")
     parser.add_argument("--baseline", type=int, default=0, help="VMs in the tutorial baseline")

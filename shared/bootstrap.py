@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Queue messages one instance works on at once: host.json's queues batchSize (16) plus its
-# newBatchThreshold (8).
-QUEUE_MESSAGES_IN_FLIGHT = 24
+# Queue messages one instance works on at once: host.json's queues batchSize (8) plus its
+# newBatchThreshold (4).
+QUEUE_MESSAGES_IN_FLIGHT = 12
 # HTTP requests and timers served beside them.
 OTHER_CALLS_IN_FLIGHT = 32
 

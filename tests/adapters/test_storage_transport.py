@@ -4,17 +4,19 @@ Real SDK clients against real Azurite."""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.adapters import report_store, table_ledger, task_queue
 from shared.adapters.http_transport import PooledAdapter
-from shared.bootstrap import Container, http_pool_size
+from shared.bootstrap import QUEUE_MESSAGES_IN_FLIGHT, Container, http_pool_size
 from shared.config import Settings
 from shared.domain.ids import RunId
 from shared.domain.runs import Run
@@ -73,7 +75,7 @@ def test_the_ledger_queue_and_report_clients_are_on_pooled_transports_with_their
         assert transport.connection_config.timeout == options["connection_timeout"]
         assert transport.connection_config.read_timeout == options["read_timeout"]
         adapter = pool_of(transport, ledger.table.url)
-        assert adapter._pool_maxsize == http_pool_size(container.settings) == 4 * 24 + 32
+        assert adapter._pool_maxsize == http_pool_size(container.settings) == 4 * 12 + 32
 
 
 def test_many_threads_writing_the_ledger_and_the_queue_reuse_connections_without_warnings(
@@ -120,3 +122,9 @@ def test_the_default_pools_are_what_warned(
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(lambda i: client.send_message(str(i)), range(4 * THREADS)))
     assert [r for r in caplog.records if "pool is full" in r.getMessage()]
+
+
+def test_the_pools_are_sized_for_the_queue_messages_host_json_lets_run_at_once() -> None:
+    host_json = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_text())
+    queues = host_json["extensions"]["queues"]
+    assert queues["batchSize"] + queues["newBatchThreshold"] == QUEUE_MESSAGES_IN_FLIGHT
