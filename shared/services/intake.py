@@ -135,8 +135,15 @@ def _hold_early_post_event(
             run = ledger.save_run(Run.first_seen(event.run, now))
         except LedgerConflict:
             return None
+    named = f"post event {describe_for_log(event.event_id)} "
+    if any(
+        n.source == "intake" and n.message.startswith(named) for n in ledger.list_notes(run.run_id)
+    ):
+        # Event Grid delivers again until answered: one note per held event is enough.
+        log.info("Run %s: early %sdelivered again; still held", event.run.text, named)
+        return run
     message = (
-        f"post event {describe_for_log(event.event_id)} (status {describe_for_log(event.status)})"
+        f"{named}(status {describe_for_log(event.status)})"
         f" received at {now.isoformat()}, before the run's start "
         f"{event.start.isoformat()}: recorded and held; the run is wrapped up "
         "after a post event that comes after its start, or once Resource Graph shows it ended"

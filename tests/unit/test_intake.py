@@ -243,6 +243,19 @@ def test_a_post_event_before_the_start_is_noted_and_held_without_moving_the_run(
     assert follow_up(pre, after_pre) == Task(TaskKind.PREPARE, RUN)
 
 
+def test_an_early_post_event_delivered_again_is_noted_once_and_another_one_is_noted_too() -> None:
+    ledger, clock = InMemoryRunLedger(), FixedClock(START - timedelta(minutes=50))
+    post = parse_event(event_grid_event(POST), ANY)
+    for _ in range(3):
+        assert take_in_event(post, ledger, clock).held
+        clock.advance(timedelta(seconds=10))
+    other = parse_event({**event_grid_event(POST), "id": "another-post-event"}, ANY)
+    assert take_in_event(other, ledger, clock).held
+    notes = [n.message for n in ledger.list_notes(RUN)]
+    assert len(notes) == 2
+    assert "another-post-event" in notes[1] and "another-post-event" not in notes[0]
+
+
 def test_an_early_post_event_does_not_hold_a_prepared_run_back_from_its_real_post() -> None:
     ledger, clock = InMemoryRunLedger(), FixedClock(START - timedelta(minutes=35))
     take_in_event(parse_event(event_grid_event(PRE), ANY), ledger, clock)

@@ -8,10 +8,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
+
 from shared.domain.errors import AzureCallFailed
 from shared.domain.ids import MachineId
 from shared.domain.machines import MachinePower, PowerState
-from shared.domain.runs import MachineAction, MachineRecord, NoteLevel, RunStatus
+from shared.domain.runs import MachineAction, MachineRecord, NoteLevel, Run, RunStatus
 from shared.domain.tasks import Task, TaskKind
 from shared.services.reporting import summary_message
 from tests.builders import POST, PRE, START
@@ -333,3 +335,47 @@ def test_a_vm_read_not_running_at_the_gate_still_counts_against_the_budget() -> 
     assert run.gate_outcome == "Cancelled", run.gate_detail
     assert "1 of 1" in (run.gate_detail or "")
     assert world.canceller.puts == [RUN.key]
+
+
+def test_a_host_dying_as_it_takes_a_finish_round_leaves_the_loop_going() -> None:
+    world, machines = losing_world()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.work()
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.queue.drain(world.orchestrator.handle, until=world.clock.now())
+    # The host dies recording that it took finish round 0 (after reading the run): the
+    # message comes back later, but the loop must not wait for that.
+    real_save = world.ledger.save_run
+    died: list[bool] = []
+
+    def save_run(run: Run) -> Run:
+        if (run.watch_round or "").startswith("finish:0:") and not died:
+            died.append(True)
+            raise RuntimeError("host killed")
+        return real_save(run)
+
+    world.ledger.save_run = save_run  # type: ignore[method-assign]
+    finish = next(t for _, t in world.queue.pending() if t.kind is TaskKind.FINISH)
+    world.queue._heap = [e for e in world.queue._heap if e[2].kind is not TaskKind.FINISH]
+    with pytest.raises(RuntimeError):
+        world.orchestrator.handle(finish)
+    assert died
+    # Round 1 is already on the queue; the redelivered round 0 leaves a second round 1.
+    assert [t.round for _, t in world.queue.pending() if t.kind is TaskKind.FINISH] == [1]
+    world.orchestrator.handle(finish)
+    handled: list[Task] = []
+
+    def handle(task: Task) -> None:
+        handled.append(task)
+        world.orchestrator.handle(task)
+
+    world.queue.drain(handle)
+    assert world.row(web).action is MachineAction.DEALLOCATED
+    assert machines.count("deallocate", web) == 1
+    run = world.ledger.find_run(RUN)
+    assert run is not None and run.status is RunStatus.COMPLETED
+    rounds = [t.round for t in handled if t.kind is TaskKind.FINISH]
+    # The duplicate round 1 did nothing: no round came twice after it.
+    assert rounds.count(1) == 2 and all(rounds.count(r) == 1 for r in set(rounds) - {1})

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 # Throttled or unanswered machines go into a new task this much later, at most this often.
 TRANSIENT_RETRY = timedelta(seconds=3)
 MAX_TRANSIENT_ROUNDS = 200
+# Queue messages a fan-out sends at once.
+SEND_CONCURRENCY = 8
 # Machines waiting for a write turn come back when it is near, but at least this often (the
 # pacing's view of the budgets may improve: another instance stopped spending them).
 MAX_TURN_WAIT_SECONDS = 60.0
@@ -110,6 +112,11 @@ class StepsBase:
             if wait > 0:
                 return Deferred(machine, wait)
             return step()
+
+    def _send_all(self, tasks: Iterable[Task]) -> None:
+        """Send a fan-out's tasks, several at a time (each is one queue request: thousands of
+        VMs make dozens of them, and the first ones are already being worked on)."""
+        parallel(SEND_CONCURRENCY, self.queue.send, list(tasks))
 
     def _turns_near(self, machines: Iterable[MachineId]) -> bool:
         """Every subscription of these machines has a write turn within the pacing's wait. When
@@ -357,13 +364,33 @@ class StepsBase:
 
         self._save_latest(row, touch)
 
+    def _begin_round(self, run: Run, step: str, task: Task, next_delay: timedelta | None) -> bool:
+        """Start round `task.round` of a watch loop: False when it ran already (a duplicate
+        leaves at once). The next round is sent (after `next_delay`; None: no next round)
+        before this round is recorded as taken, so that a host dying at any point after the
+        send leaves the loop going; a duplicate next round this may leave finds its round
+        taken and does nothing."""
+        if not round_is_new(run.watch_round, step, task.round, self.clock.now() - self._silent()):
+            log.info("Run %s: %s round %d ran already", run.run_id.text, step, task.round)
+            return False
+        if next_delay is not None:
+            self.queue.send(task.next_round(), next_delay)
+        if not self._take_round(run.run_id, step, task.round):
+            log.info("Run %s: %s round %d ran already", run.run_id.text, step, task.round)
+            return False
+        return True
+
+    def _silent(self) -> timedelta:
+        """How long a watch loop may be silent before it counts as dead (any round takes it
+        over): three intervals and a lease."""
+        return 3 * max(self.policy.verify_interval, self.policy.arg_retry) + self.policy.task_lease
+
     def _take_round(self, run_id: RunId, step: str, round_: int) -> bool:
         """Make this delivery the watch loop's round `round_` of `step`; False when a later
         round (or step) already ran, or this round did: a duplicate leaves at once. A loop
         silent for three intervals and a lease is dead, and any round takes it over."""
         now = self.clock.now()
-        silent_for = 3 * max(self.policy.verify_interval, self.policy.arg_retry)
-        silent_for += self.policy.task_lease
+        silent_for = self._silent()
         taken: list[bool] = []
 
         def claim(run: Run) -> Run:

@@ -39,11 +39,10 @@ class Finishing(WrappingUp):
         run = self._run(task)
         if run is None or run.status is not RunStatus.WRAPPING_UP:
             return
-        if not self._take_round(run.run_id, "finish", task.round):
-            log.info("Run %s: finish round %d ran already", run.run_id.text, task.round)
+        # The next round is sent before the work, as verify does: a host dying mid-round does
+        # not end the loop.
+        if not self._begin_round(run, "finish", task, self.policy.arg_retry):
             return
-        # Sent before the work, as verify does: a host dying mid-round does not end the loop.
-        self.queue.send(task.next_round(), self.policy.arg_retry)
         rows = list(self.ledger.list_machines(run.run_id))
         # Not from wrap-up's list: a start that landed after it (or a lost answer) shows here.
         busy = [

@@ -109,15 +109,21 @@ class Starting(Ownership):
                 "starting stopped VMs anyway; they may be too late for patching",
             )
         self._update_run(run.run_id, to_preparing)
-        to_start = [
-            MachineId.parse(r.resource_id)
-            for r in self.ledger.list_machines(run.run_id)
-            if r.action in (MachineAction.PLANNED, MachineAction.STARTING)
-        ]
+        if created == len(listed):
+            to_start = [m.machine for m in listed]  # every row is new: all Planned
+        else:
+            # Another delivery got here first: its rows say what is left to look at.
+            to_start = [
+                MachineId.parse(r.resource_id)
+                for r in self.ledger.list_machines(run.run_id)
+                if r.action in (MachineAction.PLANNED, MachineAction.STARTING)
+            ]
         # Verify first: it is also the fan-out's watchdog, should this host die while sending.
         self.queue.send(Task(TaskKind.VERIFY, run.run_id), self.policy.verify_interval)
-        for batch in chunks(to_start, self.policy.start_batch_size):
-            self.queue.send(Task(TaskKind.START, run.run_id, tuple(batch)))
+        self._send_all(
+            Task(TaskKind.START, run.run_id, tuple(batch))
+            for batch in chunks(to_start, self.policy.start_batch_size)
+        )
         log.info(
             "Run %s: %d machines listed (%d new), %d to look at in %d start tasks",
             run.run_id.text,

@@ -48,16 +48,13 @@ class Watching(StepsBase):
         run = self._run(task)
         if run is None or run.status is not RunStatus.PREPARING:
             return
-        if not self._take_round(run.run_id, "verify", task.round):
-            log.info("Run %s: verify round %d ran already", run.run_id.text, task.round)
-            return
         now = self.clock.now()
         deadline = machines_running_deadline(run.scheduled_start)
         delay = min(self.policy.verify_interval, max(deadline - now, timedelta(seconds=1)))
-        if now < deadline:
-            # Sent before the work: if this host dies mid-round, the loop still goes on (a
-            # message in flight on a dead host stays invisible for minutes).
-            self.queue.send(task.next_round(), delay)
+        # The next round is sent before the work: if this host dies mid-round, the loop still
+        # goes on (a message in flight on a dead host stays invisible for minutes).
+        if not self._begin_round(run, "verify", task, delay if now < deadline else None):
+            return
         rows = list(self.ledger.list_machines(run.run_id))
         self._restart_stalled_fan_out(run, rows, task.round)
         updated = self._read_watched(rows)

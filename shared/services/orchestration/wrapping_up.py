@@ -70,16 +70,16 @@ class WrappingUp(Ownership):
         # One bulk read for the whole wrap-up; the stop tasks carry it (none reads again).
         read_at = self.clock.now()
         powers = self._read_power(to_stop) if to_stop else {}
-        for batch in chunks(to_stop, self.policy.start_batch_size):
-            self.queue.send(
-                Task(
-                    TaskKind.STOP,
-                    run.run_id,
-                    tuple(batch),
-                    powers=tuple(carried_word(powers.get(m)) for m in batch),
-                    read_at=read_at,
-                )
+        self._send_all(
+            Task(
+                TaskKind.STOP,
+                run.run_id,
+                tuple(batch),
+                powers=tuple(carried_word(powers.get(m)) for m in batch),
+                read_at=read_at,
             )
+            for batch in chunks(to_stop, self.policy.start_batch_size)
+        )
         self.queue.send(
             Task(TaskKind.FINISH, run.run_id), self.policy.arg_retry if to_stop else timedelta(0)
         )
