@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from shared.domain.errors import AzureCallFailed
-from shared.domain.ids import MachineId
+from shared.domain.ids import MachineId, RunId
 from shared.domain.machines import MachinePower, PowerState
 from shared.domain.runs import MachineAction, MachineRecord, NoteLevel, Run, RunStatus
 from shared.domain.tasks import Task, TaskKind
@@ -379,3 +380,41 @@ def test_a_host_dying_as_it_takes_a_finish_round_leaves_the_loop_going() -> None
     rounds = [t.round for t in handled if t.kind is TaskKind.FINISH]
     # The duplicate round 1 did nothing: no round came twice after it.
     assert rounds.count(1) == 2 and all(rounds.count(r) == 1 for r in set(rounds) - {1})
+
+
+def test_overlapping_finish_rounds_complete_the_run_report_and_notify_once() -> None:
+    world, _ = losing_world()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.work()
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.queue.drain(world.orchestrator.handle, until=world.clock.now() + timedelta(seconds=5))
+    assert world.row(web).action is MachineAction.DEALLOCATING
+    world.machines.vms[web.key].state = PowerState.DEALLOCATED
+    # Round 1 is slow: while it reads the patch results, round 2 begins and runs to the end.
+    real_patches = world.graph.list_patch_results
+    overtaken: list[bool] = []
+
+    def slow_patch_results(*args: Any) -> Any:
+        if not overtaken:
+            overtaken.append(True)
+            world.orchestrator.handle(Task(TaskKind.FINISH, RUN, round=2))
+        return real_patches(*args)
+
+    world.graph.list_patch_results = slow_patch_results  # type: ignore[method-assign,assignment]
+    saved: list[str] = []
+    real_save = world.reports.save_report
+
+    def save_report(run_id: RunId, report: Any) -> str:
+        saved.append(run_id.key)
+        return real_save(run_id, report)
+
+    world.reports.save_report = save_report  # type: ignore[method-assign]
+    before = len(world.queue.sent)
+    world.orchestrator.handle(Task(TaskKind.FINISH, RUN, round=1))
+    assert overtaken
+    notifies = [t for t in world.queue.sent[before:] if t.kind is TaskKind.NOTIFY]
+    assert len(notifies) == 1 and saved == [RUN.key]
+    run = world.ledger.find_run(RUN)
+    assert run is not None and run.status is RunStatus.COMPLETED

@@ -55,21 +55,50 @@ class Finishing(WrappingUp):
             if self._still_stopping(run, busy, started, task.round, last_moved):
                 return
             rows = list(self.ledger.list_machines(run.run_id))
+        if not self._still_latest_round(run, task):
+            return  # a slow round: a later one took over and ends the run
         if self._note_left_running(run, rows):
             rows = list(self.ledger.list_machines(run.run_id))
         health = self._health(run, rows, now)
         if health is None:
             return  # the next round asks again
         patches = matched_patch_results(self.graph, run, rows)
-        final = self._update_run(
-            run.run_id,
-            lambda r: replace(r, status=RunStatus.COMPLETED, completed_at=now, updated_at=now),
-        )
+        final = self._complete(run, now)
+        if final is None:
+            return
         report = build_report(final, rows, self.ledger, patches=patches, health=health)
         location = self.reports.save_report(run.run_id, report)
         self._update_run(run.run_id, lambda r: replace(r, report_location=location))
         self.queue.send(Task(TaskKind.NOTIFY, run.run_id))
         log.info("Run %s completed; report at %s", run.run_id.text, location)
+
+    def _still_latest_round(self, run: Run, task: Task) -> bool:
+        """No later finish round has begun while this one worked (rounds overlap when one
+        takes longer than the interval): only the latest names the VMs left running."""
+        current = self.ledger.find_run(run.run_id)
+        mark = f"finish:{task.round}:"
+        if current is None or not (current.watch_round or "").startswith(mark):
+            log.info("Run %s: finish round %d overtaken", run.run_id.text, task.round)
+            return False
+        return True
+
+    def _complete(self, run: Run, now: datetime) -> Run | None:
+        """Mark the run Completed; None when another round did first (it writes the report
+        and sends the summary, once)."""
+        moved: list[bool] = []
+
+        def complete(current: Run) -> Run:
+            moved.clear()
+            if current.status is not RunStatus.WRAPPING_UP:
+                return current
+            moved.append(True)
+            return replace(current, status=RunStatus.COMPLETED, completed_at=now, updated_at=now)
+
+        final = self._update_run(run.run_id, complete)
+        if not moved:
+            log.info("Run %s: completed by another finish round", run.run_id.text)
+            return None
+        return final
 
     def _still_stopping(
         self,
