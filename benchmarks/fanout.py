@@ -11,7 +11,10 @@ per VM) and a per-call latency. Reported:
 - elapsed time from the pre event to every VM running, against the strict model's ideal (the
   k-th start can be accepted no earlier than ARM's write bucket and Compute's subscription
   budget allow, and the last VM accepted still has to boot: the slowest boot is assumed);
-- the pre event's answer time, p50 and p99, over distinct pre events sent DURING the fan-out;
+- the pre event's answer time, p50 and p99, over distinct pre events sent DURING the fan-out,
+  and beside it the time storage (Azurite) takes to answer a process outside the app (a Table
+  read and a queue message every half second), so a slow answer can be put on storage or on the
+  app's own process; the host's log is kept (its folder is printed);
 - answers of 429 per VM started, ARM reads (GETs under /subscriptions/) per VM started, and
   Resource Graph queries, from the fake's request log; CPU of this process (the host, the app
   and the fake Azure together) per VM started;
@@ -24,6 +27,7 @@ per VM) and a per-call latency. Reported:
   started with Start-ThreadJob's default throttle of 5 jobs at a time, each waiting for its VM.
 
     .venv/bin/python -m benchmarks.fanout [--vms 3000] [--running 100] [--baseline 0]
+        [--start-concurrency N] [--skip-wrap-up]
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import copy
 import datetime as dt
+import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -41,6 +48,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import requests
@@ -50,6 +58,7 @@ from sandbox.fake_azure import FakeAzure
 from sandbox.fake_azure.scenario import fleet_scenario
 from sandbox.stack import (
     CLIENT_ID,
+    HOST_JSON,
     POST,
     PRE,
     HostProcess,
@@ -57,11 +66,13 @@ from sandbox.stack import (
     app_environment,
     running_stack,
 )
+from shared.domain.policy import OrchestrationPolicy
 
 MAX_SECONDS = 1200  # bounded: the benchmark gives up rather than run on
 ARM_WRITES = (200, 10.0)  # ARM's subscription write bucket (the fake's default)
 COMPUTE_UPDATE_VM = (1500, 500.0 / 60.0)  # Compute's per-subscription "Update VM" budget
 MAX_PRE_EVENTS = 400
+APP_HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -71,14 +82,26 @@ def percentile(values: list[float], fraction: float) -> float:
 
 @contextlib.contextmanager
 def app_in_its_own_process(
-    scenario: Mapping[str, Any], settings: Mapping[str, str]
+    scenario: Mapping[str, Any], settings: Mapping[str, str], queue_batch: int = 0
 ) -> Iterator[tuple[Stack, HostProcess]]:
     """The stack with the local host (and so the app) in a process of its own, as the Python
     worker is in Azure: the fake Azure, in this process, does not share the app's GIL."""
     with running_azurite() as azurite, requests.Session() as session:
         fake = FakeAzure.start(scenario)
         table = "ledger" + uuid.uuid4().hex[:12]
-        host = HostProcess(app_environment(fake, azurite.connection_string, table, settings))
+        # The tests' host.json (short visibility timeouts), with the app's own queue batch or
+        # `queue_batch` (this many messages, fetched again at half of them left).
+        host_json = copy.deepcopy(HOST_JSON)
+        queues = host_json["extensions"]["queues"]
+        if queue_batch:
+            queues["batchSize"], queues["newBatchThreshold"] = queue_batch, queue_batch // 2
+        else:
+            app_queues = json.loads(APP_HOST_JSON.read_text(encoding="utf-8"))["extensions"]
+            queues["batchSize"] = app_queues["queues"]["batchSize"]
+            queues["newBatchThreshold"] = app_queues["queues"]["newBatchThreshold"]
+        host = HostProcess(
+            app_environment(fake, azurite.connection_string, table, settings), host_json
+        )
         try:
             host.start()
             session.trust_env = False  # no proxy from the environment; the host is plain http
@@ -90,8 +113,8 @@ def app_in_its_own_process(
             fake.stop()
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU of a process so far (Linux /proc), or None where unreadable."""
+def cpu_seconds(pid: int | None) -> tuple[float, float] | None:
+    """User and system CPU of a process so far (Linux /proc), or None where unreadable."""
     if pid is None:
         return None
     try:
@@ -99,7 +122,8 @@ def cpu_seconds(pid: int | None) -> float | None:
             fields = stat.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def ideal_seconds(per_subscription: collections.Counter[str], slowest_boot: float) -> float:
@@ -164,6 +188,69 @@ class PreEventProbe:
             self._stop.wait(self.interval)
 
 
+def time_storage_requests(
+    connection_string: str, stop: Any, answers: Any, interval: float = 0.5
+) -> None:
+    """In a process of its own: one Table read and one queue message to the app's storage
+    every `interval` seconds until `stop` is set; their times (ms) go to `answers`. Slow
+    answers here mean storage itself is slow, not the app's process."""
+    from azure.data.tables import TableServiceClient
+    from azure.storage.queue import QueueClient
+
+    name = "probe" + uuid.uuid4().hex[:10]
+    table = TableServiceClient.from_connection_string(connection_string).create_table_if_not_exists(
+        name
+    )
+    queue = QueueClient.from_connection_string(connection_string, name)
+    queue.create_queue()
+    table.upsert_entity({"PartitionKey": "probe", "RowKey": "probe"})
+    timings: list[tuple[float, float]] = []
+    while not stop.wait(interval):
+        started = time.perf_counter()
+        table.get_entity("probe", "probe")
+        read = time.perf_counter()
+        queue.send_message("probe")
+        timings.append(((read - started) * 1000, (time.perf_counter() - read) * 1000))
+    answers.put(timings)
+
+
+class StorageProbe:
+    """Times storage (Azurite) from outside the app while the fan-out runs."""
+
+    def __init__(self, connection_string: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._answers: Any = context.Queue()
+        self._process = context.Process(
+            target=time_storage_requests,
+            args=(connection_string, self._stop, self._answers),
+            name="storage-probe",
+            daemon=True,
+        )
+        self.timings: list[tuple[float, float]] = []
+
+    def start(self) -> None:
+        self._process.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            self.timings = self._answers.get(timeout=30)
+        self._process.join(10)
+
+    def summary(self) -> str:
+        if not self.timings:
+            return "storage probe: no answers"
+        reads = [t[0] for t in self.timings]
+        sends = [t[1] for t in self.timings]
+        return (
+            f"storage from outside the app ({len(self.timings)} rounds): Table read p50 "
+            f"{statistics.median(reads):.0f} ms, p99 {percentile(reads, 0.99):.0f} ms, max "
+            f"{max(reads):.0f} ms; queue send p50 {statistics.median(sends):.0f} ms, p99 "
+            f"{percentile(sends, 0.99):.0f} ms, max {max(sends):.0f} ms"
+        )
+
+
 @dataclass
 class Outcome:
     """What the run did, checked against what it must do."""
@@ -205,8 +292,11 @@ def main() -> int:
             stack = running.enter_context(running_stack(scenario, settings=settings))
             app_pid: int | None = None
         else:
-            stack, host = running.enter_context(app_in_its_own_process(scenario, settings))
+            stack, host = running.enter_context(
+                app_in_its_own_process(scenario, settings, args.queue_batch)
+            )
             app_pid = host.pid
+            print(f"the host's log: {host.log_folder}", flush=True)
         model = stack.fake.model
         run = model.get_run(stack.fake.run_id(next(iter(stack.fake.applied.runs))))
         machines = list(run.machine_ids)
@@ -220,7 +310,9 @@ def main() -> int:
             f"{len(to_start)} deallocated and {len(already_running)} running VMs in "
             f"{len(per_subscription)} subscriptions; Azure's default limits; boots "
             f"{args.boot[0]:.0f}-{args.boot[1]:.0f} s; {args.latency * 1000:.0f} ms per call; "
-            f"PYTHON_THREADPOOL_THREAD_COUNT {threads or 'unset'}; the app {where}; "
+            f"PYTHON_THREADPOOL_THREAD_COUNT {threads or 'unset'}; START_CONCURRENCY "
+            f"{settings['START_CONCURRENCY']}; "
+            f"the app {where}; "
             "strict model's ideal "
             f"{ideal:.1f} s",
             flush=True,
@@ -231,7 +323,12 @@ def main() -> int:
         probe.prepare(min(MAX_PRE_EVENTS, int(2 * ideal / args.event_interval) + 30))
         _fan_out(stack, run, to_start, already_running, probe, app_pid, ideal, outcome)
         _check_ledger(stack, run, to_start, already_running, outcome)
-        _wrap_up(stack, run, already_running, outcome)
+        if args.skip_wrap_up:
+            print("wrap-up skipped (--skip-wrap-up): outcomes cover the fan-out only", flush=True)
+            outcome.stopped_right = True
+            outcome.still_running = outcome.running
+        else:
+            _wrap_up(stack, run, already_running, outcome)
         if args.baseline > 0:
             baseline_rate = tutorial_baseline(stack, to_start[: args.baseline])
             print(
@@ -261,8 +358,25 @@ def _arguments() -> argparse.Namespace:
         default=32,
         help="PYTHON_THREADPOOL_THREAD_COUNT (infra/ sets 32); 0: the worker's default",
     )
+    parser.add_argument(
+        "--start-concurrency",
+        type=int,
+        default=0,
+        help="START_CONCURRENCY; 0: the app's default",
+    )
+    parser.add_argument(
+        "--queue-batch",
+        type=int,
+        default=0,
+        help="host.json queues batchSize (newBatchThreshold half of it); 0: the app's host.json",
+    )
     parser.add_argument("--event-interval", type=float, default=1.0, help="s between pre events")
     parser.add_argument("--baseline", type=int, default=0, help="VMs in the tutorial baseline")
+    parser.add_argument(
+        "--skip-wrap-up",
+        action="store_true",
+        help="stop after the fan-out's checks (no post event, no wrap-up): for quick iterations",
+    )
     parser.add_argument(
         "--in-process",
         action="store_true",
@@ -290,13 +404,16 @@ def _scenario(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]
     scenario["faults"] = {"latency": {"compute.*": args.latency, "arg": args.latency}}
     settings = {
         "START_BATCH_SIZE": "50",
-        "START_CONCURRENCY": "16",
         "VERIFY_INTERVAL_SECONDS": "5",
         "OPERATION_WAIT_SECONDS": "240",
         "WRAP_UP_WAIT_MINUTES": "10",
         # Blank: unset, the worker's default.
         "PYTHON_THREADPOOL_THREAD_COUNT": str(args.worker_threads or ""),
     }
+    # Set either way: the stack's fast test settings would otherwise set their own.
+    settings["START_CONCURRENCY"] = str(
+        args.start_concurrency or OrchestrationPolicy().start_concurrency
+    )
     return scenario, settings
 
 
@@ -315,6 +432,8 @@ def _fan_out(
     cpu_started = time.process_time()
     app_cpu_started = cpu_seconds(app_pid)
     started = time.perf_counter()
+    storage_probe = StorageProbe(stack.storage_connection_string)
+    storage_probe.start()
     stack.deliver(PRE, run).raise_for_status()
     probe.start()
     pending = set(to_start)
@@ -325,17 +444,20 @@ def _fan_out(
     cpu = time.process_time() - cpu_started
     app_cpu_now = cpu_seconds(app_pid)
     probe.stop()
+    storage_probe.stop()
     stack.settle(timeout=MAX_SECONDS)
     outcome.pending = pending
     outcome.elapsed = elapsed
     _count_calls(stack, already_running, elapsed, ideal, outcome)
     count = max(1, len(outcome.started_vms))
     if app_cpu_now is not None and app_cpu_started is not None:
-        app_cpu = app_cpu_now - app_cpu_started
+        user = app_cpu_now[0] - app_cpu_started[0]
+        system = app_cpu_now[1] - app_cpu_started[1]
+        app_cpu = user + system
         print(
-            f"CPU of the app's process (local host + app): {app_cpu:.1f} s = "
-            f"{app_cpu / count * 1000:.1f} ms per VM started; this process (fake Azure, "
-            f"probes): {cpu:.1f} s",
+            f"CPU of the app's process (local host + app): {app_cpu:.1f} s (user {user:.1f} s, "
+            f"system {system:.1f} s) = {app_cpu / count * 1000:.1f} ms per VM started; this "
+            f"process (fake Azure, probes): {cpu:.1f} s",
             flush=True,
         )
     else:
@@ -352,6 +474,7 @@ def _fan_out(
             f"{max(probe.answers) * 1000:.0f} ms; slowest: {probe.slowest()}",
             flush=True,
         )
+    print(storage_probe.summary(), flush=True)
 
 
 def _count_calls(

@@ -68,7 +68,7 @@ param startBatchSize int = 50
 @description('Start/stop calls in flight per task (START_CONCURRENCY).')
 @minValue(1)
 @maxValue(64)
-param startConcurrency int = 16
+param startConcurrency int = 4
 
 @description('Seconds between power-state checks until T-15 (VERIFY_INTERVAL_SECONDS).')
 @minValue(5)

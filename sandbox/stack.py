@@ -345,6 +345,11 @@ class HostProcess:
         self.url = json.loads(ready.read_text(encoding="utf-8"))["url"]
 
     @property
+    def log_folder(self) -> Path:
+        """Where the host's logs (host-1.log, one per start) and host.json are kept."""
+        return self._folder
+
+    @property
     def pid(self) -> int | None:
         """The running host's process id (None before start)."""
         return self._process.pid if self._process is not None else None

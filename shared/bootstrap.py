@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Queue messages one instance works on at once: host.json's queues batchSize (16) plus its
-# newBatchThreshold (8).
-QUEUE_MESSAGES_IN_FLIGHT = 24
+# Queue messages one instance works on at once: host.json's queues batchSize (8) plus its
+# newBatchThreshold (4).
+QUEUE_MESSAGES_IN_FLIGHT = 12
 # HTTP requests and timers served beside them.
 OTHER_CALLS_IN_FLIGHT = 32
 
@@ -155,7 +155,12 @@ class Container:
         return self._once(
             "task_queue",
             lambda: StorageTaskQueue(
-                build_queue_client(self.settings.storage, TASK_QUEUE, self._storage_credential())
+                build_queue_client(
+                    self.settings.storage,
+                    TASK_QUEUE,
+                    self._storage_credential(),
+                    self.transports,
+                )
             ),
         )
 
@@ -171,6 +176,7 @@ class Container:
                     self.settings.storage,
                     self.settings.report_container,
                     self._storage_credential(),
+                    self.transports,
                 )
             ),
         )
@@ -256,7 +262,9 @@ class Container:
     def _build_ledger(self) -> RunLedger:
         from shared.adapters.table_ledger import TableRunLedger, build_table_service
 
-        service = build_table_service(self.settings.storage, self._storage_credential())
+        service = build_table_service(
+            self.settings.storage, self._storage_credential(), self.transports
+        )
         return TableRunLedger(service, self.settings.ledger_table)
 
 

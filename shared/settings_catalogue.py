@@ -33,8 +33,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "PYTHON_THREADPOOL_THREAD_COUNT",
         "32",
         "Python worker: threads that run the app's functions. The worker's own default is "
-        "min(32, cores + 4), 5 on a one-core instance, fewer than the 24 queue invocations "
-        "host.json lets run at once (batchSize 16 + newBatchThreshold 8); 32 leaves 8 threads "
+        "min(32, cores + 4), 5 on a one-core instance, fewer than the 12 queue invocations "
+        "host.json lets run at once (batchSize 8 + newBatchThreshold 4); 32 leaves 20 threads "
         "for Event Grid events, HTTP requests and the timer while a fan-out runs.",
         "host",
     ),
@@ -145,10 +145,11 @@ SETTINGS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec(
         "START_CONCURRENCY",
-        "16",
+        "4",
         "Start/stop calls in flight per task. Total concurrency is this times the host's queue "
         "batch size (host.json `batchSize`, or AzureFunctionsJobHost__extensions__queues__"
-        "batchSize) times the instance count (1-64).",
+        "batchSize) times the instance count (1-64). Pacing sends at most 10 writes a second "
+        "per subscription, so more threads only compete with the event intake for the CPU.",
     ),
     SettingSpec(
         "VERIFY_INTERVAL_SECONDS",

@@ -20,7 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+import requests
+import requests.adapters
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.transport import RequestsTransport
 from azure.functions.queue import QueueMessage as FunctionQueueMessage
 from azure.storage.queue import QueueClient
 from azure.storage.queue import QueueMessage as StorageQueueMessage
@@ -88,11 +91,14 @@ class QueueListener:
         # How long a fetched message stays invisible while its function runs (the host renews
         # this lease; the local host fetches with one long enough for the function timeout).
         self._lease_seconds = max(1, math.ceil(lease.total_seconds()))
+        # Up to batchSize + newBatchThreshold messages are deleted or updated at once: a pool
+        # that keeps that many connections (the SDK's keeps 10, and warns for every one over).
+        transport = _pooled_transport(options.batch_size + options.new_batch_threshold + 2)
         self._queue = QueueClient.from_connection_string(
-            connection_string, queue_name, **CLIENT_OPTIONS
+            connection_string, queue_name, transport=transport, **CLIENT_OPTIONS
         )
         self._poison = QueueClient.from_connection_string(
-            connection_string, self.poison_queue_name, **CLIENT_OPTIONS
+            connection_string, self.poison_queue_name, transport=transport, **CLIENT_OPTIONS
         )
         self._stopping = threading.Event()
         self._running = 0
@@ -235,6 +241,21 @@ class QueueListener:
         # The raw text, so the poison message is byte-for-byte what was sent.
         self._poison.send_message(message.content)
         self._queue.delete_message(message)
+
+
+def _pooled_transport(connections: int) -> RequestsTransport:
+    """A transport keeping `connections` connections, carrying CLIENT_OPTIONS' time limits (a
+    client handed a transport does not apply its own)."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=connections)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return RequestsTransport(
+        session=session,
+        session_owner=False,
+        connection_timeout=CLIENT_OPTIONS["connection_timeout"],
+        read_timeout=CLIENT_OPTIONS["read_timeout"],
+    )
 
 
 def _create_if_missing(queue: QueueClient) -> None:

@@ -3,9 +3,11 @@
 azure-core's default transport gives each client a requests.Session whose pool keeps 10
 connections per host. The app calls ARM from hundreds of threads at once (start tasks times
 their concurrency), so with the default most calls opened a fresh TLS connection and threw it
-away ("Connection pool is full, discarding connection"). Here one session per endpoint keeps as
-many connections as the app has calls in flight, and the CA bundle's path is checked once per
-process instead of three `stat` calls per request.
+away ("Connection pool is full, discarding connection"). The storage clients (ledger, task queue,
+reports) did the same against the storage account, and every warning was a log line written
+under the logging lock by threads the event intake waits behind. Here one session per endpoint
+keeps as many connections as the app has calls in flight, and the CA bundle's path is checked
+once per process instead of three `stat` calls per request.
 """
 
 from __future__ import annotations
@@ -60,12 +62,9 @@ class PooledAdapter(HTTPAdapter):
             conn.ca_certs = location
 
 
-def pooled_transport(pool_size: int = DEFAULT_POOL_SIZE) -> RequestsTransport:
-    """A transport whose session keeps ``pool_size`` connections per host, shared by clients.
-
-    azure-core retries on its own (its RetryPolicy), so the adapter does not; the transport
-    does not own the session, so one client closing does not close it under the others.
-    """
+def pooled_session(pool_size: int = DEFAULT_POOL_SIZE) -> requests.Session:
+    """A session whose pools keep ``pool_size`` connections per host; azure-core retries on
+    its own (its RetryPolicy), so the adapter does not."""
     session = requests.Session()
     adapter = PooledAdapter(
         pool_connections=HOST_POOLS,
@@ -74,24 +73,78 @@ def pooled_transport(pool_size: int = DEFAULT_POOL_SIZE) -> RequestsTransport:
     )
     session.mount("https://", adapter)
     session.mount("http://", adapter)
-    return RequestsTransport(session=session, session_owner=False)
+    return session
+
+
+def pooled_transport(
+    pool_size: int = DEFAULT_POOL_SIZE,
+    *,
+    session: requests.Session | None = None,
+    connection_timeout: float | None = None,
+    read_timeout: float | None = None,
+) -> RequestsTransport:
+    """A transport on ``session`` (a new pooled one if None), shared by clients.
+
+    The transport does not own the session, so one client closing does not close it under the
+    others. A client handed a transport no longer builds one from its own `connection_timeout`
+    and `read_timeout`, so the transport carries them (None: azure-core's defaults).
+    """
+    timeouts: dict[str, float] = {}
+    if connection_timeout is not None:
+        timeouts["connection_timeout"] = connection_timeout
+    if read_timeout is not None:
+        timeouts["read_timeout"] = read_timeout
+    return RequestsTransport(
+        session=session if session is not None else pooled_session(pool_size),
+        session_owner=False,
+        **timeouts,
+    )
 
 
 class EndpointTransports:
-    """The process's transports, one per endpoint (scheme, host and port)."""
+    """The process's transports: one pooled session per endpoint (scheme, host and port),
+    and a transport on it per set of timeouts its clients ask for."""
 
     def __init__(self, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.pool_size = pool_size
-        self._by_endpoint: dict[str, RequestsTransport] = {}
+        self._sessions: dict[str, requests.Session] = {}
+        self._transports: dict[tuple[str, float | None, float | None], RequestsTransport] = {}
         self._lock = threading.Lock()
 
-    def for_endpoint(self, url: str) -> RequestsTransport:
+    def for_endpoint(
+        self,
+        url: str,
+        *,
+        connection_timeout: float | None = None,
+        read_timeout: float | None = None,
+    ) -> RequestsTransport:
         """The shared transport for ``url``'s endpoint (built on first use)."""
         parts = urlsplit(url)
         endpoint = f"{parts.scheme}://{parts.netloc}".lower()
+        return self._transport(endpoint, connection_timeout, read_timeout)
+
+    def for_storage(
+        self, service: str, *, connection_timeout: float, read_timeout: float
+    ) -> RequestsTransport:
+        """The shared transport for one service (table, queue, blob) of the app's storage
+        account: the app has one account, so each of its services is one endpoint, whether the
+        account is named by a connection string or by endpoints."""
+        return self._transport(f"storage {service}", connection_timeout, read_timeout)
+
+    def _transport(
+        self, endpoint: str, connection_timeout: float | None, read_timeout: float | None
+    ) -> RequestsTransport:
+        key = (endpoint, connection_timeout, read_timeout)
         with self._lock:
-            transport = self._by_endpoint.get(endpoint)
+            transport = self._transports.get(key)
             if transport is None:
-                transport = pooled_transport(self.pool_size)
-                self._by_endpoint[endpoint] = transport
+                session = self._sessions.get(endpoint)
+                if session is None:
+                    session = self._sessions[endpoint] = pooled_session(self.pool_size)
+                transport = pooled_transport(
+                    session=session,
+                    connection_timeout=connection_timeout,
+                    read_timeout=read_timeout,
+                )
+                self._transports[key] = transport
             return transport

@@ -20,6 +20,8 @@ from shared.domain.ids import RunId
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
+    from shared.adapters.http_transport import EndpointTransports
+
 # The storage SDK's own retry policy (ExponentialRetry) waits 15 s, then 18 s by default; here
 # two retries 1.5 s and 2.25 s apart (0 + 1.5^n, n from 1) and 3 s to connect, so a worker
 # fails fast and its queue message is retried. An upload may take longer to answer.
@@ -40,15 +42,24 @@ def report_blob_name(run_id: RunId) -> str:
 
 
 def build_container_client(
-    storage: StorageConnection, container: str, credential: TokenCredential | None = None
+    storage: StorageConnection,
+    container: str,
+    credential: TokenCredential | None = None,
+    transports: EndpointTransports | None = None,
 ) -> ContainerClient:
-    """A client for the report container."""
-    if storage.connection_string:
-        service = BlobServiceClient.from_connection_string(
-            storage.connection_string, **CLIENT_OPTIONS
+    """A client for the report container, on the process's pooled transport for the blob
+    endpoint when `transports` is given."""
+    options = dict(CLIENT_OPTIONS)
+    if transports is not None:
+        options["transport"] = transports.for_storage(
+            "blob",
+            connection_timeout=CLIENT_OPTIONS["connection_timeout"],
+            read_timeout=CLIENT_OPTIONS["read_timeout"],
         )
+    if storage.connection_string:
+        service = BlobServiceClient.from_connection_string(storage.connection_string, **options)
     elif storage.blob_endpoint is not None and credential is not None:
-        service = BlobServiceClient(storage.blob_endpoint, credential=credential, **CLIENT_OPTIONS)
+        service = BlobServiceClient(storage.blob_endpoint, credential=credential, **options)
     else:
         raise ValueError("an identity-based connection needs a blob endpoint and a credential")
     return service.get_container_client(container)

@@ -61,6 +61,8 @@ from shared.domain.runs import (
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
+    from shared.adapters.http_transport import EndpointTransports
+
 from shared.adapters.table_rows import (
     CLAIM_ROW,
     INVERTED_TIME_BASE,
@@ -110,18 +112,24 @@ CLIENT_OPTIONS: dict[str, Any] = {
 
 
 def build_table_service(
-    storage: StorageConnection, credential: TokenCredential | None = None
+    storage: StorageConnection,
+    credential: TokenCredential | None = None,
+    transports: EndpointTransports | None = None,
 ) -> TableServiceClient:
-    """A Table service client for the app's storage account."""
-    if storage.connection_string:
-        return TableServiceClient.from_connection_string(
-            storage.connection_string, **CLIENT_OPTIONS
+    """A Table service client for the app's storage account, on the process's pooled transport
+    for the table endpoint when `transports` is given."""
+    options = dict(CLIENT_OPTIONS)
+    if transports is not None:
+        options["transport"] = transports.for_storage(
+            "table",
+            connection_timeout=CLIENT_OPTIONS["connection_timeout"],
+            read_timeout=CLIENT_OPTIONS["read_timeout"],
         )
+    if storage.connection_string:
+        return TableServiceClient.from_connection_string(storage.connection_string, **options)
     if storage.table_endpoint is None or credential is None:
         raise ValueError("an identity-based connection needs a table endpoint and a credential")
-    return TableServiceClient(
-        endpoint=storage.table_endpoint, credential=credential, **CLIENT_OPTIONS
-    )
+    return TableServiceClient(endpoint=storage.table_endpoint, credential=credential, **options)
 
 
 class TableRunLedger(RunIndex):

@@ -21,6 +21,8 @@ from shared.domain.tasks import Task
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
+    from shared.adapters.http_transport import EndpointTransports
+
 MAX_DELAY = timedelta(days=7)  # the service's limit for a visibility timeout
 # The event intake enqueues while Event Grid waits (30 s), so a queue that is down must fail in
 # seconds. The storage SDK's own retry policy (ExponentialRetry) waits 15 s, then 18 s by default;
@@ -37,23 +39,25 @@ CLIENT_OPTIONS: dict[str, Any] = {
 
 
 def build_queue_client(
-    storage: StorageConnection, queue_name: str, credential: TokenCredential | None = None
+    storage: StorageConnection,
+    queue_name: str,
+    credential: TokenCredential | None = None,
+    transports: EndpointTransports | None = None,
 ) -> QueueClient:
-    """A client for one queue of the app's storage account."""
-    encoding = TextBase64EncodePolicy()
-    if storage.connection_string:
-        return QueueClient.from_connection_string(
-            storage.connection_string, queue_name, message_encode_policy=encoding, **CLIENT_OPTIONS
+    """A client for one queue of the app's storage account, on the process's pooled transport
+    for the queue endpoint when `transports` is given."""
+    options: dict[str, Any] = {**CLIENT_OPTIONS, "message_encode_policy": TextBase64EncodePolicy()}
+    if transports is not None:
+        options["transport"] = transports.for_storage(
+            "queue",
+            connection_timeout=CLIENT_OPTIONS["connection_timeout"],
+            read_timeout=CLIENT_OPTIONS["read_timeout"],
         )
+    if storage.connection_string:
+        return QueueClient.from_connection_string(storage.connection_string, queue_name, **options)
     if storage.queue_endpoint is None or credential is None:
         raise ValueError("an identity-based connection needs a queue endpoint and a credential")
-    return QueueClient(
-        storage.queue_endpoint,
-        queue_name,
-        credential=credential,
-        message_encode_policy=encoding,
-        **CLIENT_OPTIONS,
-    )
+    return QueueClient(storage.queue_endpoint, queue_name, credential=credential, **options)
 
 
 class StorageTaskQueue:

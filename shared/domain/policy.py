@@ -38,7 +38,7 @@ class OrchestrationPolicy:
 
     failure_budget_percent: float = 10.0
     start_batch_size: int = 50
-    start_concurrency: int = 16
+    start_concurrency: int = 4
     verify_interval: timedelta = timedelta(seconds=60)
     arg_retry: timedelta = timedelta(seconds=30)
     wrap_up_wait: timedelta = timedelta(minutes=120)

@@ -63,8 +63,8 @@ def test_the_sdk_clients_of_one_endpoint_share_one_transport_sized_for_the_app(
     assert container.maintenance._clients._transport is arm
     assert container.resource_graph._client._client._pipeline._transport is arm
     assert container.transports.for_endpoint(fake.url + "/anything") is arm
-    assert http_pool_size(container.settings) == 8 * 24 + 32
-    assert adapter_of(container.transports, fake.url)._pool_maxsize == 8 * 24 + 32  # type: ignore[attr-defined]
+    assert http_pool_size(container.settings) == 8 * 12 + 32
+    assert adapter_of(container.transports, fake.url)._pool_maxsize == 8 * 12 + 32  # type: ignore[attr-defined]
 
 
 def test_many_threads_reuse_pooled_connections_without_pool_is_full_warnings(

@@ -64,8 +64,8 @@ def test_local_settings_fill_only_unset_variables_and_are_undone(tmp_path: Path)
 
 def test_the_projects_host_json_is_read_with_its_queue_settings() -> None:
     config = HostConfig.load(ROOT / "host.json")
-    assert config.queues.batch_size == 16
-    assert config.queues.new_batch_threshold == 8
+    assert config.queues.batch_size == 8
+    assert config.queues.new_batch_threshold == 4
     assert config.queues.max_dequeue_count == 5
     assert config.queues.visibility_timeout == timedelta(seconds=30)
     assert config.queues.max_polling_interval == timedelta(seconds=2)
