@@ -223,19 +223,27 @@ class ArmBudgets:
                     return slept
 
     @contextlib.contextmanager
-    def hold(self, subscription: str, kind: str, *, compute_write: bool = False) -> Iterator[float]:
+    def hold(
+        self,
+        subscription: str,
+        kind: str,
+        *,
+        compute_write: bool = False,
+        max_wait: float | None = None,
+    ) -> Iterator[float]:
         """Take this thread's next turn for a `kind` request to `subscription` now, before the
         work that leads to the request (so a crowd of threads learns its places at once, and
         those too far back do no work at all). Yields 0.0 when the turn is held: the thread's
-        next such request uses it (sleeping until it comes, at most `max_wait`); a turn no
-        request used is given back on exit. Yields the seconds to the turn (nothing taken)
-        when it is further than `max_wait`."""
+        next such request uses it (sleeping until it comes, at most `max_wait`, itself at most
+        the budgets' own); a turn no request used is given back on exit. Yields the seconds to
+        the turn (nothing taken) when it is further than that."""
         subscription = subscription.lower()
+        allowed = self.max_wait if max_wait is None else min(max_wait, self.max_wait)
         with self._lock:
             now = self._monotonic()
             bucket = self._bucket(subscription, kind, now)
             held = self._compute_held.get(subscription, now) - now if compute_write else 0.0
-            wait = bucket.reserve(now, self.max_wait) if held <= self.max_wait else -held
+            wait = bucket.reserve(now, allowed) if held <= allowed else -held
             if wait < 0:
                 refused = -wait
             else:

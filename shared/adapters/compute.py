@@ -107,6 +107,11 @@ class SnapshotOperation:
         return OperationResult(OperationOutcome.SUCCEEDED)
 
 
+# A power operation's turn is held only this close: the thread holding it sleeps until then,
+# and a worker's few threads are better spent on VMs whose turns have come.
+POWER_TURN_WAIT_SECONDS = 1.0
+
+
 class ComputeMachines:
     """VM power operations; one client per subscription, one transport."""
 
@@ -204,7 +209,9 @@ class ComputeMachines:
             yield 0.0  # no Compute call is ever sent for it
             return
         budgets = self._clients.budgets
-        with budgets.hold(target.subscription_id, WRITES, compute_write=True) as wait:
+        with budgets.hold(
+            target.subscription_id, WRITES, compute_write=True, max_wait=POWER_TURN_WAIT_SECONDS
+        ) as wait:
             yield wait
 
     def start(

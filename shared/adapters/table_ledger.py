@@ -139,7 +139,7 @@ class TableRunLedger(RunIndex):
         """Create or update (ETag-checked) a run."""
         entity = run_entity(run)
         saved = with_version(run, self._write(entity, run.version))
-        self._index_run(saved)
+        self._index_run(saved, created=run.version is None)
         return saved
 
     def record_event(self, event: EventRecord, run: Run) -> Run:
@@ -172,7 +172,7 @@ class TableRunLedger(RunIndex):
                 raise LedgerConflict(f"run {run.run_id.text} changed") from e
             raise LedgerUnavailable(f"transaction failed: {e.message}") from e
         saved = with_version(run, str(results[1]["etag"]))
-        self._index_run(saved)
+        self._index_run(saved, created=run.version is None)
         return saved
 
     def list_events(self, run_id: RunId) -> Iterator[EventRecord]:

@@ -100,6 +100,37 @@ def test_runs_stored_before_the_index_are_indexed_once(
     assert [r.run_id for r in page(ledger)[0]] == runs[::-1]
 
 
+def test_a_new_run_costs_its_own_write_and_one_index_transaction_and_a_change_one_read_more(
+    ledger: TableRunLedger, counter: RequestCounter
+) -> None:
+    save(ledger, run_of(WEEKLY, FIRST - timedelta(weeks=1)))  # the table exists from here on
+    run_id = run_of(WEEKLY, FIRST)
+    counter.count = 0
+    run = save(ledger, run_id)
+    assert counter.count == 2  # no index read: a run just created has no index rows
+    counter.count = 0
+    ledger.save_run(dataclasses.replace(run, status=RunStatus.PREPARING))
+    assert counter.count == 3
+    assert [r.status for r in page(ledger)[0]] == [RunStatus.PREPARING, RunStatus.SCHEDULED]
+
+
+def test_a_run_created_again_over_stale_index_rows_is_indexed_as_it_now_is(
+    ledger: TableRunLedger, azurite_connection_string: str, table_name: str
+) -> None:
+    run_id = run_of(WEEKLY, FIRST)
+    save(ledger, run_id, RunStatus.PREPARING)
+    table = TableServiceClient.from_connection_string(azurite_connection_string).get_table_client(
+        table_name
+    )
+    # The run row goes (a half-done removal, say) and its index rows stay behind.
+    run_row = next(iter(table.query_entities(f"PartitionKey eq '{partition_key(run_id)}'")))
+    table.delete_entity(run_row["PartitionKey"], run_row["RowKey"])
+    save(ledger, run_id, RunStatus.SCHEDULED)
+    listed, _ = page(ledger)
+    assert [(r.run_id, r.status) for r in listed] == [(run_id, RunStatus.SCHEDULED)]
+    assert page(ledger, status=RunStatus.PREPARING)[0] == []
+
+
 def test_a_page_and_a_single_run_cost_the_same_storage_requests_whatever_the_history(
     ledger: TableRunLedger, counter: RequestCounter
 ) -> None:

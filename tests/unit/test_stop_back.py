@@ -418,3 +418,34 @@ def test_overlapping_finish_rounds_complete_the_run_report_and_notify_once() -> 
     assert len(notifies) == 1 and saved == [RUN.key]
     run = world.ledger.find_run(RUN)
     assert run is not None and run.status is RunStatus.COMPLETED
+
+
+class RefusingDeallocates(FakeMachines):
+    def deallocate(self, machine: MachineId) -> None:
+        self.calls.append(("deallocate", machine.key))
+        raise AzureCallFailed("Compute", 409, "OperationNotAllowed", "the VM is locked")
+
+
+def test_finish_names_a_vm_left_running_once_while_it_waits_for_heartbeats() -> None:
+    world = World(
+        log_analytics_workspace_id="0b5c8a52-3f3e-4d4c-9f1a-6f0d2b7e9c11",
+        health_wait=timedelta(minutes=2),
+    )
+    world.machines = world.orchestrator.machines = RefusingDeallocates()
+    web, db = world.fleet(web=PowerState.DEALLOCATED, db=PowerState.RUNNING)
+    world.deliver(PRE)
+    world.work()
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    run = world.ledger.find_run(RUN)
+    assert run is not None and run.status is RunStatus.COMPLETED
+    finish_rounds = [t for t in world.queue.sent if t.kind is TaskKind.FINISH]
+    assert len(finish_rounds) > 4  # several rounds waited for db's heartbeat
+    errors = [(n.source, n.message) for n in world.ledger.notes if n.level is NoteLevel.ERROR]
+    assert [s for s, _ in errors].count("wrap-up") == 1
+    assert [s for s, _ in errors].count("health") == 1
+    assert any(web.text in m for s, m in errors if s == "wrap-up")
+    report = world.reports.get_report(RUN)
+    assert report is not None
+    assert report["health"]["missing"] == [db.text]

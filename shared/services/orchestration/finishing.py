@@ -57,15 +57,20 @@ class Finishing(WrappingUp):
             rows = list(self.ledger.list_machines(run.run_id))
         if not self._still_latest_round(run, task):
             return  # a slow round: a later one took over and ends the run
-        if self._note_left_running(run, rows):
-            rows = list(self.ledger.list_machines(run.run_id))
-        health = self._health(run, rows, now)
-        if health is None:
+        checked = self._health(run, rows, now)
+        if checked is None:
             return  # the next round asks again
-        patches = matched_patch_results(self.graph, run, rows)
+        health, health_notes = checked
+        # Only the round that moves the run to Completed goes on: notes, report and summary
+        # are written once, however the rounds overlapped.
         final = self._complete(run, now)
         if final is None:
             return
+        if self._note_left_running(run, rows):
+            rows = list(self.ledger.list_machines(run.run_id))
+        for level, text in health_notes:
+            self._note(run.run_id, level, "health", text)
+        patches = matched_patch_results(self.graph, run, rows)
         report = build_report(final, rows, self.ledger, patches=patches, health=health)
         location = self.reports.save_report(run.run_id, report)
         self._update_run(run.run_id, lambda r: replace(r, report_location=location))
@@ -207,11 +212,12 @@ class Finishing(WrappingUp):
 
     def _health(
         self, run: Run, rows: Sequence[MachineRecord], now: datetime
-    ) -> dict[str, object] | None:
-        """Heartbeats of the machines that should be up; None means "wait and ask again"."""
+    ) -> tuple[dict[str, object], list[tuple[NoteLevel, str]]] | None:
+        """Heartbeats of the machines that should be up, and the notes they call for (written
+        by the round that completes the run); None means "wait and ask again"."""
         workspace = self.policy.log_analytics_workspace_id
         if workspace is None or self.heartbeats is None:
-            return {"checked": False, "reason": "no Log Analytics workspace configured"}
+            return {"checked": False, "reason": "no Log Analytics workspace configured"}, []
         expected = [
             MachineId.parse(r.resource_id)
             for r in rows
@@ -219,31 +225,30 @@ class Finishing(WrappingUp):
             or r.action in (MachineAction.HANDED_OVER, MachineAction.SHARED_WITH_RUN)
         ]
         if not expected:
-            return {"checked": True, "expected": 0, "missing": []}
+            return {"checked": True, "expected": 0, "missing": []}, []
         since = run.post_event_at or run.wrap_up_started_at or now
         try:
             answer = self.heartbeats.list_last_heartbeats(workspace, expected, since, now)
         except AzureCallFailed as e:
-            self._note(run.run_id, NoteLevel.WARNING, "health", f"heartbeat query failed: {e}")
-            return {"checked": False, "reason": str(e)}
+            failed = f"heartbeat query failed: {e}"
+            return {"checked": False, "reason": str(e)}, [(NoteLevel.WARNING, failed)]
         missing = [m.text for m in expected if m not in answer.last_seen]
         waited = now - (run.wrap_up_started_at or now)
         if missing and waited < self.policy.health_wait:
             return None
-        if missing:
-            self._note(
-                run.run_id,
-                NoteLevel.ERROR,
-                "health",
-                f"{len(missing)} machines sent no heartbeat after the run",
-            )
-        return {
+        notes = (
+            [(NoteLevel.ERROR, f"{len(missing)} machines sent no heartbeat after the run")]
+            if missing
+            else []
+        )
+        health = {
             "checked": True,
             "expected": len(expected),
             "missing": missing,
             "complete": answer.complete,
             "partialErrors": list(answer.partial_errors),
         }
+        return health, notes
 
     def notify(self, task: Task) -> None:
         """Send the finished run's summary to the webhook; a failure raises (queue retries)."""
