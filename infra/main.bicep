@@ -62,7 +62,7 @@ param failureBudgetPercent string = '10'
 
 @description('Machines per start/stop task message (START_BATCH_SIZE).')
 @minValue(1)
-@maxValue(500)
+@maxValue(150)
 param startBatchSize int = 50
 
 @description('Start/stop calls in flight per task (START_CONCURRENCY).')

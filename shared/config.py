@@ -293,7 +293,7 @@ def _percent(value: str) -> float:
 def _policy(reader: _Reader, workspace_id: str | None) -> OrchestrationPolicy:
     return OrchestrationPolicy(
         failure_budget_percent=reader.get("FAILURE_BUDGET_PERCENT", _percent),
-        start_batch_size=reader.get("START_BATCH_SIZE", _int_between(1, 500)),
+        start_batch_size=reader.get("START_BATCH_SIZE", _int_between(1, 150)),
         start_concurrency=reader.get("START_CONCURRENCY", _int_between(1, 64)),
         verify_interval=reader.get("VERIFY_INTERVAL_SECONDS", _seconds_between(1, 600)),
         arg_retry=reader.get("ARG_RETRY_SECONDS", _seconds_between(1, 600)),

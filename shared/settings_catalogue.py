@@ -141,7 +141,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "START_BATCH_SIZE",
         "50",
-        "Machines per start or stop task message (1-500).",
+        "Machines per start or stop task message (1-150: a queue message holds 150 of the "
+        "longest ARM ids, with their power states).",
     ),
     SettingSpec(
         "START_CONCURRENCY",

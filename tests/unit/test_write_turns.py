@@ -13,7 +13,7 @@ import pytest
 from shared.domain.ids import MachineId
 from shared.domain.machines import PowerState
 from shared.domain.runs import MachineAction, RunStatus
-from shared.domain.tasks import InvalidTask, Task, TaskKind
+from shared.domain.tasks import MAX_ROUND, MAX_TASK_BYTES, InvalidTask, Task, TaskKind
 from tests.builders import POST, PRE, START, SUBSCRIPTION
 from tests.unit.test_orchestration import RUN, World
 
@@ -218,3 +218,24 @@ def test_a_message_whose_carried_powers_are_malformed_is_not_a_task(
     }
     with pytest.raises(InvalidTask):
         Task.from_json(json.dumps(body))
+
+
+def test_the_largest_task_the_settings_allow_fits_one_queue_message() -> None:
+    # ARM's longest names: resource group 90 characters, VM 64.
+    group, name = "g" * 90, "v" * 64
+    machines = tuple(
+        MachineId.parse(
+            f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{group}/providers/"
+            f"Microsoft.Compute/virtualMachines/{name[:-3]}{i:03d}"
+        )
+        for i in range(150)
+    )
+    task = Task(
+        TaskKind.STOP,
+        RUN,
+        machines,
+        MAX_ROUND,
+        powers=("deallocating",) * 150,
+        read_at=START + timedelta(hours=1),
+    )
+    assert len(task.to_json()) <= MAX_TASK_BYTES
