@@ -336,17 +336,19 @@ class StepsBase:
         return powers
 
     def _read_one_by_one(self, machines: Sequence[MachineId]) -> dict[MachineId, MachinePower]:
-        def read(machine: MachineId) -> tuple[MachineId, MachinePower | None]:
-            try:
-                return machine, self.machines.get_machine(machine).power
-            except AzureCallFailed as e:
-                log.warning("Power state of %s unreadable: %s", machine.text, e)
-                if e.is_transient:
-                    return machine, None  # unread this time
-                return machine, MachinePower(state=None, startable=False, note=NOT_LISTED)
-
-        pairs = parallel(self.policy.start_concurrency, read, machines)
+        pairs = parallel(self.policy.start_concurrency, lambda m: (m, self._read_one(m)), machines)
         return {machine: power for machine, power in pairs if power is not None}
+
+    def _read_one(self, machine: MachineId) -> MachinePower | None:
+        """One VM's power state read alone; None when unread this time (throttled, no answer),
+        state None when Azure refused (the VM is gone, or not the app's to read)."""
+        try:
+            return self.machines.get_machine(machine).power
+        except AzureCallFailed as e:
+            log.warning("Power state of %s unreadable: %s", machine.text, e)
+            if e.is_transient:
+                return None
+            return MachinePower(state=None, startable=False, note=NOT_LISTED)
 
     def _renewing(self) -> IntentRenewer:
         return IntentRenewer(self._renew, self.policy.task_lease.total_seconds() / 3)

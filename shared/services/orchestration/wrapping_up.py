@@ -12,7 +12,6 @@ from shared.domain.errors import AzureCallFailed
 from shared.domain.ids import MachineId, RunId
 from shared.domain.machine_steps import (
     DEALLOCATE_ACCEPTED,
-    NOT_LISTED,
     WATCHED,
     Next,
     accepted,
@@ -169,12 +168,7 @@ class WrappingUp(Ownership):
             row, carried, task.read_at, self.clock.now()
         ):
             return MachinePower(PowerState.of(carried), startable=False)
-        try:
-            return self.machines.get_machine(machine).power
-        except AzureCallFailed as e:
-            if e.is_transient:
-                return None
-            return MachinePower(state=None, startable=False, note=NOT_LISTED)
+        return self._read_one(machine)
 
     def _stop_one(
         self,
