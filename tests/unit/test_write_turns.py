@@ -14,6 +14,8 @@ from shared.domain.ids import MachineId
 from shared.domain.machines import PowerState
 from shared.domain.runs import MachineAction, RunStatus
 from shared.domain.tasks import MAX_ROUND, MAX_TASK_BYTES, InvalidTask, Task, TaskKind
+from shared.domain.vocabulary import CancelSource, CancelVerdict
+from shared.services.cancellation import cancel_run
 from tests.builders import POST, PRE, START, SUBSCRIPTION
 from tests.unit.test_orchestration import RUN, World
 
@@ -239,3 +241,29 @@ def test_the_largest_task_the_settings_allow_fits_one_queue_message() -> None:
         read_at=START + timedelta(hours=1),
     )
     assert len(task.to_json()) <= MAX_TASK_BYTES
+
+
+def test_a_cancel_while_vms_wait_for_their_turns_still_records_the_running_ones_left_alone() -> (
+    None
+):
+    world = World(start_batch_size=5)
+    stopped = world.fleet(RUN, **{f"vm{i}": PowerState.DEALLOCATED for i in range(3)})
+    (db,) = world.fleet(db=PowerState.RUNNING)
+    world.machines.turn_waits[SUBSCRIPTION.lower()] = 40.0
+    world.deliver(PRE)
+    world.queue.drain(world.orchestrator.handle, until=world.clock.now() + timedelta(seconds=1))
+    assert world.row(db).action is MachineAction.PLANNED  # put off with the others, unread
+    answer = cancel_run(
+        RUN,
+        world.orchestrator.cancel_context(),
+        requested_by="operator",
+        reason="bad patch",
+        source=CancelSource.USER,
+    )
+    assert answer.verdict in (CancelVerdict.CANCELLED, CancelVerdict.CANCEL_REQUESTED)
+    world.machines.turn_waits.clear()
+    world.work()
+    assert world.row(db).action is MachineAction.LEFT_ALONE
+    assert world.row(db).prior_power_state == "running"
+    assert all(world.row(m).action is MachineAction.PLANNED for m in stopped)
+    assert world.machines.calls == []

@@ -5,6 +5,7 @@ deallocate; nothing waits for it)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -12,10 +13,12 @@ from shared.domain.errors import AzureCallFailed
 from shared.domain.ids import MachineId, RunId
 from shared.domain.machine_steps import (
     DEALLOCATE_ACCEPTED,
+    UP,
     WATCHED,
     Next,
     accepted,
     carried_power_decides,
+    machine_of,
     stop_after_reading,
 )
 from shared.domain.machines import MachinePower, PowerState
@@ -61,14 +64,14 @@ class WrappingUp(Ownership):
             return
         # Each stop task hands a VM over instead when another active run needs it (it looks at
         # the VM's claim just before deciding): no claim is read here, once per VM.
-        to_stop = [
-            MachineId.parse(r.resource_id)
-            for r in self.ledger.list_machines(run.run_id)
-            if r.owned_by_run
-        ]
+        rows = list(self.ledger.list_machines(run.run_id))
+        to_stop = [machine_of(r) for r in rows if r.owned_by_run]
+        unvisited = [r for r in rows if r.action is MachineAction.PLANNED]
         # One bulk read for the whole wrap-up; the stop tasks carry it (none reads again).
         read_at = self.clock.now()
-        powers = self._read_power(to_stop) if to_stop else {}
+        wanted = [*to_stop, *map(machine_of, unvisited)]
+        powers = self._read_power(wanted) if wanted else {}
+        self._record_unvisited(unvisited, powers)
         self._send_all(
             Task(
                 TaskKind.STOP,
@@ -88,6 +91,29 @@ class WrappingUp(Ownership):
             len(to_stop),
             -(-len(to_stop) // self.policy.start_batch_size),
         )
+
+    def _record_unvisited(
+        self, rows: Sequence[MachineRecord], powers: Mapping[MachineId, MachinePower]
+    ) -> None:
+        """VMs no start task looked at before the run stopped starting machines (a cancel came
+        while they waited for their write turns): one found running was up before the app
+        came and is left alone; one found down stays Planned (the app never started it)."""
+
+        def record(row: MachineRecord) -> None:
+            power = powers.get(machine_of(row))
+            if power is None or power.state not in UP:
+                return
+            word = str(power.state)
+            self._move(
+                row,
+                MachineAction.LEFT_ALONE,
+                "already running when the run stopped starting machines: never touched",
+                (MachineAction.PLANNED,),
+                prior_power_state=word,
+                last_power_state=word,
+            )
+
+        parallel(self.policy.start_concurrency, record, rows)
 
     def _machines_finished(self, run: Run, task: Task) -> bool:
         listed = list(self.graph.list_run_machines(run.run_id, run.subscription_ids))
