@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -170,6 +170,16 @@ class InMemoryRunLedger:
 
     def list_machines(self, run_id: RunId) -> Iterator[MachineRecord]:
         return iter([m for (k, _), m in self.machines.items() if k == run_id.key])
+
+    def find_machines(
+        self, run_id: RunId, machines: Iterable[MachineId]
+    ) -> dict[MachineId, MachineRecord]:
+        found = {m: self.machines.get((run_id.key, m.key)) for m in machines}
+        return {m: row for m, row in found.items() if row is not None}
+
+    def in_storage_order(self, machines: Iterable[MachineId]) -> list[MachineId]:
+        # Its own order (by the id, lower case), not the table's: callers must not rely on one.
+        return sorted(machines, key=lambda m: m.key)
 
     def add_machines(self, machines: Any) -> int:
         created = 0

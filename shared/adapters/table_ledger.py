@@ -231,6 +231,32 @@ class TableRunLedger(RunIndex):
         for entity in self._query(partition_key(run_id), "machine|"):
             yield machine_from(entity, run_id)
 
+    def find_machines(
+        self, run_id: RunId, machines: Iterable[MachineId]
+    ) -> dict[MachineId, MachineRecord]:
+        """The rows of these machines of one run: one range query over the run's partition
+        from the lowest to the highest of their row keys (the SDK follows the service's
+        continuations, 1,000 rows a page), keeping only the rows asked for. Machines cut into
+        batches `in_storage_order` make each batch's range exactly its own rows; scattered
+        machines are read right too, through a wider range."""
+        asked = {machine_row_key(m.text): m for m in machines}
+        if not asked:
+            return {}
+        found: dict[MachineId, MachineRecord] = {}
+        with unavailable_on_error("read machines"):
+            for entity in self.table.query_entities(
+                "PartitionKey eq @pk and RowKey ge @lo and RowKey le @hi",
+                parameters={"pk": partition_key(run_id), "lo": min(asked), "hi": max(asked)},
+            ):
+                machine = asked.get(str(entity["RowKey"]))
+                if machine is not None:
+                    found[machine] = machine_from(entity, run_id)
+        return found
+
+    def in_storage_order(self, machines: Iterable[MachineId]) -> list[MachineId]:
+        """By row key: the order of a run's machine rows in its partition."""
+        return sorted(machines, key=lambda m: machine_row_key(m.text))
+
     def find_claim(self, machine: MachineId) -> MachineClaim | None:
         """Who owns / needs a machine across runs."""
         entity = self._get(claim_partition(machine.text), CLAIM_ROW)

@@ -111,6 +111,21 @@ class RunLedger(Protocol):
         """The machines recorded for a run."""
         ...
 
+    def find_machines(
+        self, run_id: RunId, machines: Iterable[MachineId]
+    ) -> dict[MachineId, MachineRecord]:
+        """The rows of these machines of one run, in one read (a machine without a row is left
+        out). The read is one key range from the first to the last of the machines' rows:
+        machines next to each other in `in_storage_order` make it as narrow as they are many;
+        machines scattered over the run are still read right, only through a wider range (the
+        rows in between are read and dropped)."""
+        ...
+
+    def in_storage_order(self, machines: Iterable[MachineId]) -> list[MachineId]:
+        """These machines in the order the ledger keeps their rows (no request is made): a
+        batch cut from this order is one narrow range for `find_machines`."""
+        ...
+
     def find_claim(self, machine: MachineId) -> MachineClaim | None:
         """Who owns / needs a machine across runs, or None."""
         ...

@@ -298,6 +298,63 @@ def test_add_machines_creates_only_missing_rows_in_batches(ledger: RunLedger) ->
     assert rows[0].history[0][1] == "Planned"
 
 
+def machines_of(count: int) -> list[MachineId]:
+    return [MachineId.parse(VM.replace("web-01", f"web-{i:03d}")) for i in range(count)]
+
+
+def test_a_batch_cut_in_storage_order_reads_exactly_its_own_rows_at_once(
+    ledger: RunLedger,
+) -> None:
+    machines = machines_of(30)
+    ledger.add_machines(MachineRecord.planned(RUN, m.text, NOW) for m in machines)
+    ordered = ledger.in_storage_order(reversed(machines))
+    assert sorted(m.key for m in ordered) == sorted(m.key for m in machines)
+    assert ledger.in_storage_order(machines) == ordered  # whatever order they come in
+    batch = ordered[10:20]
+    found = ledger.find_machines(RUN, batch)
+    assert found == {m: ledger.find_machine(RUN, m.text) for m in batch}
+    assert all(row.version for row in found.values())
+
+
+def test_scattered_machines_are_read_right_and_machines_without_rows_are_left_out(
+    ledger: RunLedger,
+) -> None:
+    machines = machines_of(12)
+    ledger.add_machines(MachineRecord.planned(RUN, m.text, NOW) for m in machines[:10])
+    scattered = ledger.in_storage_order(machines)[::3]  # some of them without rows
+    found = ledger.find_machines(RUN, scattered)
+    with_rows = [m for m in scattered if m in machines[:10]]
+    assert set(found) == set(with_rows)
+    assert [found[m].resource_id for m in with_rows] == [m.text for m in with_rows]
+    assert ledger.find_machines(RUN, []) == {}
+
+
+def test_machines_asked_in_another_case_are_found_under_the_ids_asked(ledger: RunLedger) -> None:
+    ledger.save_machine(a_machine(RUN))
+    asked = MachineId.parse(VM.replace("web-01", "WEB-01").replace("/app/", "/APP/"))
+    found = ledger.find_machines(RUN, [asked])
+    assert list(found) == [asked]
+    assert found[asked].resource_id == VM
+
+
+def test_rows_read_in_a_batch_are_only_the_runs_own_and_carry_their_versions(
+    ledger: RunLedger,
+) -> None:
+    later = RunId.parse(CORRELATION_ID.replace("20261201030000", "20261201031500"))
+    machines = machines_of(5)
+    ledger.add_machines(MachineRecord.planned(RUN, m.text, NOW) for m in machines[:3])
+    ledger.add_machines(MachineRecord.planned(later, m.text, NOW) for m in machines)
+    found = ledger.find_machines(RUN, machines)
+    assert set(found) == set(machines[:3])
+    assert {row.run_id for row in found.values()} == {RUN}
+    # The version read is the row's ETag: a write on it succeeds once, a second is a conflict.
+    row = found[machines[0]]
+    moved = ledger.save_machine(dataclasses.replace(row, action=MachineAction.STARTING))
+    assert ledger.find_machines(RUN, [machines[0]])[machines[0]] == moved
+    with pytest.raises(LedgerConflict):
+        ledger.save_machine(dataclasses.replace(row, action=MachineAction.LEFT_ALONE))
+
+
 def test_claims_are_per_machine_across_runs_with_etags(ledger: RunLedger) -> None:
     machine = MachineId.parse(VM)
     assert ledger.find_claim(machine) is None

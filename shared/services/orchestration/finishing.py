@@ -137,7 +137,7 @@ class Finishing(WrappingUp):
         quiet = self.clock.now() - max(
             [last_moved, *(r.updated_at for r in settled)]
         ) >= self.policy.task_lease and self._turns_near(map(machine_of, left))
-        again = tuple(
+        again = self.ledger.in_storage_order(
             machine_of(r)
             for r in left
             if self._needs_stop_task(r, powers.get(machine_of(r)), started, quiet)

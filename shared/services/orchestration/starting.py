@@ -118,6 +118,8 @@ class Starting(Ownership):
                 for r in self.ledger.list_machines(run.run_id)
                 if r.action in (MachineAction.PLANNED, MachineAction.STARTING)
             ]
+        # Cut in the ledger's order, so that each start task reads its rows as one short range.
+        to_start = self.ledger.in_storage_order(to_start)
         # Verify first: it is also the fan-out's watchdog, should this host die while sending.
         self.queue.send(Task(TaskKind.VERIFY, run.run_id), self.policy.verify_interval)
         self._send_all(
@@ -142,12 +144,17 @@ class Starting(Ownership):
             self._start_batch(task, run, renewer)
 
     def _start_batch(self, task: Task, run: Run, renewer: IntentRenewer) -> None:
-        """Send the starts; nothing waits for a VM to boot: verify's bulk reads settle them."""
+        """Send the starts; nothing waits for a VM to boot: verify's bulk reads settle them.
+        The batch's rows are read once, together, before the first machine's write turn (see
+        `_start_one` for why a row read then is safe to act on later)."""
+        rows = self.ledger.find_machines(run.run_id, task.machines)
         results = parallel(
             self.policy.start_concurrency,
             lambda m: self._in_turn(
                 m,
-                lambda: self._unless_taken(run.run_id, m, lambda: self._start_one(run, m, renewer)),
+                lambda: self._unless_taken(
+                    run.run_id, m, lambda: self._start_one(run, m, rows.get(m), renewer)
+                ),
             ),
             task.machines,
         )
@@ -164,13 +171,28 @@ class Starting(Ownership):
         if (retry or deferred) and self._still_starting(run.run_id):
             self._retry_later(task, run, retry, deferred)
 
-    def _start_one(self, run: Run, machine: MachineId, renewer: IntentRenewer) -> MachineRecord:
+    def _start_one(
+        self,
+        run: Run,
+        machine: MachineId,
+        read: MachineRecord | None,
+        renewer: IntentRenewer,
+    ) -> MachineRecord:
         """Read one VM, decide (shared/domain/machine_steps), and start it if that is the
-        decision."""
+        decision. `read` is the VM's row as the task read it when it began (None: it had no
+        row; one is created, and a row another worker created meanwhile is a conflict).
+
+        That row may be tens of seconds old by now (the machine waited for its write turn),
+        and that is safe: every step that changes anything writes the row first, ETag-checked
+        against the version read, and the start is sent only after the intent is stored. A
+        row another worker changed meanwhile makes that write a conflict, and `_unless_taken`
+        lets the current row decide, as when two deliveries of one task race today. What a
+        stale row can still cost is only what such a race costs: a read of the VM, the claim
+        written for this same run again, a snapshot taken twice (when snapshots are on), or a
+        row returned unchanged (a machine another worker holds) whose retry a later task or
+        verify's orphaned-start check decides from the current row."""
         now = self.clock.now()
-        row = self.ledger.find_machine(run.run_id, machine.text) or self.ledger.save_machine(
-            MachineRecord.planned(run.run_id, machine.text, now)
-        )
+        row = read or self.ledger.save_machine(MachineRecord.planned(run.run_id, machine.text, now))
         decision = start_before_reading(row, now, self.policy.task_lease)
         if decision is None:
             try:

@@ -93,7 +93,9 @@ class Watching(StepsBase):
         now = self.clock.now()
         if now >= run.scheduled_start:
             return
-        orphaned = [machine_of(r) for r in rows if orphaned_start(r, now, self.policy.task_lease)]
+        orphaned = self.ledger.in_storage_order(
+            machine_of(r) for r in rows if orphaned_start(r, now, self.policy.task_lease)
+        )
         if orphaned:
             self.queue.send(Task(TaskKind.START, run.run_id, tuple(orphaned), round_))
 
@@ -116,7 +118,7 @@ class Watching(StepsBase):
             quiet_for,
             len(planned),
         )
-        machines = [MachineId.parse(r.resource_id) for r in planned]
+        machines = self.ledger.in_storage_order(MachineId.parse(r.resource_id) for r in planned)
         for batch in chunks(machines, self.policy.start_batch_size):
             self.queue.send(Task(TaskKind.START, run.run_id, tuple(batch), round_))
 

@@ -65,7 +65,8 @@ class WrappingUp(Ownership):
         # Each stop task hands a VM over instead when another active run needs it (it looks at
         # the VM's claim just before deciding): no claim is read here, once per VM.
         rows = list(self.ledger.list_machines(run.run_id))
-        to_stop = [machine_of(r) for r in rows if r.owned_by_run]
+        # In the ledger's order, so that each stop task reads its rows as one short range.
+        to_stop = self.ledger.in_storage_order(machine_of(r) for r in rows if r.owned_by_run)
         unvisited = [r for r in rows if r.action is MachineAction.PLANNED]
         # One bulk read for the whole wrap-up; the stop tasks carry it (none reads again).
         read_at = self.clock.now()
@@ -166,13 +167,15 @@ class WrappingUp(Ownership):
     def _stop_batch(self, task: Task, run: Run, renewer: IntentRenewer) -> None:
         """Send the deallocations, each in its write turn, deciding from the power states
         wrap-up read (a VM is read again alone only when that read cannot be trusted for it);
-        nothing waits for them: finish's bulk reads settle them."""
+        nothing waits for them: finish's bulk reads settle them. The batch's rows are read
+        once, together, before the first machine's write turn (see `_stop_one`)."""
+        rows = self.ledger.find_machines(run.run_id, task.machines)
         results = parallel(
             self.policy.start_concurrency,
             lambda m: self._in_turn(
                 m,
                 lambda: self._unless_taken(
-                    run.run_id, m, lambda: self._stop_one(run.run_id, m, task, renewer)
+                    run.run_id, m, lambda: self._stop_one(run.run_id, m, rows.get(m), task, renewer)
                 ),
             ),
             task.machines,
@@ -200,10 +203,20 @@ class WrappingUp(Ownership):
         self,
         run_id: RunId,
         machine: MachineId,
+        read: MachineRecord | None,
         task: Task,
         renewer: IntentRenewer,
     ) -> MachineRecord:
-        row = self.ledger.find_machine(run_id, machine.text)
+        """Hand one VM over, or decide its stop and send the deallocate. `read` is its row as
+        the task read it when it began, possibly tens of seconds ago (the machine waited for
+        its write turn). Safe as in `Starting._start_one`: the deallocate is sent only after
+        its intent is written ETag-checked against that version (a row changed meanwhile is
+        a conflict, and `_unless_taken` lets the current row decide), and the other writes go
+        through `_save_latest`, which re-reads on a conflict. A row returned unchanged (not
+        the run's, or another worker's deallocate under way) is what today's read would have
+        returned moments earlier; a VM it leaves owned and unstopped is sent a stop task
+        again by finish, which reads every row."""
+        row = read
         if row is None or not row.owned_by_run:
             return row or MachineRecord.planned(run_id, machine.text, self.clock.now())
         if row.action is MachineAction.DEALLOCATING and (
