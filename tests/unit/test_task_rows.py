@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
+from shared.domain.errors import LedgerUnavailable
 from shared.domain.ids import MachineId, RunId
 from shared.domain.machine_steps import DEALLOCATE_ACCEPTED, START_ACCEPTED
 from shared.domain.machines import PowerState
 from shared.domain.runs import MachineAction, MachineRecord
 from shared.domain.tasks import Task, TaskKind
+from shared.services.orchestration.fan_out import on_first_use, parallel
 from tests.builders import POST, PRE, START, SUBSCRIPTION, InMemoryRunLedger
 from tests.unit.test_orchestration import RUN, World, vm
 
@@ -33,9 +35,9 @@ def on_ledger(world: World, ledger: InMemoryRunLedger) -> World:
     return world
 
 
-def row_reads_by_step(world: World) -> Counter[tuple[TaskKind, str]]:
-    """Work the queue dry, counting each kind of step's machine-row reads, one by one
-    ("find_machine") and in batches ("find_machines")."""
+def row_reads_by_step(world: World, until: datetime | None = None) -> Counter[tuple[TaskKind, str]]:
+    """Work the queue dry (or up to `until`), counting each kind of step's machine-row reads,
+    one by one ("find_machine") and in batches ("find_machines")."""
     counts: Counter[tuple[TaskKind, str]] = Counter()
     current: list[TaskKind] = []
     ledger = world.ledger
@@ -59,7 +61,8 @@ def row_reads_by_step(world: World) -> Counter[tuple[TaskKind, str]]:
         counts[task.kind, "tasks"] += 1
         world.orchestrator.handle(task)
 
-    world.queue.drain(handle)
+    world.queue.drain(handle, until=until)
+    ledger.find_machine, ledger.find_machines = one, many  # type: ignore[method-assign]
     return counts
 
 
@@ -90,12 +93,14 @@ def test_start_and_stop_tasks_read_their_rows_once_per_task_not_once_per_vm() ->
     assert all(world.row(m).action is MachineAction.DEALLOCATED for m in machines)
 
 
-def test_a_task_put_off_for_its_write_turn_reads_its_rows_again_once_when_it_comes_back() -> None:
+def test_a_task_put_off_for_its_write_turn_reads_its_rows_once_when_its_turn_comes() -> None:
     world = World(start_batch_size=5)
     machines = fleet_of(world, 10)
     world.machines.turn_waits[SUBSCRIPTION.lower()] = 40.0
     world.deliver(PRE)
-    world.queue.drain(world.orchestrator.handle, until=world.clock.now())
+    reads = row_reads_by_step(world, until=world.clock.now())
+    assert reads[TaskKind.START, "tasks"] == 2
+    assert reads[TaskKind.START, "find_machines"] == 0  # no turn came: nothing was read
     assert all(world.row(m).action is MachineAction.PLANNED for m in machines)
     world.machines.turn_waits.clear()
     reads = row_reads_by_step(world)
@@ -246,3 +251,19 @@ def test_a_machine_with_no_row_yet_is_created_and_started_by_its_task() -> None:
     assert world.row(late).action is MachineAction.STARTING
     assert world.row(late).owner_run == RUN.text
     assert world.machines.count("start", web) == 1  # its own task started it; not again
+
+
+def test_what_a_batch_shares_is_loaded_once_by_many_threads_and_again_after_a_failure() -> None:
+    loads: list[int] = []
+
+    def load() -> int:
+        loads.append(1)
+        if len(loads) == 1:
+            raise LedgerUnavailable("storage did not answer")
+        return len(loads)
+
+    rows = on_first_use(load)
+    with pytest.raises(LedgerUnavailable):
+        rows()
+    assert parallel(8, lambda _: rows(), range(32)) == [2] * 32
+    assert len(loads) == 2

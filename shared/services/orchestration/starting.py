@@ -29,7 +29,7 @@ from shared.domain.tasks import MAX_TASK_DELAY, Task, TaskKind
 from shared.domain.timeline import machines_running_deadline, preparation_due
 from shared.domain.vocabulary import GateOutcome
 from shared.services.orchestration.base import Deferred
-from shared.services.orchestration.fan_out import chunks, parallel
+from shared.services.orchestration.fan_out import chunks, on_first_use, parallel
 from shared.services.orchestration.intent_renewer import IntentRenewer
 from shared.services.orchestration.ownership import Ownership
 
@@ -145,15 +145,16 @@ class Starting(Ownership):
 
     def _start_batch(self, task: Task, run: Run, renewer: IntentRenewer) -> None:
         """Send the starts; nothing waits for a VM to boot: verify's bulk reads settle them.
-        The batch's rows are read once, together, before the first machine's write turn (see
-        `_start_one` for why a row read then is safe to act on later)."""
-        rows = self.ledger.find_machines(run.run_id, task.machines)
+        The batch's rows are read once, together, when the first machine's write turn comes
+        (a task whose turns are all far off reads nothing; see `_start_one` for why a row read
+        then is safe to act on later)."""
+        rows = on_first_use(lambda: self.ledger.find_machines(run.run_id, task.machines))
         results = parallel(
             self.policy.start_concurrency,
             lambda m: self._in_turn(
                 m,
                 lambda: self._unless_taken(
-                    run.run_id, m, lambda: self._start_one(run, m, rows.get(m), renewer)
+                    run.run_id, m, lambda: self._start_one(run, m, rows().get(m), renewer)
                 ),
             ),
             task.machines,

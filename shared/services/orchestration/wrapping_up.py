@@ -32,7 +32,7 @@ from shared.domain.runs import (
 )
 from shared.domain.tasks import Task, TaskKind
 from shared.services.orchestration.base import Deferred
-from shared.services.orchestration.fan_out import chunks, parallel
+from shared.services.orchestration.fan_out import chunks, on_first_use, parallel
 from shared.services.orchestration.intent_renewer import IntentRenewer
 from shared.services.orchestration.ownership import Ownership
 
@@ -168,14 +168,16 @@ class WrappingUp(Ownership):
         """Send the deallocations, each in its write turn, deciding from the power states
         wrap-up read (a VM is read again alone only when that read cannot be trusted for it);
         nothing waits for them: finish's bulk reads settle them. The batch's rows are read
-        once, together, before the first machine's write turn (see `_stop_one`)."""
-        rows = self.ledger.find_machines(run.run_id, task.machines)
+        once, together, when the first machine's write turn comes (see `_stop_one`)."""
+        rows = on_first_use(lambda: self.ledger.find_machines(run.run_id, task.machines))
         results = parallel(
             self.policy.start_concurrency,
             lambda m: self._in_turn(
                 m,
                 lambda: self._unless_taken(
-                    run.run_id, m, lambda: self._stop_one(run.run_id, m, rows.get(m), task, renewer)
+                    run.run_id,
+                    m,
+                    lambda: self._stop_one(run.run_id, m, rows().get(m), task, renewer),
                 ),
             ),
             task.machines,
