@@ -180,15 +180,16 @@ class Starting(Ownership):
         renewer: IntentRenewer,
     ) -> MachineRecord:
         """Read one VM, decide (shared/domain/machine_steps), and start it if that is the
-        decision. `read` is the VM's row as the task read it when it began (None: it had no
-        row; one is created, and a row another worker created meanwhile is a conflict).
+        decision. `read` is the VM's row as its task read the batch's rows, when the batch's
+        first write turn came (None: it had no row; one is created, and a row another worker
+        created meanwhile makes that a conflict).
 
-        That row may be tens of seconds old by now (the machine waited for its write turn),
-        and that is safe: every step that changes anything writes the row first, ETag-checked
+        That row may be tens of seconds old by now (the machine waited for its own turn), and
+        that is safe: every step that changes anything writes the row first, ETag-checked
         against the version read, and the start is sent only after the intent is stored. A
         row another worker changed meanwhile makes that write a conflict, and `_unless_taken`
-        lets the current row decide, as when two deliveries of one task race today. What a
-        stale row can still cost is only what such a race costs: a read of the VM, the claim
+        lets the current row decide, as when two deliveries of one task race. What a stale
+        row can still cost is only what such a race costs: a read of the VM, the claim
         written for this same run again, a snapshot taken twice (when snapshots are on), or a
         row returned unchanged (a machine another worker holds) whose retry a later task or
         verify's orphaned-start check decides from the current row."""

@@ -210,14 +210,16 @@ class WrappingUp(Ownership):
         renewer: IntentRenewer,
     ) -> MachineRecord:
         """Hand one VM over, or decide its stop and send the deallocate. `read` is its row as
-        the task read it when it began, possibly tens of seconds ago (the machine waited for
+        its task read the batch's rows, possibly tens of seconds ago (the machine waited for
         its write turn). Safe as in `Starting._start_one`: the deallocate is sent only after
         its intent is written ETag-checked against that version (a row changed meanwhile is
-        a conflict, and `_unless_taken` lets the current row decide), and the other writes go
-        through `_save_latest`, which re-reads on a conflict. A row returned unchanged (not
-        the run's, or another worker's deallocate under way) is what today's read would have
-        returned moments earlier; a VM it leaves owned and unstopped is sent a stop task
-        again by finish, which reads every row."""
+        a conflict, and `_unless_taken` lets the current row decide), and the other row
+        writes go through `_save_latest`, which re-reads on a conflict. The claim writes that
+        come before a row's (a hand-over, a release) are those a second delivery of the task
+        racing this one makes. A row returned unchanged (not the run's, or another worker's
+        deallocate under way) is what a read of its own would have found a little earlier; a
+        VM it leaves owned and not stopped is given a stop task again by finish, which reads
+        every row of the run."""
         row = read
         if row is None or not row.owned_by_run:
             return row or MachineRecord.planned(run_id, machine.text, self.clock.now())
