@@ -497,13 +497,37 @@ def test_each_weeks_run_claims_a_vm_without_reading_and_leaves_no_claim() -> Non
     claim = world.ledger.find_claim(web)
     assert claim is not None
     assert (claim.owner_run, claim.needed_by) == (RUN.text, (RUN.text,))
+    reads.clear()  # the test's own read just above
     world.clock.current = START + timedelta(hours=1)
     world.deliver(POST)
     world.work()
     assert world.machines.count("deallocate", web) == 1
     assert world.machines.count("deallocate", app) == 1
+    # Read once each, by its stop task: the hand-over check, and the release after Azure
+    # accepted the deallocate starts from that read (the settlement reads none).
+    assert sorted(reads) == sorted([web.key, app.key])
     assert world.ledger.find_claim(web) is None
     assert world.ledger.find_claim(app) is None
+
+
+def test_a_deallocate_whose_answer_was_lost_still_releases_the_claim_when_settled() -> None:
+    world = World()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.work()
+    real_deallocate = world.machines.deallocate
+
+    def applied_but_unanswered(machine: MachineId) -> None:
+        real_deallocate(machine)
+        raise AzureCallFailed("Compute", None, "ConnectionError", "no answer")
+
+    world.machines.deallocate = applied_but_unanswered  # type: ignore[method-assign]
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    assert world.machines.count("deallocate", web) == 1
+    assert world.row(web).action is MachineAction.DEALLOCATED
+    assert world.ledger.find_claim(web) is None
 
 
 def test_a_claim_left_by_an_older_version_is_read_and_taken_over() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from shared.domain.ids import InvalidId, MachineId, RunId
@@ -21,6 +21,14 @@ from shared.services.conflicts import retry_on_conflict
 from shared.services.orchestration.base import StepsBase
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClaimRead:
+    """A VM's claim as one read found it (None: there was none): the first try of a change
+    starts from it instead of reading again; a conflict means it changed, and it is read."""
+
+    claim: MachineClaim | None
 
 
 class Ownership(StepsBase):
@@ -96,12 +104,21 @@ class Ownership(StepsBase):
             )
         )
 
-    def _hand_over(self, run_id: RunId, row: MachineRecord) -> bool:
+    def _claim_now(
+        self, machine: MachineId, tries: list[bool], read: ClaimRead | None
+    ) -> MachineClaim | None:
+        """The claim for one try of a change: `read` on the first, a fresh read after."""
+        first = not tries
+        tries.append(True)
+        return read.claim if first and read is not None else self.ledger.find_claim(machine)
+
+    def _hand_over(self, run_id: RunId, row: MachineRecord, read: ClaimRead | None = None) -> bool:
         """Pass a VM this run started to another active run that needs it; True if passed."""
         machine = MachineId.parse(row.resource_id)
+        tries: list[bool] = []
 
         def pass_claim() -> RunId | None:
-            claim = self.ledger.find_claim(machine)
+            claim = self._claim_now(machine, tries, read)
             if claim is None:
                 return None
             heirs = [r for r in claim.needed_by if r.lower() != run_id.key and self._is_active(r)]
@@ -130,13 +147,14 @@ class Ownership(StepsBase):
         )
         return True
 
-    def _release(self, run_id: RunId, machine: MachineId) -> None:
+    def _release(self, run_id: RunId, machine: MachineId, read: ClaimRead | None = None) -> None:
         """This run no longer needs the VM (stopped, or never started by it). A claim left
         with no owner and no run needing it is removed: it says nothing a missing one does
         not, and the next run to start the VM creates it again in one request."""
+        tries: list[bool] = []
 
         def attempt() -> None:
-            claim = self.ledger.find_claim(machine)
+            claim = self._claim_now(machine, tries, read)
             if claim is None:
                 return
             released = claim.released_by(run_id.text)
