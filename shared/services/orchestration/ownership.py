@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from shared.domain.ids import InvalidId, MachineId, RunId
@@ -23,6 +23,14 @@ from shared.services.orchestration.base import StepsBase
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ClaimRead:
+    """A VM's claim as one read found it (None: there was none): the first try of a change
+    starts from it instead of reading again; a conflict means it changed, and it is read."""
+
+    claim: MachineClaim | None
+
+
 class Ownership(StepsBase):
     """The machine claims: one owner per VM, and the runs that still need it."""
 
@@ -34,9 +42,20 @@ class Ownership(StepsBase):
         return other is not None and other.is_active
 
     def _claim_for_start(self, run_id: RunId, machine: MachineId) -> bool:
-        """Make this run the VM's owner unless another active run already is."""
+        """Make this run the VM's owner unless another active run already is. A claim nobody
+        holds is removed (see `_release`), so the first try creates it without reading: one
+        request in the usual case; a claim that exists makes that a conflict, and it is read."""
+        tries: list[bool] = []
 
         def attempt() -> bool:
+            if not tries:
+                tries.append(True)
+                self.ledger.save_claim(
+                    MachineClaim(
+                        resource_id=machine.text, owner_run=run_id.text, needed_by=(run_id.text,)
+                    )
+                )
+                return True
             claim = self.ledger.find_claim(machine) or MachineClaim(resource_id=machine.text)
             owner = claim.owner_run
             mine = owner is None or owner.lower() == run_id.key or not self._is_active(owner)
@@ -85,12 +104,21 @@ class Ownership(StepsBase):
             )
         )
 
-    def _hand_over(self, run_id: RunId, row: MachineRecord) -> bool:
+    def _claim_now(
+        self, machine: MachineId, tries: list[bool], read: ClaimRead | None
+    ) -> MachineClaim | None:
+        """The claim for one try of a change: `read` on the first, a fresh read after."""
+        first = not tries
+        tries.append(True)
+        return read.claim if first and read is not None else self.ledger.find_claim(machine)
+
+    def _hand_over(self, run_id: RunId, row: MachineRecord, read: ClaimRead | None = None) -> bool:
         """Pass a VM this run started to another active run that needs it; True if passed."""
         machine = MachineId.parse(row.resource_id)
+        tries: list[bool] = []
 
         def pass_claim() -> RunId | None:
-            claim = self.ledger.find_claim(machine)
+            claim = self._claim_now(machine, tries, read)
             if claim is None:
                 return None
             heirs = [r for r in claim.needed_by if r.lower() != run_id.key and self._is_active(r)]
@@ -119,12 +147,20 @@ class Ownership(StepsBase):
         )
         return True
 
-    def _release(self, run_id: RunId, machine: MachineId) -> None:
-        """This run no longer needs the VM (stopped, or never started by it)."""
+    def _release(self, run_id: RunId, machine: MachineId, read: ClaimRead | None = None) -> None:
+        """This run no longer needs the VM (stopped, or never started by it). A claim left
+        with no owner and no run needing it is removed: it says nothing a missing one does
+        not, and the next run to start the VM creates it again in one request."""
+        tries: list[bool] = []
 
         def attempt() -> None:
-            claim = self.ledger.find_claim(machine)
-            if claim is not None:
-                self.ledger.save_claim(claim.released_by(run_id.text))
+            claim = self._claim_now(machine, tries, read)
+            if claim is None:
+                return
+            released = claim.released_by(run_id.text)
+            if released.owner_run is None and not released.needed_by:
+                self.ledger.delete_claim(claim)
+            elif released != claim:
+                self.ledger.save_claim(released)
 
         retry_on_conflict(attempt, what=f"claim of {machine.text}")

@@ -34,7 +34,7 @@ from shared.domain.tasks import Task, TaskKind
 from shared.services.orchestration.base import Deferred
 from shared.services.orchestration.fan_out import chunks, on_first_use, parallel
 from shared.services.orchestration.intent_renewer import IntentRenewer
-from shared.services.orchestration.ownership import Ownership
+from shared.services.orchestration.ownership import ClaimRead, Ownership
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,9 @@ class WrappingUp(Ownership):
             # Another worker is deallocating it, or Azure accepted the deallocate moments ago:
             # finish settles it.
             return row
-        if self._hand_over(run_id, row):
+        # Read once: it decides the hand-over, and the release starts from it.
+        claim = ClaimRead(self.ledger.find_claim(machine))
+        if self._hand_over(run_id, row, claim):
             return self.ledger.find_machine(run_id, machine.text) or row
         power = self._power_for_stop(row, machine, task)
         if power is None:
@@ -246,23 +248,31 @@ class WrappingUp(Ownership):
         if decision.next is Next.LEAVE:
             return row
         if decision.next is Next.RELEASE:
-            self._release(run_id, machine)
+            self._release(run_id, machine, claim)
             return self.ledger.save_machine(decision.applied_to(row, now))
         row = self.ledger.save_machine(decision.applied_to(row, now))
         renewer.hold(row)
-        return self._call(
+        sent = self._call(
             row,
             lambda: self.machines.deallocate(machine),
             MachineAction.STARTED,
             MachineAction.DEALLOCATE_FAILED,
             DEALLOCATE_ACCEPTED,
         )
+        if accepted(sent):
+            # Azure has the deallocate: no other run can be handed the VM any more, so the
+            # claim goes now, from the read above (the settlement then has nothing to release).
+            self._release(run_id, machine, claim)
+        return sent
 
     def _settle_deallocation(self, row: MachineRecord, power: MachinePower) -> MachineRecord:
         """A Deallocating row as the VM's power state tells its end: deallocated (by the app's
         call, whoever's worker sent it), or failed (Azure's words, for an accepted call)."""
         if power.state is PowerState.DEALLOCATED:
-            self._release(row.run_id, MachineId.parse(row.resource_id))
+            if not accepted(row):
+                # The deallocate's answer was lost, or its worker died before the release that
+                # follows an accepted answer.
+                self._release(row.run_id, MachineId.parse(row.resource_id))
             return self._move(
                 row,
                 MachineAction.DEALLOCATED,
