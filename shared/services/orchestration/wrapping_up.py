@@ -239,6 +239,7 @@ class WrappingUp(Ownership):
             MachineAction.STARTED,
             MachineAction.DEALLOCATE_FAILED,
             DEALLOCATE_ACCEPTED,
+            renewer,
         )
 
     def _settle_deallocation(self, row: MachineRecord, power: MachinePower) -> MachineRecord:
