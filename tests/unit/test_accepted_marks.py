@@ -288,3 +288,15 @@ def test_a_row_whose_mark_could_not_be_written_is_still_renewed_and_marked_after
     assert last_detail(ledger.find_machine(RUN, intent.resource_id)) == START_ACCEPTED
     assert [len(group) for group in writes.together] == [1, 1]
     assert writes.alone_with(START_ACCEPTED) == []
+
+
+def test_a_machine_named_twice_in_a_task_still_gets_its_mark() -> None:
+    ledger = InMemoryRunLedger()
+    (row,) = stored_intents(ledger, 1)
+    marks = AcceptedMarks(
+        ledger.save_machines, alone_on_the_stored_copy(ledger), longest_seconds=600
+    )
+    marks.add(row, mark_of(START_ACCEPTED))
+    marks.add(row, mark_of(START_ACCEPTED))
+    marks.close()
+    assert last_detail(ledger.find_machine(RUN, row.resource_id)) == START_ACCEPTED

@@ -131,17 +131,24 @@ class AcceptedMarks:
         self.flush()
 
     def _write(self, group: list[_Waiting]) -> None:
+        run = group[0].row.run_id.text
         try:
             self._save_together([w.marked for w in group])
-        except LedgerConflict:
-            log.info("A row changed while its mark waited: %d marks written one by one", len(group))
+        except (LedgerConflict, ValueError) as e:
+            # A row changed while its mark waited (or, ValueError, a task that named one
+            # machine twice): each mark alone, on its row's freshest copy.
+            log.info("Run %s: %d marks written one by one: %s", run, len(group), e)
             for number, waiting in enumerate(group):
                 try:
                     self._save_alone(waiting.row, waiting.mark)
                 except LedgerConflict:
                     # The row kept changing: its other writers decide it, as they did when a
                     # mark written at once lost its races.
-                    log.info("%s is being handled by another worker", waiting.row.resource_id)
+                    log.info(
+                        "Run %s: %s is being handled by another worker",
+                        run,
+                        waiting.row.resource_id,
+                    )
                 except BaseException:
                     self._remember(group[:number])
                     raise
