@@ -53,6 +53,7 @@ from typing import Any, cast
 
 import requests
 
+from benchmarks import storage_requests
 from sandbox.azurite import running_azurite
 from sandbox.fake_azure import FakeAzure
 from sandbox.fake_azure.scenario import fleet_scenario
@@ -82,11 +83,14 @@ def percentile(values: list[float], fraction: float) -> float:
 
 @contextlib.contextmanager
 def app_in_its_own_process(
-    scenario: Mapping[str, Any], settings: Mapping[str, str], queue_batch: int = 0
+    scenario: Mapping[str, Any],
+    settings: Mapping[str, str],
+    queue_batch: int = 0,
+    storage_log: str | None = None,
 ) -> Iterator[tuple[Stack, HostProcess]]:
     """The stack with the local host (and so the app) in a process of its own, as the Python
     worker is in Azure: the fake Azure, in this process, does not share the app's GIL."""
-    with running_azurite() as azurite, requests.Session() as session:
+    with running_azurite(debug_log=storage_log) as azurite, requests.Session() as session:
         fake = FakeAzure.start(scenario)
         table = "ledger" + uuid.uuid4().hex[:12]
         # The tests' host.json (short visibility timeouts), with the app's own queue batch or
@@ -293,7 +297,7 @@ def main() -> int:
             app_pid: int | None = None
         else:
             stack, host = running.enter_context(
-                app_in_its_own_process(scenario, settings, args.queue_batch)
+                app_in_its_own_process(scenario, settings, args.queue_batch, args.storage_log)
             )
             app_pid = host.pid
             print(f"the host's log: {host.log_folder}", flush=True)
@@ -337,6 +341,13 @@ def main() -> int:
                 f"{len(outcome.started_vms) / outcome.elapsed / baseline_rate:.1f}x faster",
                 flush=True,
             )
+    if args.storage_log:
+        print(
+            storage_requests.summary(
+                storage_requests.count(args.storage_log), len(outcome.started_vms)
+            ),
+            flush=True,
+        )
     print(
         "outcomes: all as expected" if outcome.passed else "outcomes: NOT as expected", flush=True
     )
@@ -376,6 +387,12 @@ def _arguments() -> argparse.Namespace:
         "--skip-wrap-up",
         action="store_true",
         help="stop after the fan-out's checks (no post event, no wrap-up): for quick iterations",
+    )
+    parser.add_argument(
+        "--storage-log",
+        default=None,
+        help="write Azurite's debug log here and print the storage requests per VM started "
+        "(slows Azurite: not for timing runs)",
     )
     parser.add_argument(
         "--in-process",

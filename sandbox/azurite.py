@@ -87,12 +87,14 @@ def _wait_listening(ports: list[int], process: subprocess.Popen[bytes], timeout:
 
 @contextlib.contextmanager
 def running_azurite(
-    timeout: float = 30.0, *, in_memory: bool = False
+    timeout: float = 30.0, *, in_memory: bool = False, debug_log: str | None = None
 ) -> Iterator[AzuriteEndpoints]:
     """Run Azurite for the duration of the block; always stop it and remove its folder.
 
     `in_memory` keeps its data in memory only (benchmarks with large tables, the test suite:
-    Azurite's on-disk store rewrites its whole database file as it grows)."""
+    Azurite's on-disk store rewrites its whole database file as it grows). `debug_log` is a
+    file for Azurite's debug log, which has a line for every request it serves (benchmarks
+    count storage requests from it; it is large, and slows Azurite down)."""
     if not AZURITE_BIN.exists():
         raise RuntimeError(f"{AZURITE_BIN} is missing: run `npm ci` (or `make test`) first")
     workdir = tempfile.mkdtemp(prefix="azurite-")
@@ -100,7 +102,7 @@ def running_azurite(
         # Free ports are picked before Azurite binds them, so a process starting beside us (a
         # parallel test worker) can take one first: Azurite then exits, and we pick again.
         for attempt in range(1, START_ATTEMPTS + 1):
-            process, log, endpoints = _start(workdir, in_memory, attempt)
+            process, log, endpoints = _start(workdir, in_memory, attempt, debug_log)
             try:
                 try:
                     _wait_listening(
@@ -122,7 +124,7 @@ def running_azurite(
 
 
 def _start(
-    workdir: str, in_memory: bool, attempt: int
+    workdir: str, in_memory: bool, attempt: int, debug_log: str | None = None
 ) -> tuple[subprocess.Popen[bytes], BinaryIO, AzuriteEndpoints]:
     blob, queue, table = _free_ports(3)
     args = [
@@ -134,6 +136,7 @@ def _start(
         "--blobHost", "127.0.0.1", "--blobPort", str(blob),
         "--queueHost", "127.0.0.1", "--queuePort", str(queue),
         "--tableHost", "127.0.0.1", "--tablePort", str(table),
+        *(["--debug", debug_log] if debug_log else []),
     ]  # fmt: skip
     log = open(os.path.join(workdir, f"azurite-{attempt}.log"), "wb")  # noqa: SIM115 - closed by the caller
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -273,6 +273,16 @@ class InMemoryRunLedger:
     def find_claim(self, machine: MachineId) -> MachineClaim | None:
         return self.claims.get(machine.key)
 
+    def delete_claim(self, claim: MachineClaim) -> None:
+        with self._lock:
+            key = claim.resource_id.lower()
+            stored = self.claims.get(key)
+            if stored is None:
+                return
+            if claim.version is None or stored.version != claim.version:
+                raise LedgerConflict("changed")
+            del self.claims[key]
+
     def _save_claim_unlocked(self, claim: MachineClaim) -> MachineClaim:
         key = claim.resource_id.lower()
         self._check(self.claims.get(key), claim.version)

@@ -77,8 +77,9 @@ class TableAccess:
                         etag=version,
                         match_condition=MatchConditions.IfNotModified,
                     )
-        except (ResourceExistsError, ResourceModifiedError) as e:
-            raise LedgerConflict(f"row {entity['RowKey']} changed or exists") from e
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError) as e:
+            # Not found: the row was removed since it was read (a claim nobody needed).
+            raise LedgerConflict(f"row {entity['RowKey']} changed, exists or is gone") from e
         return str(meta["etag"])
 
     def find_run(self, run_id: RunId) -> Run | None:

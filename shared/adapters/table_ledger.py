@@ -296,6 +296,21 @@ class TableRunLedger(RunIndex):
         )
         return dataclasses.replace(claim, version=self._write(entity, claim.version))
 
+    def delete_claim(self, claim: MachineClaim) -> None:
+        """Remove a claim as read (ETag-checked)."""
+        if claim.version is None:
+            raise LedgerConflict(f"claim of {claim.resource_id} was never stored")
+        try:
+            with unavailable_on_error("delete a claim"):
+                self.table.delete_entity(
+                    claim_partition(claim.resource_id),
+                    CLAIM_ROW,
+                    etag=claim.version,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except ResourceModifiedError as e:
+            raise LedgerConflict(f"claim of {claim.resource_id} changed") from e
+
     def acquire_lease(self, name: str, holder: str, now: datetime, duration: timedelta) -> bool:
         """Take (or renew) a named lease until now + duration; False if someone else holds it."""
         entity = self._get(LEASE_PARTITION, name)

@@ -127,6 +127,11 @@ class RunLedger(Protocol):
         """Create or update a claim (ETag-checked)."""
         ...
 
+    def delete_claim(self, claim: MachineClaim) -> None:
+        """Remove a claim as read (ETag-checked: LedgerConflict if it changed since; one
+        removed already is no error, as the storage SDK's delete is idempotent)."""
+        ...
+
     def acquire_lease(self, name: str, holder: str, now: datetime, duration: timedelta) -> bool:
         """Take or renew a named lease; False while another holder's lease is unexpired."""
         ...

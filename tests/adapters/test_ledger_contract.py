@@ -371,6 +371,23 @@ def test_claims_are_per_machine_across_runs_with_etags(ledger: RunLedger) -> Non
     assert released.needed_by == (other,)
 
 
+def test_a_claim_is_deleted_only_as_read_and_then_is_gone(ledger: RunLedger) -> None:
+    machine = MachineId.parse(VM)
+    stored = ledger.save_claim(MachineClaim(resource_id=VM, owner_run=RUN.text))
+    changed = ledger.save_claim(stored.released_by(RUN.text))
+    with pytest.raises(LedgerConflict):
+        ledger.delete_claim(stored)  # an old copy: the claim changed since
+    assert ledger.find_claim(machine) == changed
+    ledger.delete_claim(changed)
+    assert ledger.find_claim(machine) is None
+    ledger.delete_claim(changed)  # removed already: nothing to do
+    with pytest.raises(LedgerConflict):
+        ledger.save_claim(changed)  # an update of a removed claim is no create
+    assert ledger.find_claim(machine) is None
+    recreated = ledger.save_claim(MachineClaim(resource_id=VM, owner_run=RUN.text))
+    assert ledger.find_claim(machine) == recreated
+
+
 def test_notes_keep_their_order_and_level(ledger: RunLedger) -> None:
     for minute, level in ((2, NoteLevel.ERROR), (1, NoteLevel.INFO)):
         ledger.add_note(

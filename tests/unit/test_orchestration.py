@@ -17,7 +17,7 @@ from shared.domain.events import EventKind, parse_event
 from shared.domain.ids import MachineId, RunId
 from shared.domain.machines import MachinePower, PowerState
 from shared.domain.policy import OptOutTag, OrchestrationPolicy
-from shared.domain.runs import MachineAction, MachineRecord, NoteLevel, RunStatus
+from shared.domain.runs import MachineAction, MachineClaim, MachineRecord, NoteLevel, RunStatus
 from shared.domain.tasks import Task, TaskKind
 from shared.services.intake import follow_up, take_in_event
 from shared.services.orchestration import Orchestrator
@@ -480,6 +480,55 @@ def test_overlapping_runs_share_a_vm_and_ownership_passes_on() -> None:
     world.work()
     assert world.machines.count("start", shared) == 1
     assert world.machines.count("deallocate", shared) == 1
+    # Nobody owns or needs it any more: no claim is left behind.
+    assert world.ledger.find_claim(shared) is None
+
+
+def claim_reads(world: World) -> list[str]:
+    """Records each claim read (the machine's id) the app makes from now on."""
+    reads: list[str] = []
+    real_find = world.ledger.find_claim
+
+    def find(machine: MachineId) -> MachineClaim | None:
+        reads.append(machine.key)
+        return real_find(machine)
+
+    world.ledger.find_claim = find  # type: ignore[method-assign]
+    return reads
+
+
+def test_each_weeks_run_claims_a_vm_without_reading_and_leaves_no_claim() -> None:
+    world = World()
+    web, app = world.fleet(web=PowerState.DEALLOCATED, app=PowerState.STOPPED)
+    reads = claim_reads(world)
+    world.deliver(PRE)
+    world.work()
+    assert reads == []  # created in one write each: no claim existed
+    claim = world.ledger.find_claim(web)
+    assert claim is not None
+    assert (claim.owner_run, claim.needed_by) == (RUN.text, (RUN.text,))
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    world.work()
+    assert world.machines.count("deallocate", web) == 1
+    assert world.machines.count("deallocate", app) == 1
+    assert world.ledger.find_claim(web) is None
+    assert world.ledger.find_claim(app) is None
+
+
+def test_a_claim_left_by_an_older_version_is_read_and_taken_over() -> None:
+    world = World()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.ledger.save_claim(MachineClaim(resource_id=web.text, owner_run=None, needed_by=()))
+    reads = claim_reads(world)
+    world.deliver(PRE)
+    world.work()
+    assert world.machines.count("start", web) == 1
+    assert world.row(web).action is MachineAction.STARTED
+    assert reads.count(web.key) == 1  # the create was a conflict: read once, then updated
+    claim = world.ledger.find_claim(web)
+    assert claim is not None
+    assert claim.owner_run == RUN.text
 
 
 def test_a_vm_running_before_the_run_is_never_stopped_even_if_started_elsewhere() -> None:
@@ -689,3 +738,19 @@ def test_a_refused_bulk_read_falls_back_to_one_read_per_vm_and_the_run_still_wra
     assert world.machines.count("deallocate", web) == 1
     assert world.machines.count("deallocate", db) == 0
     assert ("get", web.key) in world.machines.reads[2:]  # read alone after the refusal
+
+
+def test_verify_records_how_a_start_ends_not_each_state_the_vm_passes_through() -> None:
+    world = World()
+    (web,) = world.fleet(web=PowerState.DEALLOCATED)
+    world.deliver(PRE)
+    world.work(until_minutes_before_start=34.5)  # started; the first verify round is later
+    assert world.row(web).action is MachineAction.STARTING
+    world.machines.vms[web.key].state = PowerState.STARTING  # still booting
+    before = world.row(web)
+    world.work(until_minutes_before_start=33.5)  # one verify round
+    assert world.row(web) == before  # "starting" was read, and not written
+    world.machines.vms[web.key].state = PowerState.RUNNING
+    world.work()
+    assert world.row(web).action is MachineAction.STARTED
+    assert world.row(web).last_power_state == "running"

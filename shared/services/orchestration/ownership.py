@@ -34,9 +34,20 @@ class Ownership(StepsBase):
         return other is not None and other.is_active
 
     def _claim_for_start(self, run_id: RunId, machine: MachineId) -> bool:
-        """Make this run the VM's owner unless another active run already is."""
+        """Make this run the VM's owner unless another active run already is. A claim nobody
+        holds is removed (see `_release`), so the first try creates it without reading: one
+        request in the usual case; a claim that exists makes that a conflict, and it is read."""
+        tries: list[bool] = []
 
         def attempt() -> bool:
+            if not tries:
+                tries.append(True)
+                self.ledger.save_claim(
+                    MachineClaim(
+                        resource_id=machine.text, owner_run=run_id.text, needed_by=(run_id.text,)
+                    )
+                )
+                return True
             claim = self.ledger.find_claim(machine) or MachineClaim(resource_id=machine.text)
             owner = claim.owner_run
             mine = owner is None or owner.lower() == run_id.key or not self._is_active(owner)
@@ -120,11 +131,18 @@ class Ownership(StepsBase):
         return True
 
     def _release(self, run_id: RunId, machine: MachineId) -> None:
-        """This run no longer needs the VM (stopped, or never started by it)."""
+        """This run no longer needs the VM (stopped, or never started by it). A claim left
+        with no owner and no run needing it is removed: it says nothing a missing one does
+        not, and the next run to start the VM creates it again in one request."""
 
         def attempt() -> None:
             claim = self.ledger.find_claim(machine)
-            if claim is not None:
-                self.ledger.save_claim(claim.released_by(run_id.text))
+            if claim is None:
+                return
+            released = claim.released_by(run_id.text)
+            if released.owner_run is None and not released.needed_by:
+                self.ledger.delete_claim(claim)
+            elif released != claim:
+                self.ledger.save_claim(released)
 
         retry_on_conflict(attempt, what=f"claim of {machine.text}")

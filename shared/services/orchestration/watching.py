@@ -83,7 +83,7 @@ class Watching(StepsBase):
         updated = [r for r in watched if seen_running(r)]
         updated += parallel(
             self.policy.start_concurrency,
-            lambda r: self._refresh(r, powers.get(machine_of(r))),
+            lambda r: self._refresh(r, powers.get(machine_of(r)), record_passing=False),
             to_read,
         )
         return updated
@@ -120,10 +120,14 @@ class Watching(StepsBase):
         for batch in chunks(machines, self.policy.start_batch_size):
             self.queue.send(Task(TaskKind.START, run.run_id, tuple(batch), round_))
 
-    def _refresh(self, row: MachineRecord, power: MachinePower | None) -> MachineRecord:
+    def _refresh(
+        self, row: MachineRecord, power: MachinePower | None, *, record_passing: bool = True
+    ) -> MachineRecord:
         """Record what a bulk read says of a watched machine; a start Azure accepted is
         settled here: running, or failed (the VM's last operation failed, or it stayed down
-        for a lease after the start was accepted)."""
+        for a lease after the start was accepted). Without `record_passing`, the power state
+        of a VM still starting (one row write per VM and verify round, for a word its next
+        step replaces) is only returned, for this round's decisions: its end is recorded."""
         if power is None or power.state is None:
             return row  # unread this round, or Azure does not describe it
         state = str(power.state)
@@ -152,6 +156,8 @@ class Watching(StepsBase):
             )
         if row.last_power_state == state:
             return row
+        if not record_passing and row.action is MachineAction.STARTING:
+            return replace(row, last_power_state=state)
         # updated_at is left alone: it dates the app's own steps and their leases.
         return self._save_latest(row, lambda r: replace(r, last_power_state=state))
 
