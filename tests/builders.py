@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +21,7 @@ from shared.domain.runs import (
     Run,
     RunNote,
     RunStatus,
+    check_saved_together,
 )
 
 SUBSCRIPTION = "1b7a0c4e-5d2f-4a8b-9c3d-2e1f0a9b8c7d"
@@ -170,6 +171,16 @@ class InMemoryRunLedger:
 
     def list_machines(self, run_id: RunId) -> Iterator[MachineRecord]:
         return iter([m for (k, _), m in self.machines.items() if k == run_id.key])
+
+    def save_machines(self, machines: Sequence[MachineRecord]) -> list[MachineRecord]:
+        check_saved_together(machines)
+        with self._lock:
+            for machine in machines:  # every check before any write: all or nothing
+                self._check(
+                    self.machines.get((machine.run_id.key, machine.resource_id.lower())),
+                    machine.version,
+                )
+            return [self._save_machine_unlocked(machine) for machine in machines]
 
     def add_machines(self, machines: Any) -> int:
         created = 0

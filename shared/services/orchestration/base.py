@@ -34,6 +34,7 @@ from shared.domain.tasks import Task
 from shared.domain.timeline import Clock
 from shared.services import cancellation
 from shared.services.conflicts import retry_on_conflict
+from shared.services.orchestration.accepted_marks import MARK_WAIT_SECONDS, AcceptedMarks
 from shared.services.orchestration.fan_out import parallel
 from shared.services.orchestration.intent_renewer import IntentRenewer
 from shared.services.ports import (
@@ -208,11 +209,14 @@ class StepsBase:
         retry_as: MachineAction,
         failed_as: MachineAction,
         accepted: str,
+        renewer: IntentRenewer,
     ) -> MachineRecord:
         """Send a power operation whose intent is recorded. Accepted: the row keeps its intent,
-        marked `accepted` (no worker waits on it; a bulk read settles it). A throttled or
-        unanswered call puts the row back (`retry_as`) for a later task, a refusal records the
-        failure."""
+        marked `accepted` (no worker waits on it; a bulk read settles it); the mark is written
+        with the task's other marks, within seconds (see accepted_marks: a host that dies
+        before that leaves the intent unmarked, which verify and finish settle from the VM's
+        power state once its lease lapses). A throttled or unanswered call puts the row back
+        (`retry_as`) for a later task, a refusal records the failure."""
         try:
             call()
         except AzureCallFailed as e:
@@ -230,12 +234,11 @@ class StepsBase:
                 )
             return self._save_failure(row, failed_as, e, refused=True)
         waiting = row.action
-        return self._save_latest(
+        answered_at = self.clock.now()
+        return renewer.record_answer(
             row,
             lambda r: (
-                r.answered(accepted, self.clock.now())
-                if r.action is waiting and not call_over(r)
-                else r
+                r.answered(accepted, answered_at) if r.action is waiting and not call_over(r) else r
             ),
         )
 
@@ -351,20 +354,30 @@ class StepsBase:
             return MachinePower(state=None, startable=False, note=NOT_LISTED)
 
     def _renewing(self) -> IntentRenewer:
-        return IntentRenewer(self._renew, self.policy.task_lease.total_seconds() / 3)
+        """A task's keeper of its intents: renewed every third of a lease, and their accepted
+        calls marked several rows to a write, each mark within a quarter of that interval (so
+        a renewal seldom meets a mark still waiting)."""
+        every = self.policy.task_lease.total_seconds() / 3
+        marks = AcceptedMarks(
+            self.ledger.save_machines,
+            self._save_latest,
+            longest_seconds=min(MARK_WAIT_SECONDS, every / 4),
+        )
+        return IntentRenewer(self._renew, every, marks)
 
-    def _renew(self, held: MachineRecord) -> None:
-        """Refresh the lease of an intent this worker still holds (nothing else changes)."""
+    def _renew(self, held: MachineRecord) -> MachineRecord | None:
+        """Refresh the lease of an intent this worker still holds (nothing else changes);
+        returns the row as stored now (None: gone)."""
         row = self.ledger.find_machine(held.run_id, held.resource_id)
         if row is None:
-            return
+            return None
 
         def touch(current: MachineRecord) -> MachineRecord:
             if current.action is not held.action or call_over(current):
                 return current  # answered or settled meanwhile: nothing to keep alive
             return replace(current, updated_at=self.clock.now())
 
-        self._save_latest(row, touch)
+        return self._save_latest(row, touch)
 
     def _begin_round(self, run: Run, step: str, task: Task, next_delay: timedelta | None) -> bool:
         """Start round `task.round` of a watch loop: False when it ran already (a duplicate
