@@ -23,6 +23,7 @@ from shared.domain.machines import MachinePower
 from shared.domain.policy import OrchestrationPolicy
 from shared.domain.run_steps import round_is_new
 from shared.domain.runs import (
+    MAX_MACHINES_SAVED_TOGETHER,
     REFUSED,
     MachineAction,
     MachineRecord,
@@ -35,7 +36,7 @@ from shared.domain.timeline import Clock
 from shared.services import cancellation
 from shared.services.conflicts import retry_on_conflict
 from shared.services.orchestration.accepted_marks import MARK_WAIT_SECONDS, AcceptedMarks
-from shared.services.orchestration.fan_out import parallel
+from shared.services.orchestration.fan_out import chunks, parallel
 from shared.services.orchestration.intent_renewer import IntentRenewer
 from shared.services.ports import (
     Heartbeats,
@@ -265,6 +266,16 @@ class StepsBase:
         """Record `action` on the freshest copy of the machine's row, unless another worker
         recorded it already (a step seen twice is recorded once) or, with `only_from`, the row
         has moved on from those actions meanwhile (an answer that came too late to matter)."""
+        return self._save_latest(row, self._moving(action, detail, only_from, **changes))
+
+    def _moving(
+        self,
+        action: MachineAction,
+        detail: str,
+        only_from: tuple[MachineAction, ...] = (),
+        **changes: Any,
+    ) -> Callable[[MachineRecord], MachineRecord]:
+        """The change `_move` applies to a copy of a row."""
         now = self.clock.now()
 
         def change(current: MachineRecord) -> MachineRecord:
@@ -272,7 +283,38 @@ class StepsBase:
                 return current
             return current.moved_to(action, now, detail, **changes)
 
-        return self._save_latest(row, change)
+        return change
+
+    def _move_together(
+        self,
+        rows: Sequence[MachineRecord],
+        action: MachineAction,
+        detail: str,
+        only_from: tuple[MachineAction, ...] = (),
+        **changes: Any,
+    ) -> list[MachineRecord]:
+        """`_move` for many rows of one run at once, as a bulk read settles them: the rows as
+        listed are written up to MAX_MACHINES_SAVED_TOGETHER to a ledger write (one storage
+        request for each, instead of one per row). A write that another writer got into (one
+        of its rows changed since it was listed) stores nothing; its rows are then moved one
+        by one on their freshest copies, exactly as `_move` does. Returned in `rows`' order."""
+        change = self._moving(action, detail, only_from, **changes)
+        moved = [change(row) for row in rows]
+        to_write = [
+            i for i, (row, new) in enumerate(zip(rows, moved, strict=True)) if new is not row
+        ]
+        for group in chunks(to_write, MAX_MACHINES_SAVED_TOGETHER):
+            try:
+                saved = self.ledger.save_machines([moved[i] for i in group])
+            except LedgerConflict:
+                saved = parallel(
+                    self.policy.start_concurrency,
+                    lambda i: self._save_latest(rows[i], change),
+                    group,
+                )
+            for i, row in zip(group, saved, strict=True):
+                moved[i] = row
+        return moved
 
     def _save_failure(
         self,
