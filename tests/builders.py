@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +21,7 @@ from shared.domain.runs import (
     Run,
     RunNote,
     RunStatus,
+    check_saved_together,
 )
 
 SUBSCRIPTION = "1b7a0c4e-5d2f-4a8b-9c3d-2e1f0a9b8c7d"
@@ -180,6 +181,16 @@ class InMemoryRunLedger:
     def in_storage_order(self, machines: Iterable[MachineId]) -> list[MachineId]:
         # Its own order (by the id, lower case), not the table's: callers must not rely on one.
         return sorted(machines, key=lambda m: m.key)
+
+    def save_machines(self, machines: Sequence[MachineRecord]) -> list[MachineRecord]:
+        check_saved_together(machines)
+        with self._lock:
+            for machine in machines:  # every check before any write: all or nothing
+                self._check(
+                    self.machines.get((machine.run_id.key, machine.resource_id.lower())),
+                    machine.version,
+                )
+            return [self._save_machine_unlocked(machine) for machine in machines]
 
     def add_machines(self, machines: Any) -> int:
         created = 0

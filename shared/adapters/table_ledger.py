@@ -33,7 +33,7 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +56,7 @@ from shared.domain.runs import (
     RefusedEvent,
     Run,
     RunNote,
+    check_saved_together,
 )
 
 if TYPE_CHECKING:
@@ -225,6 +226,44 @@ class TableRunLedger(RunIndex):
             except LedgerConflict:
                 continue
         return created
+
+    def save_machines(self, machines: Sequence[MachineRecord]) -> list[MachineRecord]:
+        """Create or update (each ETag-checked) several machine rows of one run in one
+        entity-group transaction: all or nothing; new versions from the transaction's answer."""
+        check_saved_together(machines)
+        if not machines:
+            return []
+        operations: list[Any] = []
+        for machine in machines:
+            entity = machine_entity(machine)
+            if machine.version is None:
+                operations.append(("create", entity))
+            else:
+                operations.append(
+                    (
+                        "update",
+                        entity,
+                        {
+                            "mode": UpdateMode.REPLACE,
+                            "etag": machine.version,
+                            "match_condition": MatchConditions.IfNotModified,
+                        },
+                    )
+                )
+        try:
+            with unavailable_on_error("save machines"):
+                results = self.table.submit_transaction(operations)
+        except TableTransactionError as e:
+            # 412: a row changed; 409: a created row exists; 404: an updated row is gone.
+            if is_exists_error(e) or is_precondition_error(e) or e.status_code == 404:
+                raise LedgerConflict(
+                    f"a machine row changed or exists: none of {len(machines)} was saved"
+                ) from e
+            raise LedgerUnavailable(f"transaction failed: {e.message}") from e
+        return [
+            with_version(machine, str(result["etag"]))
+            for machine, result in zip(machines, results, strict=True)
+        ]
 
     def list_machines(self, run_id: RunId) -> Iterator[MachineRecord]:
         """Machines of a run."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -296,6 +297,24 @@ class MachineRecord:
         return dataclasses.replace(
             self, updated_at=at, history=(*self.history[:-1], (when, action, detail))
         )
+
+
+# Machine rows saved in one go: all of one run (one table partition), at most as many as the
+# Table service's entity-group transaction holds.
+MAX_MACHINES_SAVED_TOGETHER = 100
+
+
+def check_saved_together(machines: Sequence[MachineRecord]) -> None:
+    """ValueError unless these rows can be saved in one go: all of one run, each machine once,
+    at most MAX_MACHINES_SAVED_TOGETHER."""
+    if len(machines) > MAX_MACHINES_SAVED_TOGETHER:
+        raise ValueError(
+            f"{len(machines)} machine rows in one save; at most {MAX_MACHINES_SAVED_TOGETHER}"
+        )
+    if len({m.run_id.key for m in machines}) > 1:
+        raise ValueError("machine rows of several runs in one save")
+    if len({m.resource_id.lower() for m in machines}) < len(machines):
+        raise ValueError("one machine twice in one save")
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,14 @@ class RunLedger(Protocol):
         """Create the machine rows that do not exist yet; returns how many were created."""
         ...
 
+    def save_machines(self, machines: Sequence[MachineRecord]) -> list[MachineRecord]:
+        """Create or update several machine rows of one run at once (at most
+        MAX_MACHINES_SAVED_TOGETHER, shared/domain/runs.py), each ETag-checked as in
+        `save_machine`, all or nothing: when any row changed, vanished or (created) exists,
+        LedgerConflict and none is written. Returns them with their new versions, in order.
+        ValueError for rows of several runs, one machine twice, or too many rows."""
+        ...
+
     def list_machines(self, run_id: RunId) -> Iterator[MachineRecord]:
         """The machines recorded for a run."""
         ...

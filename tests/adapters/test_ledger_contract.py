@@ -261,6 +261,61 @@ def test_machine_rows_keep_prior_state_and_action_with_etags(ledger: RunLedger) 
     assert started.version != stored.version
 
 
+def test_machine_rows_saved_together_all_get_new_versions_in_order(ledger: RunLedger) -> None:
+    stored = [ledger.save_machine(a_machine(RUN, f"web-{i:03d}")) for i in range(100)]
+    marked = [
+        m.answered("start accepted", NOW + timedelta(seconds=1))
+        for m in (dataclasses.replace(s, action=MachineAction.STARTING) for s in stored)
+    ]
+    saved = ledger.save_machines(marked)
+    assert [m.resource_id for m in saved] == [m.resource_id for m in marked]
+    assert all(s.version not in (None, m.version) for s, m in zip(saved, stored, strict=True))
+    for row in saved:
+        assert ledger.find_machine(RUN, row.resource_id) == row
+    # The new versions are the stored ones: each row can be written on with them.
+    again = ledger.save_machine(dataclasses.replace(saved[7], action=MachineAction.STARTED))
+    assert again.version != saved[7].version
+    assert ledger.save_machines([]) == []
+
+
+def test_machine_rows_saved_together_are_all_or_nothing_when_one_changed_meanwhile(
+    ledger: RunLedger,
+) -> None:
+    first, second, third = (ledger.save_machine(a_machine(RUN, f"web-{i}")) for i in range(3))
+    # Another worker writes the second row after this one read it.
+    theirs = ledger.save_machine(dataclasses.replace(second, action=MachineAction.LEFT_ALONE))
+    ours = [dataclasses.replace(r, action=MachineAction.STARTING) for r in (first, second, third)]
+    with pytest.raises(LedgerConflict):
+        ledger.save_machines(ours)
+    assert ledger.find_machine(RUN, first.resource_id) == first
+    assert ledger.find_machine(RUN, second.resource_id) == theirs
+    assert ledger.find_machine(RUN, third.resource_id) == third
+    # A new row among them that exists already is a conflict too, and nothing is written.
+    new = a_machine(RUN, "web-9")
+    with pytest.raises(LedgerConflict):
+        ledger.save_machines([ours[0], dataclasses.replace(new, resource_id=third.resource_id)])
+    assert ledger.find_machine(RUN, first.resource_id) == first
+    created, updated = ledger.save_machines([new, ours[0]])
+    assert created.version is not None
+    assert ledger.find_machine(RUN, new.resource_id) == created
+    assert ledger.find_machine(RUN, first.resource_id) == updated
+
+
+def test_rows_that_cannot_be_saved_in_one_go_are_refused_before_anything_is_written(
+    ledger: RunLedger,
+) -> None:
+    other_run = run_of(MONTHLY, START)
+    one, two = a_machine(RUN, "web-1"), a_machine(RUN, "web-2")
+    with pytest.raises(ValueError, match="several runs"):
+        ledger.save_machines([one, a_machine(other_run, "web-3")])
+    with pytest.raises(ValueError, match="twice"):
+        ledger.save_machines([one, dataclasses.replace(one, resource_id=one.resource_id.upper())])
+    with pytest.raises(ValueError, match="at most 100"):
+        ledger.save_machines([a_machine(RUN, f"web-{i:03d}") for i in range(101)])
+    assert list(ledger.list_machines(RUN)) == []
+    assert len(ledger.save_machines([one, two])) == 2
+
+
 def test_cancel_requests_are_an_append_only_audit_in_time_order(ledger: RunLedger) -> None:
     def request(minutes: int, outcome: CancelOutcome) -> CancelRequest:
         return CancelRequest(

@@ -17,6 +17,8 @@ from shared.domain.errors import LedgerUnavailable
 from shared.domain.events import EventKind, parse_event
 from shared.domain.ids import RunId
 from shared.domain.runs import (
+    MachineAction,
+    MachineRecord,
     RunStatus,
 )
 from shared.services.intake import take_in_event
@@ -112,3 +114,25 @@ def test_the_table_is_created_once_on_first_use(
     ledger = TableRunLedger(service, table_name)
     assert ledger.find_run(RUN) is None
     assert table_name in [t.name for t in service.list_tables()]
+
+
+def test_ten_machine_rows_saved_together_cost_one_storage_request(
+    azurite_connection_string: str, table_name: str
+) -> None:
+    requests: list[str] = []
+    service = TableServiceClient.from_connection_string(
+        azurite_connection_string, raw_request_hook=lambda r: requests.append(r.http_request.url)
+    )
+    ledger = TableRunLedger(service, table_name)
+    rows = [
+        ledger.save_machine(MachineRecord.planned(RUN, VM.replace("web-01", f"web-{i:02d}"), NOW))
+        for i in range(10)
+    ]
+    requests.clear()
+    later = NOW + timedelta(seconds=1)
+    saved = ledger.save_machines(
+        [r.moved_to(MachineAction.STARTING, later, "start requested") for r in rows]
+    )
+    assert len(requests) == 1
+    assert requests[0].endswith("/$batch")
+    assert [ledger.find_machine(RUN, r.resource_id) for r in rows] == saved

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -226,12 +226,22 @@ class CrashAfterStartCall:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ledger, name)
 
+    def _crash_if_recording_a_start(self, machines: Sequence[MachineRecord]) -> None:
+        for machine in machines:
+            recorded_start = machine.history and machine.history[-1][2] == "start accepted"
+            if machine.action is MachineAction.STARTING and recorded_start and not self.crashed:
+                self.crashed = True
+                raise RuntimeError("worker died between the start call and the ledger write")
+
     def save_machine(self, machine: MachineRecord) -> MachineRecord:
-        recorded_start = machine.history and machine.history[-1][2] == "start accepted"
-        if machine.action is MachineAction.STARTING and recorded_start and not self.crashed:
-            self.crashed = True
-            raise RuntimeError("worker died between the start call and the ledger write")
+        self._crash_if_recording_a_start([machine])
         result: MachineRecord = self._ledger.save_machine(machine)
+        return result
+
+    def save_machines(self, machines: Sequence[MachineRecord]) -> list[MachineRecord]:
+        """Accepted starts are marked several to a write."""
+        self._crash_if_recording_a_start(machines)
+        result: list[MachineRecord] = self._ledger.save_machines(machines)
         return result
 
 

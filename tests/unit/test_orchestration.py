@@ -6,7 +6,7 @@ decisions at their boundaries quickly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -117,20 +117,30 @@ class World:
 
 
 def crash_once_when_start_is_recorded(world: World) -> list[bool]:
-    """Our own ledger fails the first write of an accepted start: the worker dies after Azure
-    accepted the call and before it recorded so. Returns the list that says whether it
-    crashed."""
+    """Our own ledger fails the first write of an accepted start (alone or with others): the
+    worker dies after Azure accepted the call and before it recorded so. Returns the list that
+    says whether it crashed."""
     crashed: list[bool] = []
     real_save = world.ledger.save_machine
+    real_save_together = world.ledger.save_machines
+
+    def crash_if_recording_a_start(machines: Sequence[MachineRecord]) -> None:
+        for machine in machines:
+            accepted = machine.history and machine.history[-1][2] == "start accepted"
+            if machine.action is MachineAction.STARTING and accepted and not crashed:
+                crashed.append(True)
+                raise RuntimeError("worker died after calling Azure")
 
     def save(machine: MachineRecord) -> MachineRecord:
-        accepted = machine.history and machine.history[-1][2] == "start accepted"
-        if machine.action is MachineAction.STARTING and accepted and not crashed:
-            crashed.append(True)
-            raise RuntimeError("worker died after calling Azure")
+        crash_if_recording_a_start([machine])
         return real_save(machine)
 
+    def save_together(machines: Sequence[MachineRecord]) -> list[MachineRecord]:
+        crash_if_recording_a_start(machines)
+        return real_save_together(machines)
+
     world.ledger.save_machine = save  # type: ignore[method-assign]
+    world.ledger.save_machines = save_together  # type: ignore[method-assign]
     return crashed
 
 
@@ -669,13 +679,15 @@ def test_a_start_answer_that_comes_after_wrap_up_began_does_not_undo_it() -> Non
     world.ledger.save_machine(
         world.row(web).moved_to(MachineAction.DEALLOCATED, world.clock.now(), "deallocated")
     )
-    world.orchestrator._call(
-        starting,
-        lambda: None,
-        MachineAction.PLANNED,
-        MachineAction.START_FAILED,
-        "start accepted",
-    )
+    with world.orchestrator._renewing() as renewer:
+        world.orchestrator._call(
+            starting,
+            lambda: None,
+            MachineAction.PLANNED,
+            MachineAction.START_FAILED,
+            "start accepted",
+            renewer,
+        )
     assert world.row(web).action is MachineAction.DEALLOCATED
 
 

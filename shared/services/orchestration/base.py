@@ -23,6 +23,7 @@ from shared.domain.machines import MachinePower
 from shared.domain.policy import OrchestrationPolicy
 from shared.domain.run_steps import round_is_new
 from shared.domain.runs import (
+    MAX_MACHINES_SAVED_TOGETHER,
     REFUSED,
     MachineAction,
     MachineRecord,
@@ -34,7 +35,8 @@ from shared.domain.tasks import Task
 from shared.domain.timeline import Clock
 from shared.services import cancellation
 from shared.services.conflicts import retry_on_conflict
-from shared.services.orchestration.fan_out import parallel
+from shared.services.orchestration.accepted_marks import MARK_WAIT_SECONDS, AcceptedMarks
+from shared.services.orchestration.fan_out import chunks, parallel
 from shared.services.orchestration.intent_renewer import IntentRenewer
 from shared.services.ports import (
     Heartbeats,
@@ -208,11 +210,14 @@ class StepsBase:
         retry_as: MachineAction,
         failed_as: MachineAction,
         accepted: str,
+        renewer: IntentRenewer,
     ) -> MachineRecord:
         """Send a power operation whose intent is recorded. Accepted: the row keeps its intent,
-        marked `accepted` (no worker waits on it; a bulk read settles it). A throttled or
-        unanswered call puts the row back (`retry_as`) for a later task, a refusal records the
-        failure."""
+        marked `accepted` (no worker waits on it; a bulk read settles it); the mark is written
+        with the task's other marks, within seconds (see accepted_marks: a host that dies
+        before that leaves the intent unmarked, which verify and finish settle from the VM's
+        power state once its lease lapses). A throttled or unanswered call puts the row back
+        (`retry_as`) for a later task, a refusal records the failure."""
         try:
             call()
         except AzureCallFailed as e:
@@ -230,12 +235,11 @@ class StepsBase:
                 )
             return self._save_failure(row, failed_as, e, refused=True)
         waiting = row.action
-        return self._save_latest(
+        answered_at = self.clock.now()
+        return renewer.record_answer(
             row,
             lambda r: (
-                r.answered(accepted, self.clock.now())
-                if r.action is waiting and not call_over(r)
-                else r
+                r.answered(accepted, answered_at) if r.action is waiting and not call_over(r) else r
             ),
         )
 
@@ -262,6 +266,16 @@ class StepsBase:
         """Record `action` on the freshest copy of the machine's row, unless another worker
         recorded it already (a step seen twice is recorded once) or, with `only_from`, the row
         has moved on from those actions meanwhile (an answer that came too late to matter)."""
+        return self._save_latest(row, self._moving(action, detail, only_from, **changes))
+
+    def _moving(
+        self,
+        action: MachineAction,
+        detail: str,
+        only_from: tuple[MachineAction, ...] = (),
+        **changes: Any,
+    ) -> Callable[[MachineRecord], MachineRecord]:
+        """The change `_move` applies to a copy of a row."""
         now = self.clock.now()
 
         def change(current: MachineRecord) -> MachineRecord:
@@ -269,7 +283,38 @@ class StepsBase:
                 return current
             return current.moved_to(action, now, detail, **changes)
 
-        return self._save_latest(row, change)
+        return change
+
+    def _move_together(
+        self,
+        rows: Sequence[MachineRecord],
+        action: MachineAction,
+        detail: str,
+        only_from: tuple[MachineAction, ...] = (),
+        **changes: Any,
+    ) -> list[MachineRecord]:
+        """`_move` for many rows of one run at once, as a bulk read settles them: the rows as
+        listed are written up to MAX_MACHINES_SAVED_TOGETHER to a ledger write (one storage
+        request for each, instead of one per row). A write that another writer got into (one
+        of its rows changed since it was listed) stores nothing; its rows are then moved one
+        by one on their freshest copies, exactly as `_move` does. Returned in `rows`' order."""
+        change = self._moving(action, detail, only_from, **changes)
+        moved = [change(row) for row in rows]
+        to_write = [
+            i for i, (row, new) in enumerate(zip(rows, moved, strict=True)) if new is not row
+        ]
+        for group in chunks(to_write, MAX_MACHINES_SAVED_TOGETHER):
+            try:
+                saved = self.ledger.save_machines([moved[i] for i in group])
+            except LedgerConflict:
+                saved = parallel(
+                    self.policy.start_concurrency,
+                    lambda i: self._save_latest(rows[i], change),
+                    group,
+                )
+            for i, row in zip(group, saved, strict=True):
+                moved[i] = row
+        return moved
 
     def _save_failure(
         self,
@@ -351,20 +396,30 @@ class StepsBase:
             return MachinePower(state=None, startable=False, note=NOT_LISTED)
 
     def _renewing(self) -> IntentRenewer:
-        return IntentRenewer(self._renew, self.policy.task_lease.total_seconds() / 3)
+        """A task's keeper of its intents: renewed every third of a lease, and their accepted
+        calls marked several rows to a write, each mark within a quarter of that interval (so
+        a renewal seldom meets a mark still waiting)."""
+        every = self.policy.task_lease.total_seconds() / 3
+        marks = AcceptedMarks(
+            self.ledger.save_machines,
+            self._save_latest,
+            longest_seconds=min(MARK_WAIT_SECONDS, every / 4),
+        )
+        return IntentRenewer(self._renew, every, marks)
 
-    def _renew(self, held: MachineRecord) -> None:
-        """Refresh the lease of an intent this worker still holds (nothing else changes)."""
+    def _renew(self, held: MachineRecord) -> MachineRecord | None:
+        """Refresh the lease of an intent this worker still holds (nothing else changes);
+        returns the row as stored now (None: gone)."""
         row = self.ledger.find_machine(held.run_id, held.resource_id)
         if row is None:
-            return
+            return None
 
         def touch(current: MachineRecord) -> MachineRecord:
             if current.action is not held.action or call_over(current):
                 return current  # answered or settled meanwhile: nothing to keep alive
             return replace(current, updated_at=self.clock.now())
 
-        self._save_latest(row, touch)
+        return self._save_latest(row, touch)
 
     def _begin_round(self, run: Run, step: str, task: Task, next_delay: timedelta | None) -> bool:
         """Start round `task.round` of a watch loop: False when it ran already (a duplicate

@@ -118,15 +118,33 @@ class Finishing(WrappingUp):
         read_at = self.clock.now()
         powers = self._read_power(machine_of(r) for r in busy)
 
+        def done(row: MachineRecord) -> bool:
+            """An accepted deallocate, and the VM is down (its claim went at acceptance)."""
+            power = powers.get(machine_of(row))
+            return (
+                row.action is MachineAction.DEALLOCATING
+                and accepted(row)
+                and power is not None
+                and power.state is PowerState.DEALLOCATED
+            )
+
         def settle(row: MachineRecord) -> MachineRecord:
             power = powers.get(machine_of(row))
             if row.action is MachineAction.DEALLOCATING and power is not None:
                 return self._settle_deallocation(row, power)
             return row
 
-        # Each settlement is a few ledger writes: in parallel, as verify refreshes, so that a
-        # round over thousands of VMs ends well within the round interval.
-        settled = parallel(self.policy.start_concurrency, settle, busy)
+        # The usual news, many rows in one write each; the rest (failures, lost answers, each
+        # a few ledger writes) in parallel, so that a round over thousands of VMs ends well
+        # within the round interval.
+        settled = self._move_together(
+            [r for r in busy if done(r)],
+            MachineAction.DEALLOCATED,
+            "seen deallocated",
+            (MachineAction.DEALLOCATING,),
+            last_power_state=str(PowerState.DEALLOCATED),
+        )
+        settled += parallel(self.policy.start_concurrency, settle, [r for r in busy if not done(r)])
         left = [
             r
             for r in settled

@@ -269,6 +269,7 @@ class Starting(Ownership):
             MachineAction.PLANNED,
             MachineAction.START_FAILED,
             START_ACCEPTED,
+            renewer,
         )
 
     def _still_starting(self, run_id: RunId) -> bool:

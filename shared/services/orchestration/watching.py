@@ -81,12 +81,26 @@ class Watching(StepsBase):
         to_read = [r for r in watched if not seen_running(r)]
         powers = self._read_power(machine_of(r) for r in to_read)
         updated = [r for r in watched if seen_running(r)]
+        # The usual news, a start come up, is recorded for many rows in one write each.
+        up = [r for r in to_read if self._came_up(r, powers.get(machine_of(r)))]
+        updated += self._move_together(
+            up, MachineAction.STARTED, "seen running", last_power_state=str(PowerState.RUNNING)
+        )
         updated += parallel(
             self.policy.start_concurrency,
             lambda r: self._refresh(r, powers.get(machine_of(r)), record_passing=False),
-            to_read,
+            [r for r in to_read if not self._came_up(r, powers.get(machine_of(r)))],
         )
         return updated
+
+    @staticmethod
+    def _came_up(row: MachineRecord, power: MachinePower | None) -> bool:
+        """A start the app sent, and the VM now runs."""
+        return (
+            row.action is MachineAction.STARTING
+            and power is not None
+            and power.state is PowerState.RUNNING
+        )
 
     def _restart_orphans(self, run: Run, rows: Sequence[MachineRecord], round_: int) -> None:
         """Starts whose worker died before the call reached Azure: start them again."""

@@ -258,6 +258,7 @@ class WrappingUp(Ownership):
             MachineAction.STARTED,
             MachineAction.DEALLOCATE_FAILED,
             DEALLOCATE_ACCEPTED,
+            renewer,
         )
         if accepted(sent):
             # Azure has the deallocate: no other run can be handed the VM any more, so the
