@@ -42,7 +42,8 @@ def kind_of(service: str, method: str, url: str) -> str:
         if path.endswith("$batch"):
             return "Table transaction"
         if "PartitionKey eq" in parsed.query:
-            return f"Table {method} query"
+            lower = re.search(r"RowKey ge '([a-z]+)\|", parsed.query)
+            return f"Table {method} query" + (f" of {lower.group(1)} rows" if lower else "")
         return f"Table {method} {path.rsplit('/', 1)[-1] or 'table'}"
     if service == "Queue":
         parts = [p for p in path.split("/") if p][1:]
