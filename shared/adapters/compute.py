@@ -11,12 +11,14 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.core.polling import LROPoller
+from azure.core.rest import HttpRequest
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import (
     CreationData,
@@ -36,6 +38,11 @@ from shared.domain.platform import MachineFacts
 log = logging.getLogger(__name__)
 
 WRITE_RETRIES = 30
+# VirtualMachines_Get and _ListAll, read through the SDK's client (see list_power_states), in
+# the API version the pinned azure-mgmt-compute speaks for its other VM calls.
+VM_LIST_PATH = "/subscriptions/{}/providers/Microsoft.Compute/virtualMachines"
+VM_PATH = "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/"
+VM_API_VERSION = "2026-04-01"
 ARC_NOTE = "Arc-enabled server: its power is not managed by Azure, so the app cannot start it"
 
 
@@ -161,16 +168,32 @@ class ComputeMachines:
                 machine=target, power=MachinePower(state=None, startable=False, note=ARC_NOTE)
             )
         client = self._clients.for_subscription(target.subscription_id)
+        # Read as the bulk list is (see list_power_states): only the words needed are taken,
+        # not a whole VirtualMachine model per VM started.
+        path = VM_PATH.format(
+            *(quote(part, safe="") for part in (target.subscription_id, target.resource_group))
+        ) + quote(target.name, safe="")
         with translated("Compute"):
-            vm = client.virtual_machines.get(
-                target.resource_group, target.name, expand="instanceView"
+            response = client.send_request(
+                HttpRequest(
+                    "GET",
+                    path,
+                    params={"api-version": VM_API_VERSION, "$expand": "instanceView"},
+                    headers={"Accept": "application/json"},
+                )
             )
-        statuses = vm.instance_view.statuses if vm.instance_view else None
+            response.raise_for_status()
+            vm = _json_object(response.json())
+        properties = _json_object(vm.get("properties"))
+        tags = _json_object(vm.get("tags"))
+        location = vm.get("location")
         return MachineFacts(
             machine=target,
-            power=_power_of(statuses),
-            tags=dict(vm.tags or {}),
-            location=vm.location,
+            power=_power_from(
+                _status_words(_json_object(properties.get("instanceView")).get("statuses"))
+            ),
+            tags={str(k): str(v) for k, v in tags.items() if v is not None},
+            location=location if isinstance(location, str) else None,
         )
 
     def list_power_states(
@@ -190,14 +213,27 @@ class ComputeMachines:
         if not wanted:
             return
         client = self._clients.for_subscription(subscription_id)
-        with translated("Compute"):
-            for vm in client.virtual_machines.list_all(status_only="true"):
-                if (vm.id or "").lower() not in wanted:
-                    continue
-                target = wanted.pop((vm.id or "").lower())
-                yield target, _power_of(vm.instance_view.statuses if vm.instance_view else None)
-                if not wanted:
-                    return
+        # The SDK's list_all builds a full VirtualMachine model of every VM on every page, and
+        # verify reads thousands of VMs each round: the pages are read through the same client
+        # (its pipeline: identity, pacing, retries) and only the words needed are taken.
+        link: str | None = VM_LIST_PATH.format(quote(subscription_id, safe=""))
+        params: dict[str, str] = {"api-version": VM_API_VERSION, "statusOnly": "true"}
+        while link is not None and wanted:
+            with translated("Compute"):
+                response = client.send_request(
+                    HttpRequest("GET", link, params=params, headers={"Accept": "application/json"})
+                )
+                response.raise_for_status()
+                page = _json_object(response.json())
+            for item in page.get("value") or []:
+                vm = _json_object(item)
+                listed = wanted.pop(str(vm.get("id") or "").lower(), None)
+                if listed is not None:
+                    view = _json_object(_json_object(vm.get("properties")).get("instanceView"))
+                    yield listed, _power_from(_status_words(view.get("statuses")))
+            next_link = page.get("nextLink")
+            link = next_link if isinstance(next_link, str) and next_link else None
+            params = {}  # a nextLink carries its own query
 
     @contextlib.contextmanager
     def power_turn(self, machine: MachineId | str) -> Iterator[float]:
@@ -283,19 +319,41 @@ class ComputeMachines:
         return SnapshotOperation(target, poller)
 
 
+def _json_object(value: Any) -> dict[str, Any]:
+    """A JSON object of an answer, or an empty one for anything else (a field Azure left out
+    or sent null is no error: the VM then reads as unknown)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _status_words(statuses: Any) -> list[tuple[str, str | None]]:
+    """(code, message or display status) of each instance-view status in an answer's JSON."""
+    words = []
+    for status in statuses if isinstance(statuses, list) else []:
+        fields = _json_object(status)
+        text = fields.get("message") or fields.get("displayStatus")
+        words.append((str(fields.get("code") or ""), str(text) if text else None))
+    return words
+
+
 def _power_of(statuses: Sequence[InstanceViewStatus] | None) -> MachinePower:
+    return _power_from(
+        [(status.code or "", status.message or status.display_status) for status in statuses or []]
+    )
+
+
+def _power_from(statuses: Sequence[tuple[str, str | None]]) -> MachinePower:
+    """A VM's power from its instance view's (code, message) pairs."""
     state: PowerState | str = PowerState.UNKNOWN
     failed_code: str | None = None
     failed_message: str | None = None
-    for status in statuses or []:
-        code = status.code or ""
+    for code, text in statuses:
         words = code.split("/")
         if words[0].lower() == "powerstate" and len(words) > 1:
             state = PowerState.of(words[1])
         elif [w.lower() for w in words[:2]] == ["provisioningstate", "failed"]:
             # "ProvisioningState/failed/<code>": the VM's last operation failed.
             failed_code = words[2] if len(words) > 2 and words[2] else "ProvisioningFailed"
-            failed_message = status.message or status.display_status or failed_code
+            failed_message = text or failed_code
     return MachinePower(
         state=state,
         startable=isinstance(state, PowerState) and state.startable,

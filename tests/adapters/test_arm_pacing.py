@@ -43,7 +43,11 @@ class SteppedClock:
 
 
 def budgets_on(clock: SteppedClock, max_wait: float = 3.0) -> ArmBudgets:
-    return ArmBudgets(max_wait=max_wait, monotonic=clock.monotonic, sleep=clock.sleep)
+    # The bucket itself: a full bucket spent as fast as it is asked (the spending pace is
+    # tested apart, below).
+    return ArmBudgets(
+        max_wait=max_wait, monotonic=clock.monotonic, sleep=clock.sleep, spend_over_refill=None
+    )
 
 
 def test_get_and_head_are_reads_delete_is_a_delete_and_other_methods_are_writes() -> None:
@@ -71,7 +75,9 @@ def test_the_documented_burst_is_sent_at_once_then_callers_are_served_at_the_ref
 
 def test_waiting_callers_are_given_places_in_line_not_the_same_moment() -> None:
     clock = SteppedClock()
-    budgets = ArmBudgets(max_wait=3.0, monotonic=clock.monotonic, sleep=lambda _: None)
+    budgets = ArmBudgets(
+        max_wait=3.0, monotonic=clock.monotonic, sleep=lambda _: None, spend_over_refill=None
+    )
     for _ in range(200):
         budgets.acquire(SUB, WRITES)
     waits = [budgets.acquire(SUB, WRITES) for _ in range(5)]
@@ -80,7 +86,9 @@ def test_waiting_callers_are_given_places_in_line_not_the_same_moment() -> None:
 
 def test_a_place_further_than_the_allowed_wait_is_refused_as_a_429_and_takes_no_token() -> None:
     clock = SteppedClock()
-    budgets = ArmBudgets(max_wait=1.0, monotonic=clock.monotonic, sleep=lambda _: None)
+    budgets = ArmBudgets(
+        max_wait=1.0, monotonic=clock.monotonic, sleep=lambda _: None, spend_over_refill=None
+    )
     for _ in range(210):
         budgets.acquire(SUB, WRITES)
     level = budgets.level(SUB, WRITES)
@@ -91,6 +99,24 @@ def test_a_place_further_than_the_allowed_wait_is_refused_as_a_429_and_takes_no_
     assert budgets.level(SUB, WRITES) == level
     # A caller that may wait longer (a cancel) still gets its place.
     assert budgets.acquire(SUB, WRITES, max_wait=5.0) == pytest.approx(1.1)
+
+
+def test_a_full_bucket_is_spent_at_one_and_a_half_times_its_refill_and_loses_no_token() -> None:
+    clock = SteppedClock()
+    budgets = ArmBudgets(max_wait=3.0, monotonic=clock.monotonic, sleep=clock.sleep)
+    capacity, refill = ARM_BUCKETS[WRITES]
+    sent_at = []
+    while clock.now - 1000.0 < 130.0:
+        budgets.acquire(SUB, WRITES)
+        sent_at.append(clock.now - 1000.0)
+    # 15 a second while the bucket lasts (it lasts 40 s: 200 + 10/s spent at 15/s)...
+    assert sent_at[:4] == pytest.approx([0.0, 1 / 15, 2 / 15, 3 / 15])
+    assert sent_at[500] == pytest.approx(500 / 15)
+    # ...then the refill's 10 a second: by 130 s as many as spending the bucket at once gives
+    # (200 + 10/s: the 1,500th write at 130 s), so a large fleet is no slower.
+    assert sent_at[700] - sent_at[699] == pytest.approx(1 / refill)
+    assert len([t for t in sent_at if t <= 130.0 + 1e-9]) == capacity + int(130 * refill)
+    assert budgets.level(SUB, WRITES) <= 0.0
 
 
 def test_a_refused_call_reads_as_arms_own_throttling_to_the_domain() -> None:
@@ -128,7 +154,9 @@ def test_a_held_turn_no_request_used_is_given_back() -> None:
 
 def test_a_turn_further_than_the_allowed_wait_is_not_held_and_says_how_far() -> None:
     clock = SteppedClock()
-    budgets = ArmBudgets(max_wait=1.0, monotonic=clock.monotonic, sleep=lambda _: None)
+    budgets = ArmBudgets(
+        max_wait=1.0, monotonic=clock.monotonic, sleep=lambda _: None, spend_over_refill=None
+    )
     for _ in range(210):
         budgets.acquire(SUB, WRITES)
     level = budgets.level(SUB, WRITES)
@@ -250,7 +278,10 @@ def test_a_place_in_line_given_before_a_429_is_taken_again_behind_the_pause() ->
         clock.now += seconds
 
     budgets = ArmBudgets(
-        max_wait=10.0, monotonic=clock.monotonic, sleep=sleep_while_another_call_is_throttled
+        max_wait=10.0,
+        monotonic=clock.monotonic,
+        sleep=sleep_while_another_call_is_throttled,
+        spend_over_refill=None,
     )
     for _ in range(200):
         budgets.acquire(SUB, WRITES)
@@ -378,7 +409,9 @@ def test_two_instances_sharing_the_budget_keep_to_it_through_the_remaining_heade
 def test_a_power_turn_held_through_compute_is_what_the_start_uses(
     fake: FakeAzure, fleet: list[MachineId]
 ) -> None:
-    budgets = ArmBudgets(buckets={**ARM_BUCKETS, WRITES: (40, 1.0)}, max_wait=0.5)
+    budgets = ArmBudgets(
+        buckets={**ARM_BUCKETS, WRITES: (40, 1.0)}, max_wait=0.5, spend_over_refill=None
+    )
     fake.faults.set_arm_limits(writes=(40, 1.0))
     compute = instance(fake, budgets)
     for machine in fleet[:39]:
@@ -403,7 +436,9 @@ def test_a_power_turn_held_through_compute_is_what_the_start_uses(
 def test_a_start_that_would_wait_too_long_is_refused_unsent_and_reads_as_throttled(
     fake: FakeAzure, fleet: list[MachineId]
 ) -> None:
-    budgets = ArmBudgets(buckets={**ARM_BUCKETS, WRITES: (40, 1.0)}, max_wait=0.5)
+    budgets = ArmBudgets(
+        buckets={**ARM_BUCKETS, WRITES: (40, 1.0)}, max_wait=0.5, spend_over_refill=None
+    )
     fake.faults.set_arm_limits(writes=(40, 1.0))
     compute = instance(fake, budgets)
     for machine in fleet[:40]:

@@ -352,6 +352,45 @@ def test_a_failing_bulk_read_fails_as_a_transient_azure_call(
     assert raised.value.is_transient
 
 
+def test_a_refused_bulk_read_says_so_with_azures_words(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    fake.faults.add_error(
+        "compute.list", 403, code="AuthorizationFailed", message="no read on the subscription"
+    )
+    with pytest.raises(AzureCallFailed) as raised:
+        dict(compute.list_power_states(SUBSCRIPTION, [BATCH]))
+    assert raised.value.is_refusal
+    assert (raised.value.status, raised.value.code) == (403, "AuthorizationFailed")
+    assert "no read on the subscription" in raised.value.message
+
+
+def test_a_vm_that_is_gone_is_a_refusal_with_azures_words(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    gone = MachineId.parse(vm_id(SUBSCRIPTION, "rg-batch", "no-such-vm"))
+    with pytest.raises(AzureCallFailed) as raised:
+        compute.get_machine(gone)
+    assert raised.value.is_refusal
+    assert raised.value.status == 404
+    assert raised.value.code
+
+
+def test_the_reads_taken_apart_by_hand_speak_the_sdks_api_version(
+    fake: FakeAzure, compute: ComputeMachines
+) -> None:
+    fake.clear_requests()
+    compute.start(BATCH)  # through the SDK's own operation
+    compute.get_machine(BATCH)
+    dict(compute.list_power_states(SUBSCRIPTION, [BATCH]))
+    [sent] = fake.requests_matching("POST", r"/virtualMachines/batch-01/start$")
+    [read] = fake.requests_matching("GET", r"/virtualMachines/batch-01$")
+    [listed] = fake.requests_matching("GET", r"Compute/virtualMachines$")
+    assert read.query.get("$expand") == "instanceView"
+    versions = {r.query.get("api-version") for r in (sent, read, listed)}
+    assert len(versions) == 1
+
+
 def test_write_throttle_429s_are_retried_by_the_client(
     fake: FakeAzure, compute: ComputeMachines
 ) -> None:

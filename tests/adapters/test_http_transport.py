@@ -11,6 +11,7 @@ import pytest
 from azure.identity import ManagedIdentityCredential
 
 from sandbox.fake_azure import FakeAzure
+from shared.adapters.arm_pacing import ArmBudgets
 from shared.adapters.compute import ComputeMachines
 from shared.adapters.http_transport import EndpointTransports, PooledAdapter, ca_bundle_location
 from shared.bootstrap import Container, http_pool_size
@@ -72,6 +73,9 @@ def test_many_threads_reuse_pooled_connections_without_pool_is_full_warnings(
 ) -> None:
     fake.faults.set_arm_limits(reads=(1000, 500.0))  # 160 reads in a burst: beyond ARM's 250/s
     container = container_for(fake)
+    # The reads all at once, as many threads ask (not at the pacing's spending pace, which
+    # would send them one after another and test no pool).
+    container.built["arm_budgets"] = ArmBudgets(spend_over_refill=None)
     caplog.set_level(logging.WARNING, logger="urllib3.connectionpool")
     read_power_from_many_threads(container.compute, 4 * THREADS)
     assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
@@ -94,6 +98,7 @@ def test_a_pool_smaller_than_the_concurrency_is_what_warns(
         ManagedIdentityCredential(client_id=CLIENT_ID),
         fake.url,
         transport=transports.for_endpoint(fake.url),
+        arm_budgets=ArmBudgets(spend_over_refill=None),
         **FAST_RETRIES,
     )
     caplog.set_level(logging.WARNING, logger="urllib3.connectionpool")
