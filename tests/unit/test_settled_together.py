@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 
+from shared.domain.errors import LedgerConflict
 from shared.domain.ids import MachineId, RunId
 from shared.domain.machines import PowerState
 from shared.domain.runs import MachineAction, MachineRecord
@@ -39,6 +40,7 @@ def test_a_verify_round_records_every_vm_come_up_in_one_write_per_hundred() -> N
 def test_a_row_changed_since_the_round_listed_it_is_still_settled_and_its_group_too() -> None:
     world = World(start_batch_size=150)
     machines = started_fleet(world, 12)
+    another_writer = world.ledger.save_machine  # not counted below
     writes = MachineWrites(world.ledger)
     real_list = world.ledger.list_machines
     changed = machines[5]
@@ -48,15 +50,28 @@ def test_a_row_changed_since_the_round_listed_it_is_still_settled_and_its_group_
         # Another worker writes one row after verify listed it (e.g. a renewal).
         row = world.ledger.find_machine(run_id, changed.text)
         assert row is not None
-        world.ledger.save_machine(row)
+        another_writer(row)
         return iter(listed)
 
     world.ledger.list_machines = list_then_another_writer  # type: ignore[method-assign]
     world.work(until_minutes_before_start=33.5)
     world.ledger.list_machines = real_list  # type: ignore[method-assign]
-    # The write together was refused as a whole (one row had changed): each row alone.
-    assert [len(rows) for rows in writes.together] == [12]
-    # (The changed row's first try alone starts from its listed copy too, and is refused.)
+    # The write together was refused as a whole (one row had changed): the rows were read
+    # again, in one read, and written together once more.
+    assert [len(rows) for rows in writes.together] == [12, 12]
+    assert writes.alone_with("seen running") == []
+    for machine in machines:
+        assert world.row(machine).action is MachineAction.STARTED
+        assert len([h for h in world.row(machine).history if h[2] == "seen running"]) == 1
+
+
+def test_rows_that_keep_changing_are_settled_one_by_one_on_their_freshest_copies() -> None:
+    world = World(start_batch_size=150)
+    machines = started_fleet(world, 12)
+    writes = MachineWrites(world.ledger)
+    writes.refuse_together = [LedgerConflict("changed"), LedgerConflict("changed again")]
+    world.work(until_minutes_before_start=33.5)
+    assert [len(rows) for rows in writes.together] == [12, 12]
     assert {r.resource_id for r in writes.alone_with("seen running")} == {m.text for m in machines}
     for machine in machines:
         assert world.row(machine).action is MachineAction.STARTED

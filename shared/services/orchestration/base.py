@@ -18,6 +18,7 @@ from shared.domain.machine_steps import (
     awaiting_power,
     call_over,
     intent_is_fresh,
+    machine_of,
 )
 from shared.domain.machines import MachinePower
 from shared.domain.policy import OrchestrationPolicy
@@ -296,25 +297,39 @@ class StepsBase:
         """`_move` for many rows of one run at once, as a bulk read settles them: the rows as
         listed are written up to MAX_MACHINES_SAVED_TOGETHER to a ledger write (one storage
         request for each, instead of one per row). A write that another writer got into (one
-        of its rows changed since it was listed) stores nothing; its rows are then moved one
-        by one on their freshest copies, exactly as `_move` does. Returned in `rows`' order."""
+        of its rows changed since it was listed: a mark, an overlapping round) stores nothing;
+        its rows are read again in one read and the write is tried once more on those copies
+        (a row already moved drops out), and only if that fails too is each row moved alone on
+        its freshest copy, exactly as `_move` does. Returned in `rows`' order."""
         change = self._moving(action, detail, only_from, **changes)
-        moved = [change(row) for row in rows]
-        to_write = [
-            i for i, (row, new) in enumerate(zip(rows, moved, strict=True)) if new is not row
-        ]
-        for group in chunks(to_write, MAX_MACHINES_SAVED_TOGETHER):
-            try:
-                saved = self.ledger.save_machines([moved[i] for i in group])
-            except LedgerConflict:
-                saved = parallel(
-                    self.policy.start_concurrency,
-                    lambda i: self._save_latest(rows[i], change),
-                    group,
-                )
-            for i, row in zip(group, saved, strict=True):
-                moved[i] = row
+        moved: list[MachineRecord] = []
+        for group in chunks(rows, MAX_MACHINES_SAVED_TOGETHER):
+            moved += self._move_group(group, change)
         return moved
+
+    def _move_group(
+        self, rows: list[MachineRecord], change: Callable[[MachineRecord], MachineRecord]
+    ) -> list[MachineRecord]:
+        """One ledger write of `_move_together`, with its two fallbacks."""
+        current = rows
+        for _ in range(2):
+            moved = [change(row) for row in current]
+            writes = [new for row, new in zip(current, moved, strict=True) if new is not row]
+            if not writes:
+                return moved
+            try:
+                saved = iter(self.ledger.save_machines(writes))
+            except LedgerConflict:
+                fresh = self.ledger.find_machines(rows[0].run_id, map(machine_of, rows))
+                current = [fresh.get(machine_of(row), row) for row in rows]
+                continue
+            return [
+                next(saved) if new is not row else row
+                for row, new in zip(current, moved, strict=True)
+            ]
+        return parallel(
+            self.policy.start_concurrency, lambda row: self._save_latest(row, change), current
+        )
 
     def _save_failure(
         self,
