@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -130,6 +131,18 @@ class EndpointTransports:
         account: the app has one account, so each of its services is one endpoint, whether the
         account is named by a connection string or by endpoints."""
         return self._transport(f"storage {service}", connection_timeout, read_timeout)
+
+    def storage_options(self, service: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """A storage SDK client's `options` with the shared transport for `service`, which takes
+        the options' own time limits (`connection_timeout`, `read_timeout`)."""
+        return {
+            **options,
+            "transport": self.for_storage(
+                service,
+                connection_timeout=options["connection_timeout"],
+                read_timeout=options["read_timeout"],
+            ),
+        }
 
     def _transport(
         self, endpoint: str, connection_timeout: float | None, read_timeout: float | None

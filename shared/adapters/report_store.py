@@ -49,13 +49,11 @@ def build_container_client(
 ) -> ContainerClient:
     """A client for the report container, on the process's pooled transport for the blob
     endpoint when `transports` is given."""
-    options = dict(CLIENT_OPTIONS)
-    if transports is not None:
-        options["transport"] = transports.for_storage(
-            "blob",
-            connection_timeout=CLIENT_OPTIONS["connection_timeout"],
-            read_timeout=CLIENT_OPTIONS["read_timeout"],
-        )
+    options = (
+        dict(CLIENT_OPTIONS)
+        if transports is None
+        else transports.storage_options("blob", CLIENT_OPTIONS)
+    )
     if storage.connection_string:
         service = BlobServiceClient.from_connection_string(storage.connection_string, **options)
     elif storage.blob_endpoint is not None and credential is not None:

@@ -42,7 +42,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableServiceClient, TableTransactionError, UpdateMode
+from azure.data.tables import TableServiceClient, TableTransactionError
 
 from shared.config import StorageConnection
 from shared.domain.errors import DuplicateEvent, LedgerConflict, LedgerUnavailable
@@ -74,6 +74,7 @@ from shared.adapters.table_rows import (
     base_entity,
     cancel_entity,
     cancel_from,
+    checked_operation,
     claim_partition,
     etag_of,
     event_entity,
@@ -119,13 +120,11 @@ def build_table_service(
 ) -> TableServiceClient:
     """A Table service client for the app's storage account, on the process's pooled transport
     for the table endpoint when `transports` is given."""
-    options = dict(CLIENT_OPTIONS)
-    if transports is not None:
-        options["transport"] = transports.for_storage(
-            "table",
-            connection_timeout=CLIENT_OPTIONS["connection_timeout"],
-            read_timeout=CLIENT_OPTIONS["read_timeout"],
-        )
+    options = (
+        dict(CLIENT_OPTIONS)
+        if transports is None
+        else transports.storage_options("table", CLIENT_OPTIONS)
+    )
     if storage.connection_string:
         return TableServiceClient.from_connection_string(storage.connection_string, **options)
     if storage.table_endpoint is None or credential is None:
@@ -147,22 +146,10 @@ class TableRunLedger(RunIndex):
         """Store the event row and the run row in one transaction."""
         if event.run_id != run.run_id:
             raise ValueError("event and run differ")
-        operations: list[Any] = [("create", event_entity(event))]
-        run_row = run_entity(run)
-        if run.version is None:
-            operations.append(("create", run_row))
-        else:
-            operations.append(
-                (
-                    "update",
-                    run_row,
-                    {
-                        "mode": UpdateMode.REPLACE,
-                        "etag": run.version,
-                        "match_condition": MatchConditions.IfNotModified,
-                    },
-                )
-            )
+        operations: list[Any] = [
+            ("create", event_entity(event)),
+            checked_operation(run_entity(run), run.version),
+        ]
         try:
             with unavailable_on_error("record an event"):
                 results = self.table.submit_transaction(operations)
@@ -233,23 +220,7 @@ class TableRunLedger(RunIndex):
         check_saved_together(machines)
         if not machines:
             return []
-        operations: list[Any] = []
-        for machine in machines:
-            entity = machine_entity(machine)
-            if machine.version is None:
-                operations.append(("create", entity))
-            else:
-                operations.append(
-                    (
-                        "update",
-                        entity,
-                        {
-                            "mode": UpdateMode.REPLACE,
-                            "etag": machine.version,
-                            "match_condition": MatchConditions.IfNotModified,
-                        },
-                    )
-                )
+        operations = [checked_operation(machine_entity(m), m.version) for m in machines]
         try:
             with unavailable_on_error("save machines"):
                 results = self.table.submit_transaction(operations)

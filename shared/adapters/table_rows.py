@@ -12,13 +12,14 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableTransactionError
+from azure.data.tables import TableTransactionError, UpdateMode
 
 from shared.domain.errors import LedgerUnavailable
 from shared.domain.events import EnvelopeSchema, EventKind
@@ -97,6 +98,22 @@ def unavailable_on_error(doing: str) -> Iterator[None]:
         raise
     except AzureError as e:
         raise LedgerUnavailable(f"could not {doing}: {e}") from e
+
+
+def checked_operation(entity: dict[str, Any], version: str | None) -> tuple[Any, ...]:
+    """An entity-group transaction's operation writing `entity` as `save_*` does: a create
+    when it has no version yet, else a replace only while the stored row has that version."""
+    if version is None:
+        return ("create", entity)
+    return (
+        "update",
+        entity,
+        {
+            "mode": UpdateMode.REPLACE,
+            "etag": version,
+            "match_condition": MatchConditions.IfNotModified,
+        },
+    )
 
 
 def is_exists_error(error: TableTransactionError) -> bool:

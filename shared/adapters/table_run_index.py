@@ -12,7 +12,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import (
     ResourceNotFoundError,
 )
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
 from shared.adapters.table_access import TableAccess
 from shared.adapters.table_rows import (
     TRANSACTION_LIMIT,
+    checked_operation,
     digest,
     etag_of,
     partition_key,
@@ -231,22 +231,10 @@ class RunIndex(TableAccess):
             "IndexConfigurationName": run.run_id.configuration.name.lower(),
         }
         entity = {k: v for k, v in entity.items() if v is not None}
-        operations: list[Any] = []
         all_row = {**entity, "RowKey": all_row_key(run)}
-        if current is None:
-            operations.append(("create", all_row))
-        else:
-            operations.append(
-                (
-                    "update",
-                    all_row,
-                    {
-                        "mode": UpdateMode.REPLACE,
-                        "etag": etag_of(current),
-                        "match_condition": MatchConditions.IfNotModified,
-                    },
-                )
-            )
+        operations: list[Any] = [
+            checked_operation(all_row, None if current is None else etag_of(current))
+        ]
         for row_key in index_row_keys(run, statuses)[1:]:
             operations.append(
                 ("upsert", {**entity, "RowKey": row_key}, {"mode": UpdateMode.REPLACE})

@@ -48,11 +48,7 @@ def build_queue_client(
     for the queue endpoint when `transports` is given."""
     options: dict[str, Any] = {**CLIENT_OPTIONS, "message_encode_policy": TextBase64EncodePolicy()}
     if transports is not None:
-        options["transport"] = transports.for_storage(
-            "queue",
-            connection_timeout=CLIENT_OPTIONS["connection_timeout"],
-            read_timeout=CLIENT_OPTIONS["read_timeout"],
-        )
+        options = transports.storage_options("queue", options)
     if storage.connection_string:
         return QueueClient.from_connection_string(storage.connection_string, queue_name, **options)
     if storage.queue_endpoint is None or credential is None:
