@@ -15,6 +15,7 @@ import binascii
 import contextlib
 import logging
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -100,6 +101,8 @@ class QueueListener:
         self._poison = QueueClient.from_connection_string(
             connection_string, self.poison_queue_name, transport=transport, **CLIENT_OPTIONS
         )
+        if transport.session is not None:
+            transport.session.proxies = requests.utils.get_environ_proxies(self._queue.url)
         self._stopping = threading.Event()
         self._running = 0
         self._running_changed = threading.Condition()
@@ -247,12 +250,18 @@ def _pooled_transport(connections: int) -> RequestsTransport:
     """A transport keeping `connections` connections, carrying CLIENT_OPTIONS' time limits (a
     client handed a transport does not apply its own)."""
     session = requests.Session()
+    # requests reads the whole environment (proxy and CA bundle variables, ~/.netrc) on every
+    # request; the host reads the CA bundle here and the proxies once its queue's URL is known
+    # (netrc never: its credentials would replace the storage account's signature).
+    session.trust_env = False
     adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=connections)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     return RequestsTransport(
         session=session,
         session_owner=False,
+        connection_verify=bundle or True,
         connection_timeout=CLIENT_OPTIONS["connection_timeout"],
         read_timeout=CLIENT_OPTIONS["read_timeout"],
     )

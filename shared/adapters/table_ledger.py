@@ -220,6 +220,10 @@ class TableRunLedger(RunIndex):
         check_saved_together(machines)
         if not machines:
             return []
+        if len(machines) == 1:
+            # The same condition for one row, at a third of a transaction's CPU (azure-core
+            # builds and parses a transaction's multipart body with the email package).
+            return [self.save_machine(machines[0])]
         operations = [checked_operation(machine_entity(m), m.version) for m in machines]
         try:
             with unavailable_on_error("save machines"):

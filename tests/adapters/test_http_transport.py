@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+import requests
 from azure.identity import ManagedIdentityCredential
 
 from sandbox.fake_azure import FakeAzure
 from shared.adapters.arm_pacing import ArmBudgets
 from shared.adapters.compute import ComputeMachines
-from shared.adapters.http_transport import EndpointTransports, PooledAdapter, ca_bundle_location
+from shared.adapters.http_transport import (
+    EndpointTransports,
+    PooledAdapter,
+    ca_bundle_location,
+    pooled_session,
+)
 from shared.bootstrap import Container, http_pool_size
 from shared.config import Settings
 from shared.domain.ids import MachineId
@@ -130,3 +137,63 @@ def test_a_cold_instance_fanning_out_asks_the_identity_endpoint_for_a_token_once
     fake.clear_requests()
     read_power_from_many_threads(container.compute, THREADS)
     assert len([r for r in fake.requests if r.endpoint == "token"]) == 1
+
+
+def test_proxies_and_the_ca_bundle_come_from_the_environment_as_requests_reads_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "storage.internal")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/app/ca.pem")
+    pooled, plain = pooled_session(), requests.Session()
+    for url in ("https://management.internal/subscriptions", "https://storage.internal/t"):
+        ours = pooled.merge_environment_settings(url, {}, None, True, None)
+        theirs = plain.merge_environment_settings(url, {}, None, True, None)
+        assert ours == theirs
+    proxied = pooled.merge_environment_settings(
+        "https://management.internal/x", {}, None, True, None
+    )
+    assert proxied["proxies"]["https"] == "http://proxy.internal:3128"
+    assert proxied["verify"] == "/etc/app/ca.pem"
+    bypassed = pooled.merge_environment_settings("https://storage.internal/x", {}, None, True, None)
+    assert "https" not in bypassed["proxies"]
+    # An explicit verify (azure-core's connection_verify) wins over the variable, as in requests.
+    explicit = pooled.merge_environment_settings(
+        "https://management.internal/x", {}, None, "/x", None
+    )
+    assert explicit["verify"] == "/x"
+
+
+def test_the_environment_is_read_once_per_host_not_on_every_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    session = pooled_session()
+    first = session.merge_environment_settings(
+        "https://management.internal/a", {}, None, True, None
+    )
+    monkeypatch.setenv("HTTPS_PROXY", "http://elsewhere.internal:8080")
+    again = session.merge_environment_settings(
+        "https://management.internal/b", {}, None, True, None
+    )
+    assert again["proxies"] == first["proxies"]
+    other_host = session.merge_environment_settings(
+        "https://graph.internal/c", {}, None, True, None
+    )
+    assert other_host["proxies"]["https"] == "http://elsewhere.internal:8080"
+
+
+def test_a_netrc_entry_never_replaces_the_sdks_authorization_header(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine management.internal login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    request = requests.Request(
+        "GET", "https://management.internal/x", headers={"Authorization": "Bearer token"}
+    )
+    # requests alone would swap the bearer token for the netrc's basic credentials.
+    assert requests.Session().prepare_request(request).headers["Authorization"].startswith("Basic")
+    prepared = pooled_session().prepare_request(request)
+    assert prepared.headers["Authorization"] == "Bearer token"

@@ -278,6 +278,19 @@ def test_machine_rows_saved_together_all_get_new_versions_in_order(ledger: RunLe
     assert ledger.save_machines([]) == []
 
 
+def test_one_machine_row_saved_together_is_checked_like_a_single_save(ledger: RunLedger) -> None:
+    stored = ledger.save_machine(a_machine(RUN, "web-1"))
+    (saved,) = ledger.save_machines([dataclasses.replace(stored, action=MachineAction.STARTING)])
+    assert saved.version not in (None, stored.version)
+    assert ledger.find_machine(RUN, stored.resource_id) == saved
+    with pytest.raises(LedgerConflict):  # written on a version that is no longer the stored one
+        ledger.save_machines([dataclasses.replace(stored, action=MachineAction.LEFT_ALONE)])
+    with pytest.raises(LedgerConflict):  # created, but it exists
+        ledger.save_machines([a_machine(RUN, "web-1")])
+    (created,) = ledger.save_machines([a_machine(RUN, "web-2")])
+    assert ledger.find_machine(RUN, created.resource_id) == created
+
+
 def test_machine_rows_saved_together_are_all_or_nothing_when_one_changed_meanwhile(
     ledger: RunLedger,
 ) -> None:

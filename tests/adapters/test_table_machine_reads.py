@@ -14,7 +14,7 @@ from azure.data.tables import TableServiceClient
 
 from shared.adapters.table_ledger import TableRunLedger
 from shared.domain.ids import MachineId, RunId
-from shared.domain.runs import MachineRecord
+from shared.domain.runs import MachineAction, MachineRecord
 from tests.builders import CORRELATION_ID, START, SUBSCRIPTION
 
 RUN = RunId.parse(CORRELATION_ID)
@@ -119,3 +119,22 @@ def test_no_machines_asked_is_no_request(ledger: TableRunLedger, recorder: Reque
     recorder.clear()
     assert ledger.find_machines(RUN, []) == {}
     assert recorder.requests == []
+
+
+def test_one_row_saved_together_is_one_plain_write_not_a_transaction(
+    ledger: TableRunLedger, recorder: RequestRecorder
+) -> None:
+    (machine,) = fleet(ledger, RUN, 1)
+    row = ledger.find_machine(RUN, machine.text)
+    assert row is not None
+    recorder.clear()
+    ledger.save_machines([row.moved_to(MachineAction.STARTING, START, "start requested")])
+    assert [method for method, _ in recorder.requests] == ["PUT"]
+    recorder.clear()
+    two = fleet(ledger, OTHER_RUN, 2)
+    rows = ledger.find_machines(OTHER_RUN, two)
+    recorder.clear()
+    ledger.save_machines(
+        [r.moved_to(MachineAction.STARTING, START, "start requested") for r in rows.values()]
+    )
+    assert [method for method, _ in recorder.requests] == ["POST"]  # one $batch
