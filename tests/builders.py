@@ -12,6 +12,7 @@ from typing import Any
 
 from shared.domain.errors import DuplicateEvent, LedgerConflict
 from shared.domain.ids import ConfigurationId, MachineId, RunId
+from shared.domain.machine_steps import seen_running
 from shared.domain.runs import (
     CancelRequest,
     EventRecord,
@@ -21,6 +22,7 @@ from shared.domain.runs import (
     Run,
     RunNote,
     RunStatus,
+    WatchRound,
     check_saved_together,
 )
 
@@ -105,6 +107,7 @@ class InMemoryRunLedger:
         self.machines: dict[tuple[str, str], MachineRecord] = {}
         self.cancels: list[CancelRequest] = []
         self.claims: dict[str, MachineClaim] = {}
+        self.watch_rounds: dict[str, WatchRound] = {}
         self.notes: list[RunNote] = []
         self.refused: list[RefusedEvent] = []
         self.leases: dict[str, tuple[str, datetime]] = {}
@@ -171,6 +174,9 @@ class InMemoryRunLedger:
 
     def list_machines(self, run_id: RunId) -> Iterator[MachineRecord]:
         return iter([m for (k, _), m in self.machines.items() if k == run_id.key])
+
+    def list_machines_not_seen_running(self, run_id: RunId) -> Iterator[MachineRecord]:
+        return iter([m for m in self.list_machines(run_id) if not seen_running(m)])
 
     def find_machines(
         self, run_id: RunId, machines: Iterable[MachineId]
@@ -278,7 +284,18 @@ class InMemoryRunLedger:
                 del self.events[event_key]
             self.notes = [n for n in self.notes if n.run_id != run.run_id]
             self.cancels = [c for c in self.cancels if c.run_id != run.run_id]
+            self.watch_rounds.pop(run.run_id.key, None)
         return [r.run_id for r in old]
+
+    def find_watch_round(self, run_id: RunId) -> WatchRound | None:
+        return self.watch_rounds.get(run_id.key)
+
+    def save_watch_round(self, watch: WatchRound) -> WatchRound:
+        with self._lock:
+            self._check(self.watch_rounds.get(watch.run_id.key), watch.version)
+            stored = dataclasses.replace(watch, version=self._next_version())
+            self.watch_rounds[watch.run_id.key] = stored
+            return stored
 
     def find_claim(self, machine: MachineId) -> MachineClaim | None:
         return self.claims.get(machine.key)
@@ -334,7 +351,9 @@ class InMemoryRunLedger:
         return newest_first[:limit]
 
     @staticmethod
-    def _check(stored: Run | MachineRecord | MachineClaim | None, version: str | None) -> None:
+    def _check(
+        stored: Run | MachineRecord | MachineClaim | WatchRound | None, version: str | None
+    ) -> None:
         if version is None and stored is not None:
             raise LedgerConflict("exists")
         if version is not None and (stored is None or stored.version != version):

@@ -89,6 +89,9 @@ class FakeMachines:
             elif machine.key in self.vms:
                 yield machine, self.get_power(machine)
 
+    def turn_wait(self, machine: MachineId) -> float:
+        return self.turn_waits.get(machine.subscription_id.lower(), 0.0)
+
     @contextlib.contextmanager
     def power_turn(self, machine: MachineId) -> Iterator[float]:
         """Every turn is now, unless a test set `turn_waits` (seconds per subscription)."""

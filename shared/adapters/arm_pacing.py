@@ -119,15 +119,20 @@ class _Bucket:
             self.level = min(self.capacity, self.level + gained)
             self.updated = now
 
+    def ready_at(self, now: float) -> float:
+        """When the next token could be used (nothing taken)."""
+        self.settle(now)
+        return max(
+            self.updated + max(0.0, 1.0 - self.level) / self.refill_per_second, self.next_spend
+        )
+
     def reserve(self, now: float, max_wait: float) -> float:
         """Take a token; the seconds to wait before using it, or -(seconds) when refused."""
-        self.settle(now)
-        after = self.level - 1.0
-        ready_at = max(self.updated + max(0.0, -after) / self.refill_per_second, self.next_spend)
+        ready_at = self.ready_at(now)
         wait = max(0.0, ready_at - now)
         if wait > max_wait:
             return -wait
-        self.level = after
+        self.level -= 1.0
         self.next_spend = max(ready_at, now) + self.spend_interval
         return wait
 
@@ -236,6 +241,25 @@ class ArmBudgets:
                 if bucket.emptied == emptied:
                     bucket.in_flight += 1
                     return slept
+
+    def turn_wait(
+        self,
+        subscription: str,
+        kind: str,
+        *,
+        compute_write: bool = False,
+        max_wait: float | None = None,
+    ) -> float:
+        """0.0 when `hold` would hold a turn now; else the seconds until one would come. Nothing
+        is taken: a caller whose turn is far learns it without spending anything."""
+        subscription = subscription.lower()
+        allowed = self.max_wait if max_wait is None else min(max_wait, self.max_wait)
+        with self._lock:
+            now = self._monotonic()
+            bucket = self._bucket(subscription, kind, now)
+            held = self._compute_held.get(subscription, now) - now if compute_write else 0.0
+            wait = max(bucket.ready_at(now) - now, held, 0.0)
+        return 0.0 if wait <= allowed else wait
 
     @contextlib.contextmanager
     def hold(

@@ -235,6 +235,16 @@ class ComputeMachines:
             link = next_link if isinstance(next_link, str) and next_link else None
             params = {}  # a nextLink carries its own query
 
+    def turn_wait(self, machine: MachineId | str) -> float:
+        """0.0 when `power_turn` would hold a turn for `machine` now; else the seconds until
+        one would come. Nothing is taken."""
+        target = _machine(machine)
+        if target.is_arc:
+            return 0.0
+        return self._clients.budgets.turn_wait(
+            target.subscription_id, WRITES, compute_write=True, max_wait=POWER_TURN_WAIT_SECONDS
+        )
+
     @contextlib.contextmanager
     def power_turn(self, machine: MachineId | str) -> Iterator[float]:
         """Hold this thread's turn for a start or deallocate of `machine` in its subscription's

@@ -6,6 +6,7 @@ entity-group transaction:
 | PartitionKey | RowKey | what |
 |---|---|---|
 | `<subscription>|<resource group>|<configuration>|<run name>` (lower case) | `run` | the run |
+| same | `watch` | the last round its watch loop began (verify, gate, finish) |
 | same | `event|pre|<sha256(id)>`, `event|post|<sha256(id)>` | an event seen (dedupe key) |
 | same | `machine|<sha256(resource id)>` | a machine of the run |
 | same | `cancel|<requested at>|<request id>` | a cancel request and its audit |
@@ -47,15 +48,18 @@ from azure.data.tables import TableServiceClient, TableTransactionError
 from shared.config import StorageConnection
 from shared.domain.errors import DuplicateEvent, LedgerConflict, LedgerUnavailable
 from shared.domain.ids import MachineId, RunId
+from shared.domain.machines import PowerState
 from shared.domain.runs import (
     CancelRequest,
     EventRecord,
+    MachineAction,
     MachineClaim,
     MachineRecord,
     NoteLevel,
     RefusedEvent,
     Run,
     RunNote,
+    WatchRound,
     check_saved_together,
 )
 
@@ -71,6 +75,7 @@ from shared.adapters.table_rows import (
     MAX_NOTE_LENGTH,
     REFUSED_PARTITION,
     TRANSACTION_LIMIT,
+    WATCH_ROW,
     base_entity,
     cancel_entity,
     cancel_from,
@@ -245,6 +250,25 @@ class TableRunLedger(RunIndex):
         for entity in self._query(partition_key(run_id), "machine|"):
             yield machine_from(entity, run_id)
 
+    def list_machines_not_seen_running(self, run_id: RunId) -> Iterator[MachineRecord]:
+        """Machines of a run but those Started and seen running, filtered by the service (a
+        row without a power state is kept: a comparison with a missing property is false)."""
+        lower, upper = "machine|", "machine}"
+        with unavailable_on_error("query the ledger"):
+            for entity in self.table.query_entities(
+                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+                # (the SDK takes a parameter's name up to the next space: hence " )")
+                " and not (Action eq @started and LastPowerState eq @running )",
+                parameters={
+                    "pk": partition_key(run_id),
+                    "lo": lower,
+                    "hi": upper,
+                    "started": MachineAction.STARTED.value,
+                    "running": str(PowerState.RUNNING),
+                },
+            ):
+                yield machine_from(entity, run_id)
+
     def find_machines(
         self, run_id: RunId, machines: Iterable[MachineId]
     ) -> dict[MachineId, MachineRecord]:
@@ -270,6 +294,20 @@ class TableRunLedger(RunIndex):
     def in_storage_order(self, machines: Iterable[MachineId]) -> list[MachineId]:
         """By row key: the order of a run's machine rows in its partition."""
         return sorted(machines, key=lambda m: machine_row_key(m.text))
+
+    def find_watch_round(self, run_id: RunId) -> WatchRound | None:
+        """The run's watch round (its own row in the run's partition), or None."""
+        entity = self._get(partition_key(run_id), WATCH_ROW)
+        if entity is None:
+            return None
+        return WatchRound(run_id, entity.get("Mark"), etag_of(entity))
+
+    def save_watch_round(self, watch: WatchRound) -> WatchRound:
+        """Create or update (ETag-checked) the run's watch round."""
+        entity = without_none(
+            {**base_entity(watch.run_id, WATCH_ROW), "Kind": "watch", "Mark": watch.mark}
+        )
+        return dataclasses.replace(watch, version=self._write(entity, watch.version))
 
     def find_claim(self, machine: MachineId) -> MachineClaim | None:
         """Who owns / needs a machine across runs."""

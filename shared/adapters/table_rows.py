@@ -43,6 +43,7 @@ RowT = TypeVar("RowT", Run, MachineRecord)
 E = TypeVar("E", GateOutcome, CancelSource)
 
 RUN_ROW = "run"
+WATCH_ROW = "watch"  # the run's watch round, beside its run row
 CLAIM_ROW = "claim"
 REFUSED_PARTITION = "refused"
 # Row keys sort ascending; counting down from this many microseconds lists the newest first.
@@ -209,7 +210,6 @@ def run_entity(run: Run) -> dict[str, Any]:
             "WrapUpRequestedAt": utc_or_none(run.wrap_up_requested_at),
             "RedrivenAt": utc_or_none(run.redriven_at),
             "StuckReported": run.stuck_reported or None,
-            "WatchRound": run.watch_round,
             "StartDateTime": utc_or_none(run.start),
         }
     )
@@ -241,7 +241,6 @@ def run_from(entity: Mapping[str, Any]) -> Run:
         wrap_up_requested_at=moment_of(entity, "WrapUpRequestedAt"),
         redriven_at=moment_of(entity, "RedrivenAt"),
         stuck_reported=bool(entity.get("StuckReported", False)),
-        watch_round=entity.get("WatchRound"),
         start=moment_of(entity, "StartDateTime"),
         version=etag_of(entity),
     )

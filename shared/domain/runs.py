@@ -115,9 +115,6 @@ class Run:
     wrap_up_requested_at: datetime | None = None
     redriven_at: datetime | None = None
     stuck_reported: bool = False
-    # The watch loop's last round, "<step>:<round>:<ISO time>" (verify, gate, finish): a
-    # duplicate or stale delivery of a round finds it and leaves, so one loop runs.
-    watch_round: str | None = None
     # T as the platform's events give it (StartDateTime). The run name is not documented to be
     # UTC, so it only stands in for T until an event has been seen.
     start: datetime | None = None
@@ -315,6 +312,18 @@ def check_saved_together(machines: Sequence[MachineRecord]) -> None:
         raise ValueError("machine rows of several runs in one save")
     if len({m.resource_id.lower() for m in machines}) < len(machines):
         raise ValueError("one machine twice in one save")
+
+
+@dataclass(frozen=True)
+class WatchRound:
+    """The last round a run's watch loop began (verify, gate, finish): a duplicate or stale
+    delivery of a round finds it and leaves, so one loop runs. It is a row of its own beside
+    the run: taking a round every few seconds neither rewrites the run row (and its index
+    rows) nor changes the version the run's other writers hold."""
+
+    run_id: RunId
+    mark: str | None = None  # "<step>:<round>:<ISO time>"
+    version: str | None = None
 
 
 @dataclass(frozen=True)

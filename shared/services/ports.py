@@ -26,6 +26,7 @@ from shared.domain.runs import (
     RefusedEvent,
     Run,
     RunNote,
+    WatchRound,
 )
 from shared.domain.tasks import Task
 
@@ -119,6 +120,12 @@ class RunLedger(Protocol):
         """The machines recorded for a run."""
         ...
 
+    def list_machines_not_seen_running(self, run_id: RunId) -> Iterator[MachineRecord]:
+        """The machines of a run but the starts settled (Started, and seen running since: see
+        `seen_running`, shared/domain/machine_steps.py), read with the storage's own filter:
+        what verify still has to look at, without reading the settled rows every round."""
+        ...
+
     def find_machines(
         self, run_id: RunId, machines: Iterable[MachineId]
     ) -> dict[MachineId, MachineRecord]:
@@ -132,6 +139,14 @@ class RunLedger(Protocol):
     def in_storage_order(self, machines: Iterable[MachineId]) -> list[MachineId]:
         """These machines in the order the ledger keeps their rows (no request is made): a
         batch cut from this order is one narrow range for `find_machines`."""
+        ...
+
+    def find_watch_round(self, run_id: RunId) -> WatchRound | None:
+        """The last round the run's watch loop began, or None before its first."""
+        ...
+
+    def save_watch_round(self, watch: WatchRound) -> WatchRound:
+        """Create or update (ETag-checked) the run's watch round."""
         ...
 
     def find_claim(self, machine: MachineId) -> MachineClaim | None:
@@ -233,6 +248,11 @@ class Machines(Protocol):
         """The power states of these machines of one subscription, in as few reads as Azure
         allows (a VM Azure does not list is left out; an Arc machine is not manageable).
         AzureCallFailed when the subscription's list cannot be read."""
+        ...
+
+    def turn_wait(self, machine: MachineId) -> float:
+        """0.0 when `power_turn` would hold a turn for `machine` now; else the seconds until one
+        would come. Nothing is taken."""
         ...
 
     def power_turn(self, machine: MachineId) -> AbstractContextManager[float]:

@@ -25,6 +25,7 @@ from shared.domain.ids import MachineId
 from tests.fake_azure import CLIENT_ID, FAST_RETRIES, SUBSCRIPTION, vm_id
 
 SUB = "00000000-0000-4000-8000-000000000001"
+OTHER_SUB = "00000000-0000-4000-8000-000000000002"
 
 
 class SteppedClock:
@@ -167,6 +168,36 @@ def test_a_turn_further_than_the_allowed_wait_is_not_held_and_says_how_far() -> 
         with pytest.raises(ArmThrottled):
             budgets.acquire(SUB, WRITES)
     assert budgets.level(SUB, WRITES) == level
+
+
+def test_asking_how_far_a_turn_is_takes_nothing_and_agrees_with_holding_one() -> None:
+    clock = SteppedClock()
+    paced = ArmBudgets(max_wait=1.0, monotonic=clock.monotonic, sleep=clock.sleep)
+    for _ in range(50):  # asking is free: the level and the spending pace do not move
+        assert paced.turn_wait(SUB, WRITES) == 0.0
+    assert paced.level(SUB, WRITES) == pytest.approx(200.0)
+    assert paced.acquire(SUB, WRITES) == 0.0  # the first token is still now
+    assert paced.turn_wait(SUB, WRITES) == 0.0  # the next is 1/15 s on: within the wait
+    budgets = ArmBudgets(
+        max_wait=1.0, monotonic=clock.monotonic, sleep=lambda _: None, spend_over_refill=None
+    )
+    for _ in range(210):
+        budgets.acquire(SUB, WRITES)
+    far = budgets.turn_wait(SUB, WRITES)
+    assert far == pytest.approx(1.1)
+    with budgets.hold(SUB, WRITES) as wait:
+        assert wait == pytest.approx(far)
+    # A Compute hold makes power operations' turns far, and only theirs.
+    budgets.observe(
+        OTHER_SUB,
+        WRITES,
+        429,
+        {"Retry-After": "20", "x-ms-ratelimit-remaining-resource": "Microsoft.Compute/PutVM3Min;0"},
+        compute=True,
+    )
+    assert budgets.turn_wait(OTHER_SUB, WRITES, compute_write=True) == pytest.approx(20.0)
+    assert budgets.turn_wait(OTHER_SUB, WRITES) == 0.0
+    assert budgets.turn_wait(OTHER_SUB, WRITES, max_wait=0.5) == 0.0
 
 
 def test_a_held_turn_a_429_voided_is_taken_again_behind_the_pause() -> None:

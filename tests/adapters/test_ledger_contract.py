@@ -29,6 +29,7 @@ from shared.domain.runs import (
     Run,
     RunNote,
     RunStatus,
+    WatchRound,
 )
 from shared.domain.vocabulary import CancelOutcome, CancelSource, GateOutcome
 from shared.services.ports import RunLedger
@@ -276,6 +277,47 @@ def test_machine_rows_saved_together_all_get_new_versions_in_order(ledger: RunLe
     again = ledger.save_machine(dataclasses.replace(saved[7], action=MachineAction.STARTED))
     assert again.version != saved[7].version
     assert ledger.save_machines([]) == []
+
+
+def test_the_machines_not_seen_running_leave_out_only_the_starts_settled_running(
+    ledger: RunLedger,
+) -> None:
+    def row(name: str, action: MachineAction, power: str | None) -> MachineRecord:
+        return ledger.save_machine(
+            dataclasses.replace(a_machine(RUN, name), action=action, last_power_state=power)
+        )
+
+    row("settled", MachineAction.STARTED, "running")
+    kept = [
+        row("planned", MachineAction.PLANNED, None),
+        row("starting", MachineAction.STARTING, "starting"),
+        row("started-unread", MachineAction.STARTED, None),  # no power state: kept
+        row("started-down", MachineAction.STARTED, "deallocated"),
+        row("left-alone", MachineAction.LEFT_ALONE, "running"),
+    ]
+    ledger.save_machine(a_machine(RunId.of(MONTHLY, RUN.run_name), "planned"))  # another run
+    listed = list(ledger.list_machines_not_seen_running(RUN))
+    assert sorted(m.resource_id for m in listed) == sorted(m.resource_id for m in kept)
+    assert {m.resource_id: m for m in listed} == {m.resource_id: m for m in kept}
+
+
+def test_a_watch_round_is_its_own_row_checked_like_the_others(ledger: RunLedger) -> None:
+    run = ledger.save_run(Run.first_seen(RUN, NOW))
+    assert ledger.find_watch_round(RUN) is None
+    first = ledger.save_watch_round(WatchRound(RUN, "verify:0:2026-12-01T02:20:00+00:00"))
+    assert first.version is not None
+    assert ledger.find_watch_round(RUN) == first
+    with pytest.raises(LedgerConflict):  # created, but one exists
+        ledger.save_watch_round(WatchRound(RUN, "verify:0:2026-12-01T02:20:01+00:00"))
+    second = ledger.save_watch_round(
+        dataclasses.replace(first, mark="verify:1:2026-12-01T02:21:00+00:00")
+    )
+    with pytest.raises(LedgerConflict):  # written on a version no longer stored
+        ledger.save_watch_round(dataclasses.replace(first, mark="gate:0:2026-12-01T02:22:00+00:00"))
+    assert ledger.find_watch_round(RUN) == second
+    # The run's row, and the version its other writers hold, are untouched by the rounds.
+    assert ledger.find_run(RUN) == run
+    assert ledger.find_watch_round(RunId.of(MONTHLY, RUN.run_name)) is None
 
 
 def test_one_machine_row_saved_together_is_checked_like_a_single_save(ledger: RunLedger) -> None:
@@ -630,6 +672,7 @@ def test_old_runs_are_removed_in_bounded_batches_with_all_their_rows(
         updated_at=NOW,
     )
     ledger.save_machine(machine)
+    ledger.save_watch_round(WatchRound(runs[0], "finish:3:2026-01-03T05:00:00+00:00"))
     cutoff = FIRST + timedelta(weeks=3)  # runs 0, 1 and 2 are older
     first_batch = ledger.remove_runs_before(cutoff, limit=2)
     second_batch = ledger.remove_runs_before(cutoff, limit=2)
@@ -638,6 +681,7 @@ def test_old_runs_are_removed_in_bounded_batches_with_all_their_rows(
     assert ledger.remove_runs_before(cutoff, limit=2) == []
     assert ledger.find_run(runs[0]) is None
     assert list(ledger.list_machines(runs[0])) == []
+    assert ledger.find_watch_round(runs[0]) is None
     assert {r.run_id for r in page(ledger, top=10)[0]} == {runs[3], runs[4]}
     assert {r.run_id for r in ledger.list_open_runs()} == {runs[3], runs[4]}
     assert ledger.find_runs_named("weekly-linux", runs[0].run_name) == []

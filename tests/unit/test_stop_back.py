@@ -14,7 +14,13 @@ import pytest
 from shared.domain.errors import AzureCallFailed
 from shared.domain.ids import MachineId, RunId
 from shared.domain.machines import MachinePower, PowerState
-from shared.domain.runs import MachineAction, MachineRecord, NoteLevel, Run, RunStatus
+from shared.domain.runs import (
+    MachineAction,
+    MachineRecord,
+    NoteLevel,
+    RunStatus,
+    WatchRound,
+)
 from shared.domain.tasks import Task, TaskKind
 from shared.services.reporting import summary_message
 from tests.builders import POST, PRE, START
@@ -348,16 +354,16 @@ def test_a_host_dying_as_it_takes_a_finish_round_leaves_the_loop_going() -> None
     world.queue.drain(world.orchestrator.handle, until=world.clock.now())
     # The host dies recording that it took finish round 0 (after reading the run): the
     # message comes back later, but the loop must not wait for that.
-    real_save = world.ledger.save_run
+    real_save = world.ledger.save_watch_round
     died: list[bool] = []
 
-    def save_run(run: Run) -> Run:
-        if (run.watch_round or "").startswith("finish:0:") and not died:
+    def save_watch_round(watch: WatchRound) -> WatchRound:
+        if (watch.mark or "").startswith("finish:0:") and not died:
             died.append(True)
             raise RuntimeError("host killed")
-        return real_save(run)
+        return real_save(watch)
 
-    world.ledger.save_run = save_run  # type: ignore[method-assign]
+    world.ledger.save_watch_round = save_watch_round  # type: ignore[method-assign]
     finish = next(t for _, t in world.queue.pending() if t.kind is TaskKind.FINISH)
     world.queue._heap = [e for e in world.queue._heap if e[2].kind is not TaskKind.FINISH]
     with pytest.raises(RuntimeError):

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
-from shared.domain.ids import MachineId
+from shared.domain.ids import MachineId, RunId
 from shared.domain.machines import PowerState
-from shared.domain.runs import MachineAction, RunStatus
+from shared.domain.runs import MachineAction, Run, RunStatus
 from shared.domain.tasks import MAX_ROUND, MAX_TASK_BYTES, InvalidTask, Task, TaskKind
 from shared.domain.vocabulary import CancelSource, CancelVerdict
 from shared.services.cancellation import cancel_run
@@ -95,6 +96,41 @@ def test_a_machine_whose_write_turn_is_far_is_put_off_untouched_until_its_turn_i
     world.work()
     assert all(world.machines.count("start", m) == 1 for m in machines)
     assert all(world.row(m).action is MachineAction.STARTED for m in machines)
+
+
+def test_a_delivery_whose_turns_are_all_far_reads_nothing_and_a_near_one_stops_with_the_run() -> (
+    None
+):
+    world = World(start_batch_size=5)
+    world.fleet(RUN, **{f"vm{i}": PowerState.DEALLOCATED for i in range(5)})
+    world.machines.turn_waits[SUBSCRIPTION.lower()] = 4.0
+    world.deliver(PRE)
+    world.queue.drain(world.orchestrator.handle, until=START - timedelta(minutes=35))
+    reads: list[str] = []
+    real_find_run = world.ledger.find_run
+
+    def find_run(run_id: RunId) -> Run | None:
+        reads.append(run_id.key)
+        return real_find_run(run_id)
+
+    world.ledger.find_run = find_run  # type: ignore[method-assign]
+    (start,) = [t for _, t in world.queue.pending() if t.kind is TaskKind.START]
+    world.queue._heap = [e for e in world.queue._heap if e[2].kind is not TaskKind.START]
+    world.orchestrator.handle(start)
+    assert reads == []  # back on the queue before reading the run or anything else
+    (again,) = [t for _, t in world.queue.pending() if t.kind is TaskKind.START]
+    assert set(again.machines) == set(start.machines) and again.round == start.round
+    # The run stops preparing meanwhile: the delivery whose turns are near reads that, and
+    # the loop ends without sending anything.
+    prepared = real_find_run(RUN)
+    assert prepared is not None and prepared.status is RunStatus.PREPARING
+    world.ledger.save_run(replace(prepared, status=RunStatus.CANCELLED))
+    world.queue._heap = [e for e in world.queue._heap if e[2].kind is not TaskKind.START]
+    world.machines.turn_waits.clear()
+    world.orchestrator.handle(again)
+    assert reads == [RUN.key]
+    assert not [t for _, t in world.queue.pending() if t.kind is TaskKind.START]
+    assert world.machines.calls == []
 
 
 def test_waiting_for_turns_never_gives_a_machine_up_while_the_run_still_prepares() -> None:

@@ -31,6 +31,7 @@ from shared.domain.runs import (
     NoteLevel,
     Run,
     RunNote,
+    WatchRound,
 )
 from shared.domain.tasks import Task
 from shared.domain.timeline import Clock
@@ -121,18 +122,44 @@ class StepsBase:
         VMs make dozens of them, and the first ones are already being worked on)."""
         parallel(SEND_CONCURRENCY, self.queue.send, list(tasks))
 
+    def _turn_waits(self, machines: Iterable[MachineId]) -> list[float]:
+        """For each subscription of these machines, 0.0 when its next write turn is within the
+        pacing's wait, else the seconds until it comes (nothing is taken)."""
+        first: dict[str, MachineId] = {}
+        for machine in machines:
+            first.setdefault(machine.subscription_id.lower(), machine)
+        return [self.machines.turn_wait(machine) for machine in first.values()]
+
     def _turns_near(self, machines: Iterable[MachineId]) -> bool:
         """Every subscription of these machines has a write turn within the pacing's wait. When
         one has not, quiet rows are machines waiting in the queue for their turns, not work a
         dead host lost, and sending them again would only add to the wait."""
-        first: dict[str, MachineId] = {}
-        for machine in machines:
-            first.setdefault(machine.subscription_id.lower(), machine)
-        for machine in first.values():
-            with self.machines.power_turn(machine) as wait:
-                if wait > 0:
-                    return False
+        return not any(self._turn_waits(machines))
+
+    def _turns_all_far(self, task: Task) -> bool:
+        """When no machine of the task has its write turn near, send the task back to come when
+        the nearest is, before anything is read or started (a large fan-out's tasks come back
+        hundreds of times while the write budget drains; each such return then costs two
+        queue requests, not the run's read, the task's threads and its rows)."""
+        waits = self._turn_waits(task.machines)
+        if not waits or not all(waits):
+            return False
+        self._send_back(task, list(task.machines), min(waits))
         return True
+
+    def _send_back(self, task: Task, machines: list[MachineId], wait_seconds: float) -> None:
+        """The task again for `machines`, once the nearest write turn (`wait_seconds` away) is
+        near, not sooner: nothing is read or sent meanwhile."""
+        wait = wait_seconds - TRANSIENT_RETRY.total_seconds()
+        delay = max(TRANSIENT_RETRY, timedelta(seconds=min(wait, MAX_TURN_WAIT_SECONDS)))
+        self.queue.send(task.with_machines(machines, task.round), delay)
+        log.info(
+            "Run %s: %d machines wait for their write turn; %s again in %s",
+            task.run_id.text,
+            len(machines),
+            task.kind.value,
+            delay,
+        )
 
     def _retry_later(
         self,
@@ -148,17 +175,8 @@ class StepsBase:
         if not rows and not deferred:
             return
         if not rows:
-            # Come back when the turns are near, not sooner: nothing is read or sent meanwhile.
-            wait = min(d.wait_seconds for d in deferred) - TRANSIENT_RETRY.total_seconds()
-            delay = max(TRANSIENT_RETRY, timedelta(seconds=min(wait, MAX_TURN_WAIT_SECONDS)))
-            machines = [d.machine for d in deferred]
-            self.queue.send(task.with_machines(machines, task.round), delay)
-            log.info(
-                "Run %s: %d machines wait for their write turn; %s again in %s",
-                run.run_id.text,
-                len(machines),
-                task.kind.value,
-                delay,
+            self._send_back(
+                task, [d.machine for d in deferred], min(d.wait_seconds for d in deferred)
             )
             return
         self._retry_failed(task, run, rows, deferred)
@@ -442,12 +460,14 @@ class StepsBase:
         before this round is recorded as taken, so that a host dying at any point after the
         send leaves the loop going; a duplicate next round this may leave finds its round
         taken and does nothing."""
-        if not round_is_new(run.watch_round, step, task.round, self.clock.now() - self._silent()):
+        watch = self.ledger.find_watch_round(run.run_id)
+        last = None if watch is None else watch.mark
+        if not round_is_new(last, step, task.round, self.clock.now() - self._silent()):
             log.info("Run %s: %s round %d ran already", run.run_id.text, step, task.round)
             return False
         if next_delay is not None:
             self.queue.send(task.next_round(), next_delay)
-        if not self._take_round(run.run_id, step, task.round):
+        if not self._take_round(run.run_id, step, task.round, read=(watch,)):
             log.info("Run %s: %s round %d ran already", run.run_id.text, step, task.round)
             return False
         return True
@@ -457,24 +477,35 @@ class StepsBase:
         over): three intervals and a lease."""
         return 3 * max(self.policy.verify_interval, self.policy.arg_retry) + self.policy.task_lease
 
-    def _take_round(self, run_id: RunId, step: str, round_: int) -> bool:
+    def _take_round(
+        self,
+        run_id: RunId,
+        step: str,
+        round_: int,
+        *,
+        read: tuple[WatchRound | None] | None = None,
+    ) -> bool:
         """Make this delivery the watch loop's round `round_` of `step`; False when a later
         round (or step) already ran, or this round did: a duplicate leaves at once. A loop
-        silent for three intervals and a lease is dead, and any round takes it over."""
+        silent for three intervals and a lease is dead, and any round takes it over. `read`:
+        the watch round as the caller just read it (None: read here); a conflict re-reads.
+        The round is a row of its own (WatchRound): the run row is not written."""
         now = self.clock.now()
         silent_for = self._silent()
-        taken: list[bool] = []
+        tries: list[WatchRound | None] = []
 
-        def claim(run: Run) -> Run:
-            taken.clear()
-            if not round_is_new(run.watch_round, step, round_, now - silent_for):
-                taken.append(False)
-                return run
-            taken.append(True)
-            return replace(run, watch_round=f"{step}:{round_}:{now.isoformat()}")
+        def attempt() -> bool:
+            current = self.ledger.find_watch_round(run_id) if tries or read is None else read[0]
+            tries.append(current)
+            last = None if current is None else current.mark
+            if not round_is_new(last, step, round_, now - silent_for):
+                return False
+            self.ledger.save_watch_round(
+                replace(current or WatchRound(run_id), mark=f"{step}:{round_}:{now.isoformat()}")
+            )
+            return True
 
-        self._update_run(run_id, claim)
-        return bool(taken and taken[0])
+        return retry_on_conflict(attempt, what=f"watch round of run {run_id.text}")
 
     def _save_latest(
         self, row: MachineRecord, change: Callable[[MachineRecord], MachineRecord]

@@ -80,9 +80,9 @@ class Finishing(WrappingUp):
     def _still_latest_round(self, run: Run, task: Task) -> bool:
         """No later finish round has begun while this one worked (rounds overlap when one
         takes longer than the interval): only the latest goes on to end the run."""
-        current = self.ledger.find_run(run.run_id)
+        current = self.ledger.find_watch_round(run.run_id)
         mark = f"finish:{task.round}:"
-        if current is None or not (current.watch_round or "").startswith(mark):
+        if current is None or not (current.mark or "").startswith(mark):
             log.info("Run %s: finish round %d overtaken", run.run_id.text, task.round)
             return False
         return True

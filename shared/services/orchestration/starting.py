@@ -136,7 +136,11 @@ class Starting(Ownership):
         )
 
     def start(self, task: Task) -> None:
-        """Start the stopped VMs of one batch, with bounded concurrency."""
+        """Start the stopped VMs of one batch, with bounded concurrency. A task whose write
+        turns are all far goes back to the queue before reading anything: the delivery that
+        finds a turn near reads the run (and stops if it no longer prepares)."""
+        if self._turns_all_far(task):
+            return
         run = self._run(task)
         if run is None or run.status is not RunStatus.PREPARING:
             return
@@ -169,8 +173,12 @@ class Starting(Ownership):
                 or (row.action is MachineAction.STARTING and answer_lost(row))
             )
         ]
-        if (retry or deferred) and self._still_starting(run.run_id):
-            self._retry_later(task, run, retry, deferred)
+        # Machines only put off until their write turn go back on the queue without reading the
+        # run again (most deliveries of a large fan-out end so): the next delivery reads it
+        # first anyway. Throttled or unanswered starts are sent again only if still wanted.
+        if retry and not self._still_starting(run.run_id):
+            return
+        self._retry_later(task, run, retry, deferred)
 
     def _start_one(
         self,

@@ -55,7 +55,8 @@ class Watching(StepsBase):
         # goes on (a message in flight on a dead host stays invisible for minutes).
         if not self._begin_round(run, "verify", task, delay if now < deadline else None):
             return
-        rows = list(self.ledger.list_machines(run.run_id))
+        # Starts settled running are not read again: every round reads only what is left.
+        rows = list(self.ledger.list_machines_not_seen_running(run.run_id))
         self._restart_stalled_fan_out(run, rows, task.round)
         updated = self._read_watched(rows)
         unsettled = [r for r in rows if r.action is MachineAction.PLANNED]
@@ -118,7 +119,9 @@ class Watching(StepsBase):
     ) -> None:
         """Machines not looked at yet while nothing in the run has moved for a task lease
         (no step, no renewal): their start tasks died with a host. Send them again; a start
-        task that is merely late finds their rows taken and does nothing twice."""
+        task that is merely late finds their rows taken and does nothing twice. `rows` are
+        those verify still reads: a start verify itself settled (seen running) is not a sign
+        of live start tasks, and is not among them."""
         planned = [r for r in rows if r.action is MachineAction.PLANNED]
         now = self.clock.now()
         if not planned or now >= run.scheduled_start:

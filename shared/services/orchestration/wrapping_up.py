@@ -157,7 +157,10 @@ class WrappingUp(Ownership):
         return ""
 
     def stop(self, task: Task) -> None:
-        """Deallocate one batch of VMs the run owns, unless another run now needs them."""
+        """Deallocate one batch of VMs the run owns, unless another run now needs them (a task
+        whose write turns are all far goes back to the queue before reading anything)."""
+        if self._turns_all_far(task):
+            return
         run = self._run(task)
         if run is None or run.status is not RunStatus.WRAPPING_UP:
             return
