@@ -23,7 +23,7 @@ USERS = [
 
 # Methods the libraries call by convention, never our code: azure-core's pipeline policy hooks
 # and RetryPolicy overrides, azure-core's TokenCredential protocol, and requests' HTTPAdapter
-# overrides.
+# and Session overrides.
 CALLED_BY_THE_SDK = {
     "send",
     "is_retry",
@@ -34,6 +34,8 @@ CALLED_BY_THE_SDK = {
     "get_token",
     "build_connection_pool_key_attributes",
     "cert_verify",
+    "prepare_request",
+    "merge_environment_settings",
 }
 
 

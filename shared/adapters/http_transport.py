@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import requests
 from azure.core.pipeline.transport import RequestsTransport
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from requests.utils import get_environ_proxies
 from urllib3.util.retry import Retry
 
@@ -80,6 +81,40 @@ class PooledSession(requests.Session):
         self.trust_env = False
         self._environment: dict[tuple[str, str, str | None], tuple[dict[str, str], str | None]]
         self._environment = {}
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        """requests' own preparation, without merging what neither side has: the SDKs' requests
+        bring no cookies, auth, params or hooks, and this session has none (requests merges
+        them on every request through runtime protocol checks: a tenth of a storage request's
+        CPU). The session's default headers come first and the request's replace them, a
+        header set to None is left out, as requests does; anything else goes requests' way."""
+        if (
+            request.cookies
+            or request.auth
+            or request.params
+            or self.auth
+            or self.params
+            or len(self.cookies)
+            or any(self.hooks.values())
+        ):
+            return super().prepare_request(request)
+        headers: CaseInsensitiveDict[Any] = CaseInsensitiveDict(self.headers)
+        for name, value in (request.headers or {}).items():
+            if value is None:
+                headers.pop(name, None)
+            else:
+                headers[name] = value
+        prepared = requests.PreparedRequest()
+        prepared.prepare(
+            method=str(request.method).upper(),
+            url=request.url,
+            files=request.files,
+            data=request.data,
+            json=request.json,
+            headers=headers,
+            hooks=request.hooks,
+        )
+        return prepared
 
     def merge_environment_settings(
         self,

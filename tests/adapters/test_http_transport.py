@@ -197,3 +197,31 @@ def test_a_netrc_entry_never_replaces_the_sdks_authorization_header(
     assert requests.Session().prepare_request(request).headers["Authorization"].startswith("Basic")
     prepared = pooled_session().prepare_request(request)
     assert prepared.headers["Authorization"] == "Bearer token"
+
+
+@pytest.mark.parametrize("session_cookie", [False, True])
+@pytest.mark.parametrize(
+    "request_",
+    [
+        requests.Request("GET", "https://storage.internal/t(PartitionKey='a',RowKey='b')"),
+        requests.Request(
+            "PUT",
+            "https://storage.internal/t?$filter=PartitionKey%20eq%20'a'",
+            headers={"If-Match": 'W/"1"', "Accept": "application/json", "User-Agent": None},
+            data=b'{"A": 1}',
+        ),
+        requests.Request("POST", "https://management.internal/x", data="text", params={"a": "1"}),
+        requests.Request("POST", "https://management.internal/x", json={"a": [1, 2]}),
+    ],
+)
+def test_a_request_is_prepared_exactly_as_requests_prepares_it(
+    request_: requests.Request, session_cookie: bool
+) -> None:
+    ours_session, plain = pooled_session(), requests.Session()
+    plain.trust_env = False  # the netrc lookup aside, which the pooled session never does
+    if session_cookie:  # a session that holds a cookie goes requests' own way
+        for session in (ours_session, plain):
+            session.cookies.set("affinity", "1", domain="management.internal")
+    ours, theirs = ours_session.prepare_request(request_), plain.prepare_request(request_)
+    assert (ours.method, ours.url, ours.body) == (theirs.method, theirs.url, theirs.body)
+    assert dict(ours.headers) == dict(theirs.headers)
