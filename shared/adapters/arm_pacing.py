@@ -200,6 +200,14 @@ class ArmBudgets:
             self._buckets[key] = bucket
         return bucket
 
+    def _turn_allowed(self, max_wait: float | None) -> float:
+        """How far ahead a turn may be held: the caller's bound, never past the budgets' own."""
+        return self.max_wait if max_wait is None else min(max_wait, self.max_wait)
+
+    def _compute_hold(self, subscription: str, now: float, compute_write: bool) -> float:
+        """Seconds a Compute write to `subscription` is still held back (0 or less: none)."""
+        return self._compute_held.get(subscription, now) - now if compute_write else 0.0
+
     def acquire(
         self,
         subscription: str,
@@ -223,7 +231,7 @@ class ArmBudgets:
             with self._lock:
                 now = self._monotonic()
                 bucket = self._bucket(subscription, kind, now)
-                held = self._compute_held.get(subscription, now) - now if compute_write else 0.0
+                held = self._compute_hold(subscription, now, compute_write)
                 if held > allowed - slept:
                     raise ArmThrottled(subscription, kind, held)
                 wait = bucket.reserve(now, allowed - slept)
@@ -253,11 +261,11 @@ class ArmBudgets:
         """0.0 when `hold` would hold a turn now; else the seconds until one would come. Nothing
         is taken: a caller whose turn is far learns it without spending anything."""
         subscription = subscription.lower()
-        allowed = self.max_wait if max_wait is None else min(max_wait, self.max_wait)
+        allowed = self._turn_allowed(max_wait)
         with self._lock:
             now = self._monotonic()
             bucket = self._bucket(subscription, kind, now)
-            held = self._compute_held.get(subscription, now) - now if compute_write else 0.0
+            held = self._compute_hold(subscription, now, compute_write)
             wait = max(bucket.ready_at(now) - now, held, 0.0)
         return 0.0 if wait <= allowed else wait
 
@@ -277,11 +285,11 @@ class ArmBudgets:
         the budgets' own); a turn no request used is given back on exit. Yields the seconds to
         the turn (nothing taken) when it is further than that."""
         subscription = subscription.lower()
-        allowed = self.max_wait if max_wait is None else min(max_wait, self.max_wait)
+        allowed = self._turn_allowed(max_wait)
         with self._lock:
             now = self._monotonic()
             bucket = self._bucket(subscription, kind, now)
-            held = self._compute_held.get(subscription, now) - now if compute_write else 0.0
+            held = self._compute_hold(subscription, now, compute_write)
             wait = bucket.reserve(now, allowed) if held <= allowed else -held
             if wait < 0:
                 refused = -wait

@@ -51,6 +51,17 @@ def budgets_on(clock: SteppedClock, max_wait: float = 3.0) -> ArmBudgets:
     )
 
 
+def compute_budget_ran_dry(budgets: ArmBudgets, subscription: str) -> None:
+    """A Compute 429 for a start: its budget ran dry, come back in 20 s."""
+    budgets.observe(
+        subscription,
+        WRITES,
+        429,
+        {"Retry-After": "20", "x-ms-ratelimit-remaining-resource": "Microsoft.Compute/PutVM3Min;0"},
+        compute=True,
+    )
+
+
 def test_get_and_head_are_reads_delete_is_a_delete_and_other_methods_are_writes() -> None:
     assert [operation_type(m) for m in ("GET", "head", "POST", "PUT", "PATCH", "DELETE")] == [
         "reads",
@@ -188,13 +199,7 @@ def test_asking_how_far_a_turn_is_takes_nothing_and_agrees_with_holding_one() ->
     with budgets.hold(SUB, WRITES) as wait:
         assert wait == pytest.approx(far)
     # A Compute hold makes power operations' turns far, and only theirs.
-    budgets.observe(
-        OTHER_SUB,
-        WRITES,
-        429,
-        {"Retry-After": "20", "x-ms-ratelimit-remaining-resource": "Microsoft.Compute/PutVM3Min;0"},
-        compute=True,
-    )
+    compute_budget_ran_dry(budgets, OTHER_SUB)
     assert budgets.turn_wait(OTHER_SUB, WRITES, compute_write=True) == pytest.approx(20.0)
     assert budgets.turn_wait(OTHER_SUB, WRITES) == 0.0
     assert budgets.turn_wait(OTHER_SUB, WRITES, max_wait=0.5) == 0.0
@@ -221,13 +226,7 @@ def test_a_held_turn_a_429_voided_is_taken_again_behind_the_pause() -> None:
 def test_a_compute_hold_is_a_turn_too_far_for_power_operations_only() -> None:
     clock = SteppedClock()
     budgets = budgets_on(clock)
-    budgets.observe(
-        SUB,
-        WRITES,
-        429,
-        {"Retry-After": "20", "x-ms-ratelimit-remaining-resource": "Microsoft.Compute/PutVM3Min;0"},
-        compute=True,
-    )
+    compute_budget_ran_dry(budgets, SUB)
     with budgets.hold(SUB, WRITES, compute_write=True) as wait:
         assert wait == pytest.approx(20.0)
     with budgets.hold(SUB, WRITES) as wait:

@@ -484,17 +484,23 @@ def test_overlapping_runs_share_a_vm_and_ownership_passes_on() -> None:
     assert world.ledger.find_claim(shared) is None
 
 
+def ledger_reads(world: World, method: str) -> list[str]:
+    """Records each call of the ledger's read `method` (the key of what it reads: a machine,
+    a run) the app makes from now on."""
+    reads: list[str] = []
+    real_read = getattr(world.ledger, method)
+
+    def read(target: MachineId | RunId) -> Any:
+        reads.append(target.key)
+        return real_read(target)
+
+    setattr(world.ledger, method, read)
+    return reads
+
+
 def claim_reads(world: World) -> list[str]:
     """Records each claim read (the machine's id) the app makes from now on."""
-    reads: list[str] = []
-    real_find = world.ledger.find_claim
-
-    def find(machine: MachineId) -> MachineClaim | None:
-        reads.append(machine.key)
-        return real_find(machine)
-
-    world.ledger.find_claim = find  # type: ignore[method-assign]
-    return reads
+    return ledger_reads(world, "find_claim")
 
 
 def test_each_weeks_run_claims_a_vm_without_reading_and_leaves_no_claim() -> None:

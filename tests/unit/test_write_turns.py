@@ -11,14 +11,14 @@ from datetime import timedelta
 
 import pytest
 
-from shared.domain.ids import MachineId, RunId
+from shared.domain.ids import MachineId
 from shared.domain.machines import PowerState
-from shared.domain.runs import MachineAction, Run, RunStatus
+from shared.domain.runs import MachineAction, RunStatus
 from shared.domain.tasks import MAX_ROUND, MAX_TASK_BYTES, InvalidTask, Task, TaskKind
 from shared.domain.vocabulary import CancelSource, CancelVerdict
 from shared.services.cancellation import cancel_run
 from tests.builders import POST, PRE, START, SUBSCRIPTION
-from tests.unit.test_orchestration import RUN, World
+from tests.unit.test_orchestration import RUN, World, ledger_reads
 
 
 def reads_by_step(world: World) -> Counter[TaskKind]:
@@ -106,14 +106,8 @@ def test_a_delivery_whose_turns_are_all_far_reads_nothing_and_a_near_one_stops_w
     world.machines.turn_waits[SUBSCRIPTION.lower()] = 4.0
     world.deliver(PRE)
     world.queue.drain(world.orchestrator.handle, until=START - timedelta(minutes=35))
-    reads: list[str] = []
     real_find_run = world.ledger.find_run
-
-    def find_run(run_id: RunId) -> Run | None:
-        reads.append(run_id.key)
-        return real_find_run(run_id)
-
-    world.ledger.find_run = find_run  # type: ignore[method-assign]
+    reads = ledger_reads(world, "find_run")
     (start,) = [t for _, t in world.queue.pending() if t.kind is TaskKind.START]
     world.queue._heap = [e for e in world.queue._heap if e[2].kind is not TaskKind.START]
     world.orchestrator.handle(start)
