@@ -1,10 +1,13 @@
 """Bulk reads settle many rows at once, and so are their records written: verify's starts seen
-running and finish's deallocations seen done go up to 100 rows to a ledger write; a row another
-writer changed since the round listed it is settled alone on its freshest copy, as before."""
+running and finish's deallocations seen done go up to 100 rows to a ledger write. A write another
+writer got into (a row changed since the round listed it) stores nothing: verify leaves its rows
+to its next round, which lists them afresh; finish reads them again, writes them together once
+more, and then settles each alone on its freshest copy."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import timedelta
 
 from shared.domain.errors import LedgerConflict
@@ -37,7 +40,7 @@ def test_a_verify_round_records_every_vm_come_up_in_one_write_per_hundred() -> N
         assert (row.action, row.last_power_state) == (MachineAction.STARTED, "running")
 
 
-def test_a_row_changed_since_the_round_listed_it_is_still_settled_and_its_group_too() -> None:
+def test_a_verify_write_another_writer_got_into_is_left_to_the_next_round() -> None:
     world = World(start_batch_size=150)
     machines = started_fleet(world, 12)
     another_writer = world.ledger.save_machine  # not counted below
@@ -47,35 +50,101 @@ def test_a_row_changed_since_the_round_listed_it_is_still_settled_and_its_group_
 
     def list_then_another_writer(run_id: RunId) -> Iterator[MachineRecord]:
         listed = list(real_list(run_id))
-        # Another worker writes one row after verify listed it (e.g. a renewal).
+        # Another worker writes one row after verify listed it (e.g. an overlapping round).
         row = world.ledger.find_machine(run_id, changed.text)
         assert row is not None
         another_writer(row)
-        return iter(listed)
+        # And the listed copy of that row looks like an orphaned start (an old intent whose
+        # acceptance is not recorded yet, the VM last seen down), though its VM now runs.
+        return iter(
+            replace(
+                r,
+                history=r.history[:-1],
+                updated_at=r.updated_at - timedelta(hours=1),
+                last_power_state="deallocated",
+            )
+            if r.resource_id == changed.text
+            else r
+            for r in listed
+        )
 
+    group_reads: list[list[MachineId]] = []
+    real_find = world.ledger.find_machines
+
+    def find_machines(
+        run_id: RunId, machines: Iterable[MachineId]
+    ) -> dict[MachineId, MachineRecord]:
+        group_reads.append(list(machines))
+        return real_find(run_id, group_reads[-1])
+
+    world.ledger.find_machines = find_machines  # type: ignore[method-assign]
+    starts_sent = [t for t in world.queue.sent if t.kind is TaskKind.START]
     world.ledger.list_machines = list_then_another_writer  # type: ignore[method-assign]
     world.work(until_minutes_before_start=33.5)
     world.ledger.list_machines = real_list  # type: ignore[method-assign]
-    # The write together was refused as a whole (one row had changed): the rows were read
-    # again, in one read, and written together once more.
-    assert [len(rows) for rows in writes.together] == [12, 12]
+    # The write together was refused as a whole (one row had changed). Its rows were not read
+    # again (for rows spread over the run, that read is nearly the whole partition), nothing
+    # was written alone, and no VM seen running was taken for an orphaned start.
+    assert [len(rows) for rows in writes.together] == [12]
+    assert group_reads == []
     assert writes.alone_with("seen running") == []
-    for machine in machines:
-        assert world.row(machine).action is MachineAction.STARTED
-        assert len([h for h in world.row(machine).history if h[2] == "seen running"]) == 1
-
-
-def test_rows_that_keep_changing_are_settled_one_by_one_on_their_freshest_copies() -> None:
-    world = World(start_batch_size=150)
-    machines = started_fleet(world, 12)
-    writes = MachineWrites(world.ledger)
-    writes.refuse_together = [LedgerConflict("changed"), LedgerConflict("changed again")]
-    world.work(until_minutes_before_start=33.5)
+    assert {world.row(m).action for m in machines} == {MachineAction.STARTING}
+    assert [t for t in world.queue.sent if t.kind is TaskKind.GATE] == []
+    assert [t for t in world.queue.sent if t.kind is TaskKind.START] == starts_sent
+    # The next round lists the rows afresh and settles them, each once.
+    world.work(until_minutes_before_start=32.5)
     assert [len(rows) for rows in writes.together] == [12, 12]
-    assert {r.resource_id for r in writes.alone_with("seen running")} == {m.text for m in machines}
     for machine in machines:
         assert world.row(machine).action is MachineAction.STARTED
         assert len([h for h in world.row(machine).history if h[2] == "seen running"]) == 1
+
+
+def finished_fleet_writes(
+    count: int, refusals: int
+) -> tuple[World, list[MachineId], MachineWrites]:
+    """A run whose `count` VMs were started, then its post event; finish's first writes
+    together are refused `refusals` times (another writer got in)."""
+    world = World(start_batch_size=150)
+    machines = started_fleet(world, count)
+    world.work()
+    world.clock.current = START + timedelta(hours=1)
+    world.deliver(POST)
+    real_together = world.ledger.save_machines
+
+    def refuse_deallocated(machines: Sequence[MachineRecord]) -> list[MachineRecord]:
+        if refusals > len(refused) and machines[0].action is MachineAction.DEALLOCATED:
+            refused.append(list(machines))
+            raise LedgerConflict("changed")
+        return real_together(machines)
+
+    refused: list[list[MachineRecord]] = []
+    world.ledger.save_machines = refuse_deallocated  # type: ignore[method-assign]
+    writes = MachineWrites(world.ledger)  # records each write together, refused ones too
+    world.work()
+    return world, machines, writes
+
+
+def test_a_finish_write_another_writer_got_into_is_read_again_and_written_together() -> None:
+    world, machines, writes = finished_fleet_writes(12, refusals=1)
+    settled = [rows for rows in writes.together if rows[0].action is MachineAction.DEALLOCATED]
+    assert [len(rows) for rows in settled] == [12, 12]
+    assert writes.alone_with("seen deallocated") == []
+    for machine in machines:
+        row = world.row(machine)
+        assert row.action is MachineAction.DEALLOCATED
+        assert len([h for h in row.history if h[2] == "seen deallocated"]) == 1
+
+
+def test_finish_rows_that_keep_changing_are_settled_one_by_one_on_their_freshest_copies() -> None:
+    world, machines, writes = finished_fleet_writes(12, refusals=2)
+    settled = [rows for rows in writes.together if rows[0].action is MachineAction.DEALLOCATED]
+    assert [len(rows) for rows in settled] == [12, 12]
+    alone = writes.alone_with("seen deallocated")
+    assert {r.resource_id for r in alone} == {m.text for m in machines}
+    for machine in machines:
+        row = world.row(machine)
+        assert row.action is MachineAction.DEALLOCATED
+        assert len([h for h in row.history if h[2] == "seen deallocated"]) == 1
 
 
 def test_finish_records_the_deallocations_it_sees_done_in_one_write() -> None:

@@ -310,25 +310,32 @@ class StepsBase:
         action: MachineAction,
         detail: str,
         only_from: tuple[MachineAction, ...] = (),
+        *,
+        leave_conflicted: bool = False,
         **changes: Any,
     ) -> list[MachineRecord]:
         """`_move` for many rows of one run at once, as a bulk read settles them: the rows as
         listed are written up to MAX_MACHINES_SAVED_TOGETHER to a ledger write (one storage
         request for each, instead of one per row). A write that another writer got into (one
-        of its rows changed since it was listed: a mark, an overlapping round) stores nothing;
-        its rows are read again in one read and the write is tried once more on those copies
-        (a row already moved drops out), and only if that fails too is each row moved alone on
-        its freshest copy, exactly as `_move` does. Returned in `rows`' order."""
+        of its rows changed since it was listed: a mark, an overlapping round) stores nothing.
+        With `leave_conflicted`, its rows are returned as listed, unmoved: a loop whose next
+        round lists them afresh settles them then. Otherwise its rows are read again in one
+        read and the write is tried once more on those copies (a row already moved drops out),
+        and only if that fails too is each row moved alone on its freshest copy, exactly as
+        `_move` does. Returned in `rows`' order."""
         change = self._moving(action, detail, only_from, **changes)
         moved: list[MachineRecord] = []
         for group in chunks(rows, MAX_MACHINES_SAVED_TOGETHER):
-            moved += self._move_group(group, change)
+            moved += self._move_group(group, change, leave_conflicted)
         return moved
 
     def _move_group(
-        self, rows: list[MachineRecord], change: Callable[[MachineRecord], MachineRecord]
+        self,
+        rows: list[MachineRecord],
+        change: Callable[[MachineRecord], MachineRecord],
+        leave_conflicted: bool,
     ) -> list[MachineRecord]:
-        """One ledger write of `_move_together`, with its two fallbacks."""
+        """One ledger write of `_move_together`, with its fallbacks."""
         current = rows
         for _ in range(2):
             moved = [change(row) for row in current]
@@ -338,6 +345,13 @@ class StepsBase:
             try:
                 saved = iter(self.ledger.save_machines(writes))
             except LedgerConflict:
+                if leave_conflicted:
+                    log.info(
+                        "Run %s: %d rows changed since they were listed; left to the next round",
+                        rows[0].run_id.text,
+                        len(rows),
+                    )
+                    return current
                 fresh = self.ledger.find_machines(rows[0].run_id, map(machine_of, rows))
                 current = [fresh.get(machine_of(row), row) for row in rows]
                 continue

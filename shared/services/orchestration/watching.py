@@ -58,10 +58,11 @@ class Watching(StepsBase):
         # Starts settled running are not read again: every round reads only what is left.
         rows = list(self.ledger.list_machines_not_seen_running(run.run_id))
         self._restart_stalled_fan_out(run, rows, task.round)
-        updated = self._read_watched(rows)
+        updated, came_up = self._read_watched(rows)
         unsettled = [r for r in rows if r.action is MachineAction.PLANNED]
         unsettled += [r for r in updated if not_running_yet(r)]
-        self._restart_orphans(run, updated, task.round)
+        # A VM this round saw running is no orphan, even while its row waits to be settled.
+        self._restart_orphans(run, [r for r in updated if r.resource_id not in came_up], task.round)
         if not unsettled or self.clock.now() >= deadline:
             # Once: the verify rounds already queued end when they see the gate's turn.
             if self._take_round(run.run_id, "gate", 0):
@@ -74,25 +75,35 @@ class Watching(StepsBase):
             delay,
         )
 
-    def _read_watched(self, rows: Sequence[MachineRecord]) -> list[MachineRecord]:
-        """The rows verify watches, each as a bulk power read leaves it. A start Azure
-        reported failed is read again too (it may have come up after all); one seen running
-        since it was started is settled and not read again."""
+    def _read_watched(self, rows: Sequence[MachineRecord]) -> tuple[list[MachineRecord], set[str]]:
+        """The rows verify watches, each as a bulk power read leaves it, and the resource ids
+        of the starts this read saw come up. A start Azure reported failed is read again too
+        (it may have come up after all); one seen running since it was started is settled and
+        not read again."""
         watched = [r for r in rows if r.action in WATCHED or r.owned_by_run]
         to_read = [r for r in watched if not seen_running(r)]
         powers = self._read_power(machine_of(r) for r in to_read)
         updated = [r for r in watched if seen_running(r)]
-        # The usual news, a start come up, is recorded for many rows in one write each.
+        # The usual news, a start come up, is recorded for many rows in one write each. A
+        # write another writer got into (most often an overlapping round, when a round takes
+        # longer than the interval) is left to the next round, which lists its rows afresh:
+        # reading them again here would read the run's key range from the group's first row
+        # to its last, nearly the whole partition, since the rows one round settles are
+        # spread over it. Until then they count as not running yet.
         up = [r for r in to_read if self._came_up(r, powers.get(machine_of(r)))]
         updated += self._move_together(
-            up, MachineAction.STARTED, "seen running", last_power_state=str(PowerState.RUNNING)
+            up,
+            MachineAction.STARTED,
+            "seen running",
+            leave_conflicted=True,
+            last_power_state=str(PowerState.RUNNING),
         )
         updated += parallel(
             self.policy.start_concurrency,
             lambda r: self._refresh(r, powers.get(machine_of(r)), record_passing=False),
             [r for r in to_read if not self._came_up(r, powers.get(machine_of(r)))],
         )
-        return updated
+        return updated, {r.resource_id for r in up}
 
     @staticmethod
     def _came_up(row: MachineRecord, power: MachinePower | None) -> bool:
