@@ -242,12 +242,19 @@ def calibration() -> float:
 
 def then_worktree(base: str, where: Path) -> Path:
     tree = where / "then"
-    subprocess.run(
+    added = subprocess.run(
         [_git(), "worktree", "add", "--detach", "--force", str(tree), base],
         cwd=ROOT,
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
     )
+    if added.returncode != 0:
+        raise SystemExit(
+            f"cannot check out {base!r} (a shallow clone lacks old commits: "
+            f"git fetch --unshallow): "
+            f"{added.stderr.strip()}"
+        )
     for shared in (".venv", "node_modules"):
         (tree / shared).symlink_to(ROOT / shared)
     return tree
