@@ -7,13 +7,12 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import (
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.data.tables import TableClient, TableServiceClient
 
 from shared.domain.errors import LedgerConflict
 from shared.domain.ids import RunId
@@ -28,6 +27,7 @@ from shared.adapters.table_rows import (
     run_from,
     unavailable_on_error,
 )
+from shared.adapters.table_wire import TableWire, odata_filter
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class TableAccess:
         self._service = service
         self._table_name = table_name
         self._table: TableClient | None = None
+        self._wire: TableWire | None = None
 
     @property
     def table(self) -> TableClient:
@@ -49,38 +50,37 @@ class TableAccess:
             self._table = self._service.get_table_client(self._table_name)
         return self._table
 
+    @property
+    def wire(self) -> TableWire:
+        """The hot reads and writes (table_wire), through the table client's pipeline."""
+        if self._wire is None:
+            self._wire = TableWire(self.table)
+        return self._wire
+
     def _get(self, partition: str, row: str) -> Mapping[str, Any] | None:
-        try:
-            with unavailable_on_error("read the ledger"):
-                return self.table.get_entity(partition, row)
-        except ResourceNotFoundError:
-            return None
+        with unavailable_on_error("read the ledger"):
+            return self.wire.get(partition, row)
 
     def _query(self, partition: str, prefix: str) -> Iterator[Mapping[str, Any]]:
         # Row keys of one kind share a prefix; '}' sorts right after '|'.
         upper = prefix[:-1] + "}"
         with unavailable_on_error("query the ledger"):
-            yield from self.table.query_entities(
-                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                parameters={"pk": partition, "lo": prefix, "hi": upper},
+            yield from self.wire.query(
+                odata_filter(
+                    "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                    pk=partition,
+                    lo=prefix,
+                    hi=upper,
+                )
             )
 
     def _write(self, entity: dict[str, Any], version: str | None) -> str:
         try:
             with unavailable_on_error("write the ledger"):
-                if version is None:
-                    meta = self.table.create_entity(entity)
-                else:
-                    meta = self.table.update_entity(
-                        entity,
-                        mode=UpdateMode.REPLACE,
-                        etag=version,
-                        match_condition=MatchConditions.IfNotModified,
-                    )
+                return self.wire.write(entity, version)
         except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError) as e:
             # Not found: the row was removed since it was read (a claim nobody needed).
             raise LedgerConflict(f"row {entity['RowKey']} changed, exists or is gone") from e
-        return str(meta["etag"])
 
     def find_run(self, run_id: RunId) -> Run | None:
         """The run, or None."""

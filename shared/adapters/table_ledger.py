@@ -100,6 +100,7 @@ from shared.adapters.table_rows import (
     without_none,
 )
 from shared.adapters.table_run_index import RunIndex
+from shared.adapters.table_wire import odata_filter
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class TableRunLedger(RunIndex):
         ]
         try:
             with unavailable_on_error("record an event"):
-                results = self.table.submit_transaction(operations)
+                results = self.wire.transact(operations)
         except TableTransactionError as e:
             if e.index == 0 and is_exists_error(e):
                 raise DuplicateEvent(f"{event.kind.short} event {event.event_id!r}") from e
@@ -199,7 +200,7 @@ class TableRunLedger(RunIndex):
                 chunk = batch[start : start + TRANSACTION_LIMIT]
                 try:
                     with unavailable_on_error("add machines"):
-                        self.table.submit_transaction(chunk)
+                        self.wire.transact(chunk)
                 except TableTransactionError as e:
                     if not is_exists_error(e):
                         raise LedgerUnavailable(f"transaction failed: {e.message}") from e
@@ -232,7 +233,7 @@ class TableRunLedger(RunIndex):
         operations = [checked_operation(machine_entity(m), m.version) for m in machines]
         try:
             with unavailable_on_error("save machines"):
-                results = self.table.submit_transaction(operations)
+                results = self.wire.transact(operations)
         except TableTransactionError as e:
             # 412: a row changed; 409: a created row exists; 404: an updated row is gone.
             if is_exists_error(e) or is_precondition_error(e) or e.status_code == 404:
@@ -255,17 +256,16 @@ class TableRunLedger(RunIndex):
         row without a power state is kept: a comparison with a missing property is false)."""
         lower, upper = "machine|", "machine}"
         with unavailable_on_error("query the ledger"):
-            for entity in self.table.query_entities(
-                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
-                # (the SDK takes a parameter's name up to the next space: hence " )")
-                " and not (Action eq @started and LastPowerState eq @running )",
-                parameters={
-                    "pk": partition_key(run_id),
-                    "lo": lower,
-                    "hi": upper,
-                    "started": MachineAction.STARTED.value,
-                    "running": str(PowerState.RUNNING),
-                },
+            for entity in self.wire.query(
+                odata_filter(
+                    "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+                    " and not (Action eq @started and LastPowerState eq @running)",
+                    pk=partition_key(run_id),
+                    lo=lower,
+                    hi=upper,
+                    started=MachineAction.STARTED.value,
+                    running=str(PowerState.RUNNING),
+                )
             ):
                 yield machine_from(entity, run_id)
 
@@ -282,9 +282,13 @@ class TableRunLedger(RunIndex):
             return {}
         found: dict[MachineId, MachineRecord] = {}
         with unavailable_on_error("read machines"):
-            for entity in self.table.query_entities(
-                "PartitionKey eq @pk and RowKey ge @lo and RowKey le @hi",
-                parameters={"pk": partition_key(run_id), "lo": min(asked), "hi": max(asked)},
+            for entity in self.wire.query(
+                odata_filter(
+                    "PartitionKey eq @pk and RowKey ge @lo and RowKey le @hi",
+                    pk=partition_key(run_id),
+                    lo=min(asked),
+                    hi=max(asked),
+                )
             ):
                 machine = asked.get(str(entity["RowKey"]))
                 if machine is not None:

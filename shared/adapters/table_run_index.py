@@ -205,7 +205,7 @@ class RunIndex(TableAccess):
                 operations = self._index_operations(run, current)
                 try:
                     with unavailable_on_error("index a run"):
-                        self.table.submit_transaction(operations)
+                        self.wire.transact(operations)
                     return
                 except TableTransactionError:
                     fresh = self.find_run(run.run_id)
@@ -282,7 +282,7 @@ class RunIndex(TableAccess):
             chunk = row_keys[start : start + TRANSACTION_LIMIT]
             try:
                 with unavailable_on_error("remove rows"):
-                    self.table.submit_transaction(
+                    self.wire.transact(
                         [("delete", {"PartitionKey": partition, "RowKey": k}) for k in chunk]
                     )
             except TableTransactionError:
