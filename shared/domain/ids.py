@@ -10,6 +10,7 @@ ARM ids are compared case-insensitively; the original text is kept for calls.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -184,18 +185,12 @@ class MachineId:
 
     @classmethod
     def parse(cls, value: object) -> MachineId:
-        """Validate a VM or Arc machine id; raise InvalidId otherwise."""
-        text = _check_plain(value, "machine id")
-        match = _MACHINE.fullmatch(text)
-        if not match:
-            raise InvalidId(f"not a VM or Arc machine id: {describe_for_log(text)}")
-        return cls(
-            text=text,
-            subscription_id=match["sub"].lower(),
-            resource_group=match["rg"],
-            name=match["name"],
-            is_arc=match["type"].lower() == "microsoft.hybridcompute/machines",
-        )
+        """Validate a VM or Arc machine id; raise InvalidId otherwise. The ids a process has
+        parsed lately are remembered (a fan-out parses each of thousands of ids many times;
+        an id is immutable, and a refused one is never remembered)."""
+        if isinstance(value, str):
+            return _machine_id(value)
+        return _parse_machine_id(value)
 
     @property
     def key(self) -> str:
@@ -207,3 +202,21 @@ class MachineId:
 
     def __hash__(self) -> int:
         return hash(self.key)
+
+
+def _parse_machine_id(value: object) -> MachineId:
+    text = _check_plain(value, "machine id")
+    match = _MACHINE.fullmatch(text)
+    if not match:
+        raise InvalidId(f"not a VM or Arc machine id: {describe_for_log(text)}")
+    return MachineId(
+        text=text,
+        subscription_id=match["sub"].lower(),
+        resource_group=match["rg"],
+        name=match["name"],
+        is_arc=match["type"].lower() == "microsoft.hybridcompute/machines",
+    )
+
+
+# Bounded: a process sees a few fleets' ids; each entry is a few hundred bytes.
+_machine_id = functools.lru_cache(maxsize=20_000)(_parse_machine_id)

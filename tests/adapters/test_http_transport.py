@@ -4,13 +4,20 @@ request. Real SDK clients over real HTTPS against the fake Azure."""
 
 from __future__ import annotations
 
+import http.server
 import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import requests
 from azure.identity import ManagedIdentityCredential
+from urllib3.exceptions import NewConnectionError
 
 from sandbox.fake_azure import FakeAzure
 from shared.adapters.arm_pacing import ArmBudgets
@@ -18,6 +25,7 @@ from shared.adapters.compute import ComputeMachines
 from shared.adapters.http_transport import (
     EndpointTransports,
     PooledAdapter,
+    PooledSession,
     ca_bundle_location,
     pooled_session,
 )
@@ -225,3 +233,134 @@ def test_a_request_is_prepared_exactly_as_requests_prepares_it(
     ours, theirs = ours_session.prepare_request(request_), plain.prepare_request(request_)
     assert (ours.method, ours.url, ours.body) == (theirs.method, theirs.url, theirs.body)
     assert dict(ours.headers) == dict(theirs.headers)
+
+
+class Recorded(http.server.BaseHTTPRequestHandler):
+    """Records each request as the server received it; answers 200 with a small body (a
+    cookie when the path asks for one, a slow answer when it asks for that)."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[tuple[str, str, list[tuple[str, str]], bytes]]] = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = sorted((k.lower(), v) for k, v in self.headers.items())
+        Recorded.seen.append((self.command, self.path, headers, body))
+        if "slow" in self.path:
+            time.sleep(0.5)
+        answer = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        if "cookie" in self.path:
+            self.send_header("Set-Cookie", "affinity=1; Path=/")
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_PUT(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def do_DELETE(self) -> None:
+        self._answer()
+
+    def do_MERGE(self) -> None:
+        self._answer()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def echo() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorded)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+SENT = [
+    ("GET", "/t(PartitionKey='a%7Cb',RowKey='run')", None, {"Accept": "application/json"}),
+    ("GET", "/t()?$filter=PartitionKey%20eq%20'a%27%27b'&NextRowKey=x%7D", None, {}),
+    ("PUT", "/t(PartitionKey='a',RowKey='b')", b'{"A": "\xc3\xbc"}', {"If-Match": 'W/"1"'}),
+    ("POST", "/$batch", b"--batch_1\r\n\r\n--batch_1--\r\n", {"Content-Type": "multipart/mixed"}),
+    ("POST", "/subscriptions/s/start?api-version=2024-07-01", None, {"User-Agent": None}),
+    ("DELETE", "/q/messages/1?popreceipt=AbC%2B%2F%3D", b"", {}),
+    ("MERGE", "/t(PartitionKey='a',RowKey='c')", b"{}", {"Content-Length": "2"}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "headers"), SENT)
+def test_a_lean_request_reaches_the_server_as_requests_sends_it(
+    echo: str,
+    method: str,
+    path: str,
+    body: bytes | None,
+    headers: dict[str, str | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def not_lean(*args: object, **kwargs: object) -> None:
+        raise AssertionError("went requests' own way")
+
+    monkeypatch.setattr(PooledSession, "send", not_lean)
+    plain = requests.Session()
+    plain.trust_env = False
+    received, answered = [], []
+    for session in (pooled_session(), plain):
+        Recorded.seen.clear()
+        answer = session.request(
+            method, echo + path, data=body, headers=headers, timeout=(3, 3), allow_redirects=False
+        )
+        answered.append((answer.status_code, answer.json(), answer.headers["Content-Type"]))
+        received.append(Recorded.seen[0])
+    assert received[0] == received[1]
+    assert answered[0] == answered[1]
+
+
+def test_a_lean_request_keeps_a_cookie_as_requests_does_and_then_goes_requests_way(
+    echo: str,
+) -> None:
+    session = pooled_session()
+    session.request("GET", echo + "/cookie", allow_redirects=False)
+    assert session.cookies.get("affinity") == "1"
+    Recorded.seen.clear()
+    session.request("GET", echo + "/next", allow_redirects=False)
+    assert ("cookie", "affinity=1") in Recorded.seen[0][2]
+
+
+# What a request that gets no answer raises through the pooled adapter (which does not retry).
+FAILURES = (requests.exceptions.RequestException, NewConnectionError)
+
+
+def test_a_lean_request_fails_as_the_same_request_sent_requests_way(echo: str) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    session = pooled_session()
+    for url, timeout in ((f"http://127.0.0.1:{port}/x", None), (echo + "/slow", (3, 0.1))):
+        raised = []
+        # allow_redirects=True sends the same request requests' own way (the lean path never
+        # follows redirects; neither request is answered with one).
+        for follow in (False, True):
+            with pytest.raises(
+                (requests.exceptions.RequestException, NewConnectionError)
+            ) as failure:
+                session.request("GET", url, timeout=timeout, allow_redirects=follow)
+            raised.append(type(failure.value))
+        assert raised[0] is raised[1]
+
+
+def test_a_streamed_lean_answer_is_read_when_asked(echo: str) -> None:
+    answer = pooled_session().request("GET", echo + "/x", stream=True, allow_redirects=False)
+    assert answer.raw.read() == b'{"ok": true}'
