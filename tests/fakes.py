@@ -55,6 +55,7 @@ class FakeMachines:
         self.reads: list[tuple[str, str]] = []
         self.turns: list[str] = []
         self.turn_waits: dict[str, float] = {}
+        self.appointments: list[tuple[str, ...]] = []
 
     def add(self, machine: MachineId, state: PowerState, **kw: Any) -> None:
         self.vms[machine.key] = FakeVm(state, **kw)
@@ -91,6 +92,12 @@ class FakeMachines:
 
     def turn_wait(self, machine: MachineId) -> float:
         return self.turn_waits.get(machine.subscription_id.lower(), 0.0)
+
+    def turn_appointment(self, machines: Sequence[MachineId]) -> float:
+        """The soonest of their subscriptions' `turn_waits` (recorded; no turns are promised
+        here, so later work is not pushed back)."""
+        self.appointments.append(tuple(m.key for m in machines))
+        return min((self.turn_wait(m) for m in machines), default=0.0)
 
     @contextlib.contextmanager
     def power_turn(self, machine: MachineId) -> Iterator[float]:

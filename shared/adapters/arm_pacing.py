@@ -53,6 +53,9 @@ SPEND_OVER_REFILL = 1.5
 # A thread waits at most this long for a token; a later place in line fails the call as
 # throttled, so the work is re-sent by the queue rather than by a sleeping worker thread.
 MAX_WAIT_SECONDS = 3.0
+# Turns promised to put-off work (`ArmBudgets.appoint`) that nobody came for are forgotten this
+# long after the last of them was due (their work was dropped: the run ended meanwhile).
+APPOINTMENT_GRACE_SECONDS = 30.0
 # A 429 without a readable Retry-After empties the bucket for this long.
 DEFAULT_RETRY_AFTER_SECONDS = 1.0
 # How often one call is re-sent in place after a 429 (each wait within max_wait) before it is
@@ -149,6 +152,15 @@ class _Bucket:
 
 
 @dataclass
+class _Promised:
+    """Turns of one bucket promised to work put off until them (`ArmBudgets.appoint`) and not
+    taken yet, and when the last of them is expected."""
+
+    turns: float = 0.0
+    until: float = 0.0
+
+
+@dataclass
 class HeldTurn:
     """A token taken ahead of a request by the thread that will send it (`ArmBudgets.hold`):
     that thread's next request of this kind to this subscription uses it instead of queueing
@@ -188,6 +200,8 @@ class ArmBudgets:
         self._lock = threading.Lock()
         # Turns each thread holds for its next request (see `hold`).
         self._held = threading.local()
+        # Turns promised to put-off work, per bucket (see `appoint`).
+        self._promised: dict[tuple[str, str], _Promised] = {}
 
     def _bucket(self, subscription: str, kind: str, now: float) -> _Bucket:
         key = (subscription, kind)
@@ -296,6 +310,9 @@ class ArmBudgets:
             else:
                 refused = 0.0
                 turn = HeldTurn(subscription, kind, now + max(wait, held), bucket.emptied)
+                promised = self._promised.get((subscription, kind))
+                if promised is not None and promised.turns > 0:
+                    promised.turns -= 1
         if refused:
             yield max(refused, held)
             return
@@ -331,6 +348,39 @@ class ArmBudgets:
                 return None
             bucket.in_flight += 1
         return wait
+
+    def appoint(
+        self,
+        subscription: str,
+        kind: str,
+        count: int,
+        *,
+        compute_write: bool = False,
+    ) -> float:
+        """Promise `count` turns to work put off until its turns come, after those promised
+        before; the seconds until the first of them (nothing is taken now).
+
+        Without it, everything put off learns the same nearest turn and comes back at once:
+        one caller gets the turns, the rest are put off again, and a large fan-out's tasks came
+        back about once for every two VMs. Promised turns are handed out, in the order
+        promised, at the pace the bucket will hand them out: its spending pace while it holds
+        tokens, its refill once empty. Each turn held (by anyone) counts one promised turn as
+        taken; promised turns nobody came for are forgotten `APPOINTMENT_GRACE_SECONDS` after
+        the last was due."""
+        subscription = subscription.lower()
+        with self._lock:
+            now = self._monotonic()
+            bucket = self._bucket(subscription, kind, now)
+            bucket.settle(now)
+            promised = self._promised.setdefault((subscription, kind), _Promised())
+            if promised.until < now - APPOINTMENT_GRACE_SECONDS:
+                promised.turns = 0.0
+            held = max(0.0, self._compute_hold(subscription, now, compute_write))
+            first = max(bucket.ready_at(now) - now, held)
+            start = max(first, _time_for(bucket, promised.turns))
+            promised.turns += max(0, count)
+            promised.until = max(promised.until, now + _time_for(bucket, promised.turns))
+        return start
 
     def observe(
         self,
@@ -465,6 +515,14 @@ class PacedRetryPolicy(RetryPolicy[Any, Any]):
         if isinstance(error, ArmThrottled):
             return False
         return bool(super().increment(settings, response=response, error=error))
+
+
+def _time_for(bucket: _Bucket, turns: float) -> float:
+    """Seconds, from the bucket's last settlement, until it has handed out `turns` more turns:
+    at its spending pace while it holds tokens, at its refill once empty."""
+    if turns <= 0:
+        return 0.0
+    return max(turns * bucket.spend_interval, (turns - bucket.level) / bucket.refill_per_second)
 
 
 def _min_count(*values: str | None) -> int | None:

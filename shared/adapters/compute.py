@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -244,6 +245,22 @@ class ComputeMachines:
         return self._clients.budgets.turn_wait(
             target.subscription_id, WRITES, compute_write=True, max_wait=POWER_TURN_WAIT_SECONDS
         )
+
+    def turn_appointment(self, machines: Iterable[MachineId]) -> float:
+        """Seconds until work put off for these machines' write turns should come back: the
+        turns of their soonest subscription are promised to it, after those promised to other
+        put-off work (ArmBudgets.appoint), and it comes back a turn's wait before the first,
+        so that its turns are near when it does. Their other subscriptions' machines get
+        theirs when it is back."""
+        counts = Counter(m.subscription_id.lower() for m in machines if not m.is_arc)
+        if not counts:
+            return 0.0
+        budgets = self._clients.budgets
+        soonest = min(
+            counts, key=lambda s: budgets.turn_wait(s, WRITES, compute_write=True, max_wait=0.0)
+        )
+        start = budgets.appoint(soonest, WRITES, counts[soonest], compute_write=True)
+        return max(0.0, start - POWER_TURN_WAIT_SECONDS)
 
     @contextlib.contextmanager
     def power_turn(self, machine: MachineId | str) -> Iterator[float]:

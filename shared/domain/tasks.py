@@ -55,6 +55,9 @@ class Task:
     # wrap-up's one read of the VMs it stops, carried so that no stop task reads again.
     powers: tuple[str | None, ...] = ()
     read_at: datetime | None = None
+    # When the write turns promised to this task's machines come (`Machines.turn_appointment`):
+    # a delivery before then whose turns are not near goes back to wait for them.
+    turn_at: datetime | None = None
 
     def to_json(self) -> str:
         """The queue message body."""
@@ -67,6 +70,8 @@ class Task:
         if self.read_at is not None:
             body["powers"] = list(self.powers)
             body["read_at"] = self.read_at.isoformat()
+        if self.turn_at is not None:
+            body["turn_at"] = self.turn_at.isoformat()
         text = json.dumps(body)
         if len(text) > MAX_TASK_BYTES:
             raise ValueError("task too large for one queue message")
@@ -94,8 +99,15 @@ class Task:
         except (ValueError, InvalidId) as e:
             raise InvalidTask(f"not a task: {e}") from e
         powers, read_at = _carried_powers(document, len(parsed))
+        turn_at = _moment(document.get("turn_at"), "turn_at")
         return cls(
-            kind=kind, run_id=run_id, machines=parsed, round=round_, powers=powers, read_at=read_at
+            kind=kind,
+            run_id=run_id,
+            machines=parsed,
+            round=round_,
+            powers=powers,
+            read_at=read_at,
+            turn_at=turn_at,
         )
 
     def next_round(self) -> Task:
@@ -134,10 +146,20 @@ def _carried_powers(
         or not all(p is None or (isinstance(p, str) and len(p) <= MAX_POWER_WORD) for p in powers)
     ):
         raise InvalidTask("not a task: powers is not one short word or null per machine")
-    try:
-        when = datetime.fromisoformat(str(read_at))
-    except ValueError as e:
-        raise InvalidTask("not a task: read_at is not an ISO 8601 time") from e
-    if when.tzinfo is None:
-        raise InvalidTask("not a task: read_at has no time zone")
+    when = _moment(read_at, "read_at")
+    if when is None:
+        raise InvalidTask("not a task: read_at is not an ISO 8601 time")
     return tuple(powers), when
+
+
+def _moment(value: object, name: str) -> datetime | None:
+    """An optional ISO 8601 time with its zone."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError as e:
+        raise InvalidTask(f"not a task: {name} is not an ISO 8601 time") from e
+    if when.tzinfo is None:
+        raise InvalidTask(f"not a task: {name} has no time zone")
+    return when

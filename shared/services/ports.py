@@ -255,6 +255,13 @@ class Machines(Protocol):
         would come. Nothing is taken."""
         ...
 
+    def turn_appointment(self, machines: Sequence[MachineId]) -> float:
+        """Seconds until work put off for these machines' write turns should come back to find
+        them near. Turns are promised to it after those promised to other put-off work, so
+        that put-off work comes back spread over the time the budget hands the turns out
+        rather than all at the nearest turn."""
+        ...
+
     def power_turn(self, machine: MachineId) -> AbstractContextManager[float]:
         """Hold this thread's turn for a start or deallocate of `machine` in Azure's write
         budgets: 0.0 while held (the thread's next power operation uses it), else the seconds

@@ -233,6 +233,48 @@ def test_a_compute_hold_is_a_turn_too_far_for_power_operations_only() -> None:
         assert wait == 0.0
 
 
+def test_put_off_work_is_promised_turns_after_earlier_promises_at_the_pace_they_come() -> None:
+    clock = SteppedClock()
+    budgets = ArmBudgets(max_wait=3.0, monotonic=clock.monotonic, sleep=clock.sleep)
+    # A full bucket hands out 15 a second for 40 s (200 + 10/s), then the refill's 10.
+    starts = [budgets.appoint(SUB, WRITES, 30) for _ in range(50)]  # 1,500 turns promised
+    assert starts[:3] == pytest.approx([0.0, 2.0, 4.0])
+    assert starts[20] == pytest.approx(40.0)  # the 601st turn: the bucket is just empty
+    assert starts[21] - starts[20] == pytest.approx(3.0)  # 30 turns at 10 a second
+    assert starts[-1] == pytest.approx((49 * 30 - 200) / 10)
+    # Promises are per subscription, and nothing was taken by them.
+    assert budgets.appoint(OTHER_SUB, WRITES, 30) == 0.0
+    assert budgets.turn_wait(SUB, WRITES) == 0.0
+
+
+def test_turns_held_count_promised_turns_as_taken_and_forgotten_promises_lapse() -> None:
+    clock = SteppedClock()
+    budgets = ArmBudgets(max_wait=3.0, monotonic=clock.monotonic, sleep=clock.sleep)
+    budgets.appoint(SUB, WRITES, 30)
+    for _ in range(30):  # the promised work comes and holds its turns, as power calls do
+        with budgets.hold(SUB, WRITES) as wait:
+            assert wait == 0.0
+            budgets.acquire(SUB, WRITES)
+    # Its 30 turns are taken: the next promise starts at the next turn, not 30 turns on.
+    next_turn = budgets.turn_wait(SUB, WRITES, max_wait=0.0)
+    assert 0.0 < next_turn < 0.1
+    assert budgets.appoint(SUB, WRITES, 10) == pytest.approx(next_turn)
+    # Work promised 1,000 turns never comes (its run ended): once the last was due
+    # (100 s) and the grace has passed, the promise no longer pushes anyone back.
+    budgets.appoint(SUB, WRITES, 1000)
+    assert budgets.appoint(SUB, WRITES, 1) > 60.0
+    clock.now += 200.0
+    assert budgets.appoint(SUB, WRITES, 1) == 0.0
+
+
+def test_a_promise_waits_for_a_compute_hold() -> None:
+    clock = SteppedClock()
+    budgets = budgets_on(clock)
+    compute_budget_ran_dry(budgets, SUB)
+    assert budgets.appoint(SUB, WRITES, 5, compute_write=True) == pytest.approx(20.0)
+    assert budgets.appoint(SUB, WRITES, 5) == 0.0
+
+
 def test_what_arm_says_remains_lowers_the_level_for_budget_spent_by_other_instances() -> None:
     clock = SteppedClock()
     budgets = budgets_on(clock)

@@ -89,8 +89,10 @@ def test_a_machine_whose_write_turn_is_far_is_put_off_untouched_until_its_turn_i
     put_off = [(when, t) for when, t in world.queue.pending() if t.kind is TaskKind.START]
     assert len(put_off) == 1
     when, task = put_off[0]
-    # Back when the turn is near (40 s less the pacing's own wait), at the same round.
-    assert when - world.clock.now() == timedelta(seconds=37)
+    # Back when the turns promised to it come (the fake promises the turn wait), at the same
+    # round, carrying that promise.
+    assert when - world.clock.now() == timedelta(seconds=40)
+    assert task.turn_at == when
     assert task.round == 0 and set(task.machines) == set(machines)
     world.machines.turn_waits.clear()
     world.work()
@@ -135,7 +137,7 @@ def test_waiting_for_turns_never_gives_a_machine_up_while_the_run_still_prepares
     # Far more rounds than a throttled call is allowed (200), each 3 s apart: 15 minutes.
     world.queue.drain(world.orchestrator.handle, until=START - timedelta(minutes=20))
     starts = [t for t in world.queue.sent if t.kind is TaskKind.START]
-    assert len(starts) > 250 and all(t.round == 0 for t in starts)
+    assert len(starts) > 200 and all(t.round == 0 for t in starts)  # more than 200 rounds
     world.machines.turn_waits.clear()
     world.work(until_minutes_before_start=15)
     assert world.machines.count("start", web) == 1
@@ -252,6 +254,40 @@ def test_a_message_whose_carried_powers_are_malformed_is_not_a_task(
         Task.from_json(json.dumps(body))
 
 
+def test_a_task_carries_the_time_of_its_promised_turns_through_the_queue_message() -> None:
+    task = Task(TaskKind.START, RUN, turn_at=START - timedelta(minutes=30))
+    assert Task.from_json(task.to_json()) == task
+    assert "turn_at" not in Task(TaskKind.START, RUN).to_json()
+    for malformed in ("soon", "2026-12-01T04:00:00", 7):
+        body = {"kind": "start", "run": RUN.text, "turn_at": malformed}
+        with pytest.raises(InvalidTask):
+            Task.from_json(json.dumps(body))
+
+
+def test_a_delivery_early_for_its_promised_turns_goes_back_for_them_keeping_its_place() -> None:
+    world = World(start_batch_size=5)
+    machines = world.fleet(RUN, **{f"vm{i}": PowerState.DEALLOCATED for i in range(5)})
+    world.machines.turn_waits[SUBSCRIPTION.lower()] = 100.0
+    world.deliver(PRE)
+    world.queue.drain(
+        world.orchestrator.handle, until=START - timedelta(minutes=35) + timedelta(seconds=1)
+    )
+    assert len(world.machines.appointments) == 1
+    ((when, first),) = [(w, t) for w, t in world.queue.pending() if t.kind is TaskKind.START]
+    # Promised in 100 s; a queue delay is at most 60 s, so it comes back early...
+    assert first.turn_at is not None and first.turn_at - world.clock.now() == timedelta(seconds=100)
+    assert when - world.clock.now() == timedelta(seconds=60)
+    world.queue.drain(world.orchestrator.handle, until=when)
+    # ...and goes back for the same turns, not behind work promised turns since.
+    ((again_when, again),) = [(w, t) for w, t in world.queue.pending() if t.kind is TaskKind.START]
+    assert again.turn_at == first.turn_at and again_when == first.turn_at
+    assert len(world.machines.appointments) == 1
+    assert world.machines.reads == [] and world.machines.calls == []
+    world.machines.turn_waits.clear()
+    world.work()
+    assert all(world.machines.count("start", m) == 1 for m in machines)
+
+
 def test_the_largest_task_the_settings_allow_fits_one_queue_message() -> None:
     # ARM's longest names: resource group 90 characters, VM 64.
     group, name = "g" * 90, "v" * 64
@@ -269,6 +305,7 @@ def test_the_largest_task_the_settings_allow_fits_one_queue_message() -> None:
         MAX_ROUND,
         powers=("deallocating",) * 150,
         read_at=START + timedelta(hours=1),
+        turn_at=START + timedelta(hours=1, minutes=10, microseconds=1),
     )
     assert len(task.to_json()) <= MAX_TASK_BYTES
 

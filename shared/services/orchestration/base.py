@@ -60,8 +60,10 @@ MAX_TRANSIENT_ROUNDS = 200
 # Queue messages a fan-out sends at once.
 SEND_CONCURRENCY = 8
 # Machines waiting for a write turn come back when it is near, but at least this often (the
-# pacing's view of the budgets may improve: another instance stopped spending them).
+# pacing's view of the budgets may improve: another instance stopped spending them), and not
+# sooner than this (the queue's delays are whole seconds).
 MAX_TURN_WAIT_SECONDS = 60.0
+MIN_TURN_WAIT = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -138,25 +140,31 @@ class StepsBase:
 
     def _turns_all_far(self, task: Task) -> bool:
         """When no machine of the task has its write turn near, send the task back to come when
-        the nearest is, before anything is read or started (a large fan-out's tasks come back
-        hundreds of times while the write budget drains; each such return then costs two
-        queue requests, not the run's read, the task's threads and its rows)."""
+        its turns do, before anything is read or started (a large fan-out's tasks wait for
+        their turns for minutes; each return then costs two queue requests, not the run's
+        read, the task's threads and its rows)."""
         waits = self._turn_waits(task.machines)
         if not waits or not all(waits):
             return False
-        self._send_back(task, list(task.machines), min(waits))
+        self._send_back(task, list(task.machines))
         return True
 
-    def _send_back(self, task: Task, machines: list[MachineId], wait_seconds: float) -> None:
-        """The task again for `machines`, once the nearest write turn (`wait_seconds` away) is
-        near, not sooner: nothing is read or sent meanwhile."""
-        wait = wait_seconds - TRANSIENT_RETRY.total_seconds()
-        delay = max(TRANSIENT_RETRY, timedelta(seconds=min(wait, MAX_TURN_WAIT_SECONDS)))
-        self.queue.send(task.with_machines(machines, task.round), delay)
+    def _send_back(self, task: Task, machines: list[MachineId]) -> None:
+        """The task again for `machines`, when their write turns are near, not sooner: nothing
+        is read or sent meanwhile. Turns are promised to it (Machines.turn_appointment) unless
+        it already holds a promise still to come: it came back early (a queue delay is capped
+        at MAX_TURN_WAIT_SECONDS), or for some of its machines only."""
+        now = self.clock.now()
+        turn_at = task.turn_at
+        if turn_at is None or turn_at <= now:
+            turn_at = now + timedelta(seconds=self.machines.turn_appointment(machines))
+        delay = min(max(turn_at - now, MIN_TURN_WAIT), timedelta(seconds=MAX_TURN_WAIT_SECONDS))
+        self.queue.send(replace(task.with_machines(machines, task.round), turn_at=turn_at), delay)
         log.info(
-            "Run %s: %d machines wait for their write turn; %s again in %s",
+            "Run %s: %d machines wait for their write turns (due in %s); %s again in %s",
             task.run_id.text,
             len(machines),
+            turn_at - now,
             task.kind.value,
             delay,
         )
@@ -175,9 +183,7 @@ class StepsBase:
         if not rows and not deferred:
             return
         if not rows:
-            self._send_back(
-                task, [d.machine for d in deferred], min(d.wait_seconds for d in deferred)
-            )
+            self._send_back(task, [d.machine for d in deferred])
             return
         self._retry_failed(task, run, rows, deferred)
 
