@@ -69,11 +69,10 @@ MIN_TURN_WAIT = timedelta(seconds=1)
 @dataclass(frozen=True)
 class Deferred:
     """A machine whose power operation was not attempted: its subscription's next write turn
-    was `wait_seconds` away (more than the pacing lets a thread wait), so nothing was read,
-    written or sent for it; a later task takes it up."""
+    was further away than the pacing lets a thread wait, so nothing was read, written or sent
+    for it; a later task takes it up, when turns promised to it come."""
 
     machine: MachineId
-    wait_seconds: float
 
 
 @dataclass
@@ -113,10 +112,10 @@ class StepsBase:
         self, machine: MachineId, step: Callable[[], MachineRecord]
     ) -> MachineRecord | Deferred:
         """Run a start or stop step for one machine while holding its subscription's next write
-        turn; when that turn is too far off, do nothing and say how far (Deferred)."""
+        turn; when that turn is too far off, do nothing (Deferred)."""
         with self.machines.power_turn(machine) as wait:
             if wait > 0:
-                return Deferred(machine, wait)
+                return Deferred(machine)
             return step()
 
     def _send_all(self, tasks: Iterable[Task]) -> None:
