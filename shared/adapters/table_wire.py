@@ -143,12 +143,12 @@ def entity_json(entity: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in entity.items():
         if value is None:
             continue
-        if (isinstance(value, str) and type(value) is str) or isinstance(value, bool):
+        if type(value) in (str, bool):
             document[name] = value
         elif isinstance(value, datetime):
             document[name] = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             document[name + TYPE_SUFFIX] = "Edm.DateTime"
-        elif isinstance(value, int) and type(value) is int:
+        elif type(value) is int:
             if value in INT32:
                 document[name] = value
             else:
@@ -168,8 +168,8 @@ class TableWire:
     def __init__(self, table: TableClient) -> None:
         self._client = table._client  # the SDK's generated client: its pipeline
         self._name = quote(table.table_name, safe="")
-        # Operations inside a transaction name their rows by absolute URL.
-        self._table_url = f"{table.url.rstrip('/')}/{self._name}"
+        # Operations inside a transaction name their table and rows by absolute URL.
+        self._account_url = table.url.rstrip("/")
 
     def get(self, partition: str, row: str) -> StoredEntity | None:
         """The row, or None when there is none."""
@@ -288,10 +288,15 @@ class TableWire:
             "DataServiceVersion": "3.0",
             "x-ms-version": API_VERSION,
         }
-        row_url = f"{self._table_url.rsplit('/', 1)[0]}/{self._row_path(entity)}"
+        row_url = f"{self._account_url}/{self._row_path(entity)}"
         if kind == "create":
             headers["Prefer"] = "return-no-content"
-            return "POST", self._table_url, headers, json.dumps(entity_json(entity))
+            return (
+                "POST",
+                f"{self._account_url}/{self._name}",
+                headers,
+                json.dumps(entity_json(entity)),
+            )
         if kind == "delete":
             headers["If-Match"] = _if_match(options)
             return "DELETE", row_url, headers, ""
@@ -387,8 +392,5 @@ def _query_string(params: Mapping[str, str]) -> str:
 
 
 def _raise_unless_ok(response: Any) -> None:
-    if response.status_code == 200:
-        return
-    if response.status_code == 404:
-        raise ResourceNotFoundError(response=response)
-    raise HttpResponseError(response=response)
+    if response.status_code != 200:
+        raise _status_error(response.status_code, response.text(), response=response)
